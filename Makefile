@@ -1,0 +1,41 @@
+# One venv for development and tests; each service's image installs only its own extra.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXTRAS := training,serving,gateway,dev
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: help venv system-deps test lint fmt bench up clean protos
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)  ## create .venv and install every extra
+
+system-deps:  ## Java 17, Maven and Chromium (installed with apt when missing and running as root)
+	@bash deploy/local/system-deps.sh
+
+test: venv system-deps  ## run every test (a real Cassandra node, model server, gateway and Chromium included)
+	$(PY) -m pytest
+
+lint: venv  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: venv system-deps  ## print the benchmark figures
+	$(PY) -m bench
+
+clean:  ## remove the local stack's state (models, Cassandra data, spool)
+	rm -rf .state

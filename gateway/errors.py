@@ -1,0 +1,78 @@
+"""The gateway's domain errors, each mapped to its HTTP status in one place.
+
+Code anywhere in the gateway raises these where a problem is known; the app's error handler turns them into
+`{"error": {"code": ..., "message": ...}}` with `status` (and `Retry-After` when `retry_after` is set).
+Messages are shown to clients: they say what is wrong and never carry a stack trace or a server path.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status: int = 500
+    code: str = "internal"
+
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class InvalidInput(GatewayError):
+    """The request is malformed: a missing field, an unreadable image, a bad parameter."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class Unauthorized(GatewayError):
+    """An operational endpoint was called without the right OPS_TOKEN."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    """The body, or the image's pixel count, is over the configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    """The upload is not an image format the gateway reads."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ModelUnavailable(GatewayError):
+    """The model server cannot answer now (down, overloaded, deadline exceeded, model not loaded)."""
+
+    status = 503
+    code = "model_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class StoreUnavailable(GatewayError):
+    """A read from Cassandra failed (writes never raise this: they are spooled)."""
+
+    status = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class ModelError(GatewayError):
+    """The model server rejected a request the gateway built: a bug or a contract drift, not the client's fault."""
+
+    status = 502
+    code = "model_error"
