@@ -1,0 +1,385 @@
+"""The `make up` runner's own machinery, with real processes and sockets: port checks, readiness polling,
+supervision (prefixed output, a dying part, stopping whole process groups, Ctrl-C)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.local import stack
+from deploy.local.readiness import (
+    NotReady,
+    PortBusy,
+    PortClaim,
+    WaitTimeout,
+    ensure_ports_free,
+    http_ok,
+    model_available,
+    port_free,
+    tcp_open,
+    wait_for,
+)
+from deploy.local.supervisor import PartDied, Supervisor
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_server(port: int, directory: Path) -> list[str]:
+    return [PY, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(directory)]
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for every practical purpose
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+# -- ports ------------------------------------------------------------------------------------------------
+def test_port_checks_see_a_listening_socket_and_name_every_problem():
+    port = free_port()
+    assert port_free("127.0.0.1", port)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+        assert not port_free("127.0.0.1", port)
+        assert tcp_open("127.0.0.1", port)
+        other = free_port()
+        with pytest.raises(PortBusy) as err:
+            ensure_ports_free(
+                [
+                    PortClaim("gateway", "127.0.0.1", port),
+                    PortClaim("model server REST", "127.0.0.1", other),
+                    PortClaim("Cassandra", "127.0.0.1", other),
+                ]
+            )
+    message = str(err.value)
+    assert f"gateway port {port} on 127.0.0.1 is already in use" in message
+    assert f"Cassandra and model server REST both use port {other}" in message
+    assert not tcp_open("127.0.0.1", port)
+    ensure_ports_free([PortClaim("gateway", "127.0.0.1", port)])
+
+
+# -- readiness polling ------------------------------------------------------------------------------------
+def test_wait_for_polls_until_a_real_server_answers(tmp_path):
+    port = free_port()
+    (tmp_path / "readyz").write_text("ok")
+    check = http_ok(f"http://127.0.0.1:{port}/readyz")
+    with pytest.raises(NotReady, match="Connection refused"):
+        check()
+    proc = None
+
+    def start_later():
+        nonlocal proc
+        time.sleep(0.6)
+        proc = subprocess.Popen(http_server(port, tmp_path), stderr=subprocess.DEVNULL)
+
+    starter = threading.Thread(target=start_later)
+    starter.start()
+    try:
+        waited = wait_for(check, what="the test server", timeout_s=30, interval_s=0.1)
+        assert waited >= 0.5
+    finally:
+        starter.join()
+        proc.terminate()
+        proc.wait()
+
+
+def test_wait_for_times_out_with_the_last_reason(tmp_path):
+    port = free_port()
+    with subprocess.Popen(http_server(port, tmp_path), stderr=subprocess.DEVNULL) as proc:
+        try:
+            wait_for(lambda: tcp_open("127.0.0.1", port), what="server", timeout_s=30, interval_s=0.05)
+            with pytest.raises(WaitTimeout) as err:
+                wait_for(http_ok(f"http://127.0.0.1:{port}/readyz"), what="the gateway", timeout_s=0.5)
+            assert str(err.value).startswith("the gateway not ready after 0 s:")
+            assert "answered 404" in str(err.value)
+        finally:
+            proc.terminate()
+
+
+def test_model_available_reads_tf_serving_status_states(tmp_path):
+    """The REST status document as TF Serving answers it, served by a real HTTP server."""
+    status_file = tmp_path / "v1" / "models" / "mnist"
+    status_file.parent.mkdir(parents=True)
+
+    def write(state: str) -> None:
+        doc = {"model_version_status": [{"version": "1", "state": state, "status": {"error_code": "OK"}}]}
+        status_file.write_text(json.dumps(doc))
+
+    port = free_port()
+    write("LOADING")
+    with subprocess.Popen(http_server(port, tmp_path), stderr=subprocess.DEVNULL) as proc:
+        try:
+            check = model_available(f"http://127.0.0.1:{port}", "mnist")
+            wait_for(lambda: tcp_open("127.0.0.1", port), what="server", timeout_s=30, interval_s=0.05)
+            with pytest.raises(NotReady, match=r"not AVAILABLE yet \(1: LOADING\)"):
+                check()
+            write("AVAILABLE")
+            assert check() is True
+            with pytest.raises(NotReady, match="answered 404"):
+                model_available(f"http://127.0.0.1:{port}", "other")()
+        finally:
+            proc.terminate()
+
+
+def test_wait_for_stops_at_once_when_the_process_dies(tmp_path):
+    sup = Supervisor(io.StringIO(), log_dir=tmp_path)
+    part = sup.start("doomed", [PY, "-c", "import sys; print('cannot start: bad config'); sys.exit(3)"])
+    started = time.monotonic()
+    with pytest.raises(PartDied) as err:
+        wait_for(lambda: False, what="doomed", timeout_s=60, alive=part.ensure_alive)
+    assert time.monotonic() - started < 30  # long before the timeout
+    assert "doomed exited with code 3" in str(err.value)
+    assert "cannot start: bad config" in str(err.value)
+
+
+# -- supervision ------------------------------------------------------------------------------------------
+def test_output_is_prefixed_and_logged_per_part(tmp_path):
+    out = io.StringIO()
+    with Supervisor(out, log_dir=tmp_path, color=False) as sup:
+        part = sup.start("serve", [PY, "-c", "print('hello'); print('progress 10%\\rprogress 100%')"])
+        part.process.wait()
+        part.pump.join(5)
+    lines = out.getvalue().splitlines()
+    assert "serve     | hello" in lines
+    assert "serve     | progress 100%" in lines
+    assert (tmp_path / "serve.log").read_text().startswith("hello\n")
+
+
+def test_stop_all_ends_whole_process_groups_and_frees_the_ports(tmp_path):
+    """A part whose child ignores SIGTERM (like a JVM hanging on shutdown) is killed after the grace time."""
+    port_a, port_b = free_port(), free_port()
+    stubborn = textwrap.dedent(
+        f"""
+        import signal, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('child', flush=True); "
+            "time.sleep(600)"])
+        print("grandchild", child.pid, flush=True)
+        subprocess.run({http_server(port_b, tmp_path)!r})
+        """
+    )
+    out = io.StringIO()
+    sup = Supervisor(out, log_dir=tmp_path, color=False)
+    first = sup.start("web", http_server(port_a, tmp_path))
+    second = sup.start("stubborn", [PY, "-c", stubborn])
+    wait_for(
+        lambda: tcp_open("127.0.0.1", port_a) and tcp_open("127.0.0.1", port_b), what="both", timeout_s=30
+    )
+    wait_for(lambda: "grandchild" in out.getvalue(), what="the grandchild's pid", timeout_s=10)
+    grandchild = int(out.getvalue().split("grandchild ")[1].split()[0])
+    assert pid_exists(grandchild)
+
+    started = time.monotonic()
+    sup.stop_all(grace_s=1.0)
+    assert time.monotonic() - started < 20
+    for pid in (first.pid, second.pid, grandchild):
+        assert not pid_exists(pid)
+    assert port_free("127.0.0.1", port_a) and port_free("127.0.0.1", port_b)
+    text = out.getvalue()
+    assert "stubborn did not stop within 1 s: killing it" in text
+    assert text.index("stopped stubborn") < text.index("stopped web")  # reverse start order
+
+
+def test_watch_reports_a_part_that_dies(tmp_path):
+    port = free_port()
+    out = io.StringIO()
+    with Supervisor(out, log_dir=tmp_path, color=False) as sup:
+        web = sup.start("web", http_server(port, tmp_path))
+        sup.start(
+            "flaky", [PY, "-c", "import time; time.sleep(0.5); print('out of memory'); raise SystemExit(137)"]
+        )
+        with pytest.raises(PartDied) as err:
+            sup.watch(interval_s=0.05)
+        assert err.value.part.name == "flaky"
+        assert "flaky exited with code 137" in str(err.value)
+        assert "out of memory" in str(err.value)
+        assert str(tmp_path / "flaky.log") in str(err.value)
+        assert web.running()
+    assert not pid_exists(web.pid)
+
+
+RUNNER = textwrap.dedent(
+    """
+    import sys
+    from deploy.local.supervisor import Supervisor
+    port = int(sys.argv[1])
+    sup = Supervisor(log_dir=None, color=False)
+    try:
+        sup.start("web", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"])
+        sup.say("watching")
+        sup.watch()
+    except KeyboardInterrupt:
+        sup.say("interrupted")
+    finally:
+        sup.stop_all(grace_s=10)
+    sup.say("done")
+    """
+)
+
+
+def test_ctrl_c_reaches_the_runner_which_stops_its_parts(repo_root):
+    port = free_port()
+    proc = subprocess.Popen(
+        [PY, "-c", RUNNER, str(port)],
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # like a terminal: the runner leads its own foreground group
+    )
+    try:
+        wait_for(lambda: tcp_open("127.0.0.1", port), what="web", timeout_s=30, alive=lambda: proc.poll())
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "stack     | interrupted" in output
+    assert "stack     | stopped web" in output
+    assert output.rstrip().endswith("stack     | done")
+    assert port_free("127.0.0.1", port)
+
+
+# -- configuration and the runner's refusal paths ---------------------------------------------------------
+def test_config_reads_the_design_settings_and_flags_win(tmp_path):
+    env = {
+        "GATEWAY_PORT": "18080",
+        "MODEL_SERVER_GRPC": "127.0.0.1:18500",
+        "MODEL_SERVER_REST": "http://127.0.0.1:18501",
+        "CASSANDRA_PORT": "19042",
+        "STACK_STATE_DIR": str(tmp_path / "state"),
+        "MODEL_NAME": "mnist",
+    }
+    config = stack.config_from(stack.build_parser().parse_args([]), env)
+    assert (config.gateway_port, config.grpc_port, config.rest_port, config.cassandra_port) == (
+        18080,
+        18500,
+        18501,
+        19042,
+    )
+    assert config.state_dir == (tmp_path / "state").resolve()
+    assert config.model_base_path == config.state_dir / "models"
+    config = stack.config_from(stack.build_parser().parse_args(["--gateway-port", "28080"]), env)
+    assert config.gateway_port == 28080
+    with pytest.raises(stack.StackError, match="GATEWAY_PORT='http' is not a port number"):
+        stack.config_from(stack.build_parser().parse_args([]), {"GATEWAY_PORT": "http"})
+    with pytest.raises(stack.StackError, match="gateway port 70000 is not a valid port"):
+        stack.config_from(stack.build_parser().parse_args(["--gateway-port", "70000"]), {})
+
+
+def test_models_config_copy_points_at_the_local_models(tmp_path):
+    template = textwrap.dedent(
+        """
+        model_config_list {
+          config {
+            name: "other"
+            base_path: "/models/other"
+          }
+          config {
+            name: "mnist"
+            base_path: "/models/mnist"
+            model_platform: "tensorflow"
+            version_labels { key: "stable" value: 1 }
+          }
+        }
+        """
+    )
+    rendered = stack.render_models_config(template, tmp_path / "models", "mnist")
+    assert f'base_path: "{tmp_path / "models" / "mnist"}"' in rendered
+    assert 'base_path: "/models/other"' in rendered
+    assert 'version_labels { key: "stable" value: 1 }' in rendered
+    with pytest.raises(stack.StackError, match="no base_path for model 'digits'"):
+        stack.render_models_config(template, tmp_path, "digits")
+
+
+def test_repository_models_config_renders(repo_root, tmp_path):
+    rendered = stack.render_models_config(
+        (repo_root / "serving" / "models.config").read_text(), tmp_path / "models", "mnist"
+    )
+    assert str(tmp_path / "models" / "mnist") in rendered
+
+
+def test_model_versions_ignores_temporary_and_incomplete_directories(tmp_path):
+    for name in ("1", "3", ".tmp-4", "5"):
+        (tmp_path / "mnist" / name).mkdir(parents=True)
+    for name in ("1", "3", ".tmp-4"):
+        (tmp_path / "mnist" / name / "saved_model.pb").write_bytes(b"x")
+    assert stack.model_versions(tmp_path, "mnist") == [1, 3]
+    assert stack.model_versions(tmp_path, "missing") == []
+
+
+def test_busy_port_refuses_before_starting_anything(repo_root, tmp_path):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        busy = listener.getsockname()[1]
+        result = subprocess.run(
+            [PY, "-m", "deploy.local.stack", "--gateway-port", str(busy), "--state-dir", str(tmp_path)],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"make up: gateway port {busy} on 127.0.0.1 is already in use"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_missing_training_data_is_a_clear_error(repo_root, tmp_path):
+    ports = [str(free_port()) for _ in range(4)]
+    result = subprocess.run(
+        [PY, "-m", "deploy.local.stack", "--state-dir", str(tmp_path)]
+        + ["--gateway-port", ports[0], "--grpc-port", ports[1], "--rest-port", ports[2]]
+        + ["--cassandra-port", ports[3]],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MNIST_DATA_DIR": str(tmp_path / "nothing"), "MODEL_BASE_PATH": str(tmp_path)},
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == f"make up: MNIST_DATA_DIR {tmp_path / 'nothing'} does not hold the four MNIST IDX files"
+    )
+    config = stack.StackConfig(state_dir=tmp_path, model_base_path=tmp_path, download=False, bin_dir=tmp_path)
+    (tmp_path / "mnist-train").touch()
+    with pytest.raises(stack.StackError, match="no model to serve and no MNIST files to train one"):
+        stack.train_command(config)
+    config.download = True
+    assert stack.train_command(config)[-1] == "--download"
+
+
+def test_help(repo_root):
+    result = subprocess.run(
+        [PY, "-m", "deploy.local.stack", "--help"], cwd=repo_root, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert "--gateway-port" in result.stdout and "STACK_STATE_DIR" in result.stdout
