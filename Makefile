@@ -37,5 +37,8 @@ fmt: venv
 bench: venv system-deps  ## print the benchmark figures
 	$(PY) -m bench
 
+up: venv system-deps  ## the whole stack here, no Docker; prints the URL, Ctrl-C stops it (flags: make up ARGS="--help")
+	$(PY) -m deploy.local.stack $(ARGS)
+
 clean:  ## remove the local stack's state (models, Cassandra data, spool)
 	rm -rf .state
