@@ -1,0 +1,49 @@
+"""The errors `mnist-models` reports: one line for the user, one exit code per kind (docs/model-ops.md)."""
+
+from __future__ import annotations
+
+
+class OpsError(Exception):
+    """A problem the user can act on. The CLI prints `error: <message>` and exits with `exit_code`."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(OpsError):
+    """The model config file is missing, unreadable, not a ModelServerConfig, or lacks the model."""
+
+    exit_code = 3
+
+
+class ServerError(OpsError):
+    """The model server is unreachable (deadline exceeded) or rejected a request."""
+
+    exit_code = 4
+
+
+class VersionNotFound(OpsError):
+    """The requested version has no complete directory under the model base path."""
+
+    exit_code = 5
+
+
+class QualityGateFailed(OpsError):
+    """The version's metrics.json accuracy is below --min-accuracy (or missing); --force overrides."""
+
+    exit_code = 6
+
+
+class LoadFailed(OpsError):
+    """The server did not make the version AVAILABLE (load error or timeout); the config was reverted."""
+
+    exit_code = 7
+
+
+class NothingToRollBack(OpsError):
+    """The history beside the config file holds no earlier stable version."""
+
+    exit_code = 8

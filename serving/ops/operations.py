@@ -1,0 +1,189 @@
+"""promote / canary / rollback / retire: each one a locked read-change-push cycle on the config file.
+
+Moving a label follows TF Serving's rule that an existing label may only move to an AVAILABLE version:
+1. if the target version is not AVAILABLE, add it to the specific versions, write the file, push it
+   (HandleReloadConfigRequest) and wait until the server reports it AVAILABLE;
+2. point the label at it, write the file, push it.
+The file is written before each push, so a server polling the file (--model_config_file_poll_wait_seconds) and
+this tool never disagree for long. A version that fails to load is taken out again (file and server), and the
+labels never moved. The previous stable version stays loaded, so a rollback is a single label move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.ops import model_config, versions
+from serving.ops.config_file import ConfigFile
+from serving.ops.errors import ConfigError, LoadFailed, NothingToRollBack, OpsError
+from serving.ops.model_config import ModelServerConfig
+from serving.ops.server import ModelServerClient, VersionState
+
+STABLE = "stable"
+CANARY = "canary"
+
+Say = Callable[[str], None]
+Progress = Callable[[int, VersionState | None, float], None]
+
+
+@dataclass
+class Operator:
+    config_file: ConfigFile
+    client: ModelServerClient
+    model_name: str
+    model_dir: Path
+    say: Say = print
+    progress: Progress | None = None
+    load_timeout_s: float = 300.0
+
+    # -- the commands --
+
+    def promote(self, version: int, *, min_accuracy: float, force: bool) -> None:
+        """Point `stable` at `version` (loading it first); the old stable is remembered for rollback."""
+        with self.config_file.locked():
+            config = self._read()
+            old = model_config.labels(config, self.model_name).get(STABLE)
+            if old == version:
+                self.say(f"{STABLE} already points at version {version}; nothing to do")
+                return
+            self.say(
+                versions.check_quality(
+                    versions.find(self.model_dir, version), min_accuracy=min_accuracy, force=force
+                )
+            )
+            self._move_label(config, STABLE, version)
+            history = self.config_file.read_history()
+            if old is not None:
+                history.push_stable(self.model_name, old)
+            history.record(
+                self.model_name, "promote", label=STABLE, previous=old, version=version, forced=force
+            )
+            self.config_file.write_history(history)
+            kept = f"; version {old} stays loaded for rollback" if old is not None else ""
+            self.say(f"{STABLE}: {_show(old)} -> {version}{kept}")
+
+    def canary(self, version: int, *, min_accuracy: float, force: bool) -> None:
+        with self.config_file.locked():
+            config = self._read()
+            old = model_config.labels(config, self.model_name).get(CANARY)
+            if old == version:
+                self.say(f"{CANARY} already points at version {version}; nothing to do")
+                return
+            self.say(
+                versions.check_quality(
+                    versions.find(self.model_dir, version), min_accuracy=min_accuracy, force=force
+                )
+            )
+            self._move_label(config, CANARY, version)
+            history = self.config_file.read_history()
+            history.record(
+                self.model_name, "canary", label=CANARY, previous=old, version=version, forced=force
+            )
+            self.config_file.write_history(history)
+            self.say(f"{CANARY}: {_show(old)} -> {version}")
+
+    def rollback(self) -> None:
+        """Point `stable` back where it was before the last promote (no quality gate: it served before)."""
+        with self.config_file.locked():
+            config = self._read()
+            current = model_config.labels(config, self.model_name).get(STABLE)
+            history = self.config_file.read_history()
+            target = history.pop_stable(self.model_name, current)
+            if target is None:
+                raise NothingToRollBack(
+                    f"no earlier stable version of {self.model_name!r} in {self.config_file.history_path}"
+                )
+            versions.find(self.model_dir, target)
+            self._move_label(config, STABLE, target)
+            history.record(self.model_name, "rollback", label=STABLE, previous=current, version=target)
+            self.config_file.write_history(history)
+            self.say(f"{STABLE}: {_show(current)} -> {target} (rolled back)")
+
+    def retire(self) -> list[int]:
+        """Unload each listed version no label points at, except the newest earlier stable (for rollback)."""
+        with self.config_file.locked():
+            config = self._read()
+            listed = model_config.versions(config, self.model_name)
+            keep = set(model_config.labels(config, self.model_name).values())
+            earlier = self.config_file.read_history().previous_stable(self.model_name)
+            if earlier:
+                keep.add(earlier[-1])
+            retired = [v for v in listed if v not in keep]
+            if not retired:
+                self.say("nothing to retire: every loaded version is labelled or the rollback target")
+                return []
+            new = model_config.with_versions(config, self.model_name, [v for v in listed if v in keep])
+            self._apply(new)
+            history = self.config_file.read_history()
+            history.record(self.model_name, "retire", versions=retired)
+            self.config_file.write_history(history)
+            self.say(f"retired version(s) {', '.join(map(str, retired))}; serving {_join(sorted(keep))}")
+            return retired
+
+    # -- the steps --
+
+    def _read(self) -> ModelServerConfig:
+        config = self.config_file.read()
+        model_config.check(config, self.model_name)
+        return config
+
+    def _apply(self, config: ModelServerConfig) -> None:
+        """Write the file first (the source of truth), then push; a rejected push restores the old file."""
+        before = self.config_file.read()
+        self.config_file.write(config)
+        try:
+            self.client.reload(config)
+        except OpsError:
+            self.config_file.write(before)
+            raise
+
+    def _move_label(self, config: ModelServerConfig, label: str, version: int) -> None:
+        config = self._ensure_available(config, version)
+        self._apply(model_config.with_label(config, self.model_name, label, version))
+
+    def _ensure_available(self, config: ModelServerConfig, version: int) -> ModelServerConfig:
+        """The config with `version` listed and AVAILABLE on the server (pushing a config that lists it)."""
+        state = self.client.version_states(self.model_name).get(version)
+        listed = model_config.versions(config, self.model_name)
+        if state is not None and state.state == "AVAILABLE" and version in listed:
+            return config
+        if version not in listed:
+            loading = model_config.with_versions(config, self.model_name, [*listed, version])
+            self._apply(loading)
+            self.say(f"loading version {version}: config pushed (versions {_join([*listed, version])})")
+        else:
+            loading = config  # listed but not AVAILABLE yet (still loading, or the server restarted)
+            self.say(f"waiting for listed version {version} to load")
+        try:
+            ready = self.client.wait_available(
+                self.model_name,
+                version,
+                timeout_s=self.load_timeout_s,
+                before=state,
+                on_poll=(lambda s, t: self.progress(version, s, t)) if self.progress else None,
+            )
+        except LoadFailed as error:
+            if loading is not config:
+                self._undo_load(config, error)
+            raise
+        self.say(f"version {version} is {ready.state}")
+        return loading
+
+    def _undo_load(self, config: ModelServerConfig, error: LoadFailed) -> None:
+        try:
+            self._apply(config)
+        except (OpsError, ConfigError) as undo_error:
+            error.message += f"; restoring the previous config also failed: {undo_error.message}"
+        else:
+            error.message += "; previous config restored"
+        error.args = (error.message,)
+
+
+def _show(version: int | None) -> str:
+    return "(unset)" if version is None else str(version)
+
+
+def _join(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in sorted(set(numbers)))

@@ -1,0 +1,147 @@
+"""The model server as `mnist-models` sees it: ModelService (status, reload config) and label resolution,
+through the official tensorflow-serving-api stubs, each call with a deadline. The only module using gRPC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.ops.errors import LoadFailed, ServerError
+
+_STATE_NAMES = {v: k for k, v in get_model_status_pb2.ModelVersionStatus.State.items()}
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+@dataclass(frozen=True)
+class VersionState:
+    version: int
+    state: str  # START, LOADING, AVAILABLE, UNLOADING, END (TF Serving's ModelVersionStatus.State names)
+    error_code: int = 0  # google.rpc code of the last load attempt; 0 is OK
+    error_message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "END" and self.error_code != 0
+
+
+class ModelServerClient:
+    """A connection to TF Serving or mnist-serve at `target` ("host:port")."""
+
+    def __init__(self, target: str, *, timeout_s: float = 10.0) -> None:
+        self.target = target
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ModelServerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def version_states(self, model_name: str) -> dict[int, VersionState]:
+        """Every version the server knows for the model; empty when it knows none (NOT_FOUND)."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = model_name
+        try:
+            response = self._models.GetModelStatus(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise self._error("GetModelStatus", error) from None
+        return {
+            s.version: VersionState(
+                s.version,
+                _STATE_NAMES.get(s.state, str(s.state)),
+                s.status.error_code,
+                s.status.error_message,
+            )
+            for s in response.model_version_status
+        }
+
+    def label_version(self, model_name: str, label: str) -> int | None:
+        """The version the server resolves `label` to (GetModelMetadata by label); None if it has none."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model_name
+        request.model_spec.version_label = label
+        try:
+            response = self._predictions.GetModelMetadata(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            if error.code() in _UNREACHABLE:
+                raise self._error("GetModelMetadata", error) from None
+            return None  # NOT_FOUND / INVALID_ARGUMENT / FAILED_PRECONDITION: the label serves nothing
+        return response.model_spec.version.value
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Apply `config` with HandleReloadConfigRequest; a rejected config raises ServerError."""
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.CopyFrom(config)
+        try:
+            response = self._models.HandleReloadConfigRequest(request, timeout=self.timeout_s)
+        except grpc.RpcError as error:
+            raise self._error("HandleReloadConfigRequest", error) from None
+        if response.status.error_code != 0:
+            raise ServerError(
+                f"model server {self.target} rejected the config: {response.status.error_message}"
+            )
+
+    def wait_available(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        timeout_s: float,
+        before: VersionState | None = None,
+        on_poll: Callable[[VersionState | None, float], None] | None = None,
+        poll_s: float = 0.2,
+    ) -> VersionState:
+        """Poll GetModelStatus until `version` is AVAILABLE; LoadFailed when its load fails or on timeout.
+
+        `before` is the version's state before the config push: an END-with-error identical to it is the
+        outcome of an older attempt, not of this one, until the server reports a new state."""
+        start = time.monotonic()
+        stale = before
+        while True:
+            state = self.version_states(model_name).get(version)
+            elapsed = time.monotonic() - start
+            if on_poll is not None:
+                on_poll(state, elapsed)
+            if state is not None:
+                if state.state == "AVAILABLE":
+                    return state
+                if state != stale:
+                    stale = None
+                if state.failed and stale is None:
+                    reason = state.error_message or f"error code {state.error_code}"
+                    raise LoadFailed(f"version {version} of {model_name} failed to load: {reason}")
+            if elapsed >= timeout_s:
+                seen = state.state if state else "not reported"
+                raise LoadFailed(
+                    f"version {version} of {model_name} not AVAILABLE after {timeout_s:g}s ({seen})"
+                )
+            time.sleep(poll_s)
+
+    def _error(self, method: str, error: grpc.RpcError) -> ServerError:
+        code = error.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ServerError(f"model server {self.target} unreachable ({method}: {error.details()})")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ServerError(
+                f"model server {self.target} did not answer {method} within {self.timeout_s:g}s"
+            )
+        return ServerError(f"model server {self.target}: {method} failed: {code.name}: {error.details()}")

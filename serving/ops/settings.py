@@ -1,0 +1,30 @@
+"""Defaults of `mnist-models`, read from the environment in this one place (flags override them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: str = "localhost:8500"  # MODEL_SERVER_GRPC
+    config: str = "serving/models.config"  # MODEL_CONFIG_FILE
+    model_base_path: str | None = (
+        None  # MODEL_BASE_PATH (parent of <model name>/); None: the config's base_path
+    )
+    model_name: str = "mnist"  # MODEL_NAME
+    min_accuracy: float = 0.99  # MODEL_MIN_ACCURACY
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            server=env.get("MODEL_SERVER_GRPC") or defaults.server,
+            config=env.get("MODEL_CONFIG_FILE") or defaults.config,
+            model_base_path=env.get("MODEL_BASE_PATH") or None,
+            model_name=env.get("MODEL_NAME") or defaults.model_name,
+            min_accuracy=float(env.get("MODEL_MIN_ACCURACY") or defaults.min_accuracy),
+        )
