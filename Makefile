@@ -37,6 +37,9 @@ fmt: venv
 bench: venv system-deps  ## print the benchmark figures
 	$(PY) -m bench
 
+protos: venv  ## regenerate gateway/tfs_protos/*_pb2*.py from the .proto files (grpcio-tools)
+	$(PY) -m gateway.tfs_protos.generate
+
 up: venv system-deps  ## the whole stack here, no Docker; prints the URL, Ctrl-C stops it (flags: make up ARGS="--help")
 	$(PY) -m deploy.local.stack $(ARGS)
 
