@@ -1,0 +1,41 @@
+"""`create_app()`: the gateway's only wiring point.
+
+Defaults come from `Settings.from_env()`; tests pass their own `Settings` and may hand in a model client and a
+prediction store (real ones pointed at test servers, or small doubles when only the HTTP layer is under test).
+Whatever is not handed in is built lazily on first use, so gunicorn workers open their gRPC channel and their
+Cassandra session after the fork, never before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from gateway import http_errors, logs, metrics, ops, routes
+from gateway.services import EXTENSION, Services
+from gateway.settings import Settings
+
+
+def create_app(settings: Settings | None = None, *, model_client: Any = None, store: Any = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__, static_folder="web", static_url_path="/static")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        # Form fields are tiny here; only the file part may be large, and MAX_CONTENT_LENGTH bounds that.
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_PARTS=16,
+        JSON_SORT_KEYS=False,
+        SEND_FILE_MAX_AGE_DEFAULT=300,
+    )
+    app.json.sort_keys = False
+    app.json.compact = True
+    app_metrics = metrics.GatewayMetrics()
+    app.extensions[EXTENSION] = Services(settings, app_metrics, model_client=model_client, store=store)
+
+    logs.init_app(app)
+    metrics.init_app(app, app_metrics)
+    http_errors.init_app(app, retry_after_s=settings.retry_after_s)
+    routes.init_app(app)
+    ops.init_app(app)
+    return app

@@ -1,0 +1,96 @@
+"""JSON logs, one object per line on stderr, each carrying the request id of the request that wrote it.
+
+The request id comes from the client's `X-Request-ID` (when it is a sane token) or is generated, is echoed in
+the response's `X-Request-ID` header, and lands in every log line written while the request runs. One access
+line per request (method, path, status, duration) replaces gunicorn's access log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+
+from flask import Flask, Response, g, has_request_context, request
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Attributes every LogRecord has; anything else passed via `extra=` is emitted as a field.
+_STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+access_log = logging.getLogger("gateway.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id is None and has_request_context():
+            request_id = g.get("request_id")
+        if request_id:
+            entry["request_id"] = request_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and key not in entry and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", stream=None) -> None:
+    """Route the root logger to one JSON handler (idempotent: calling it again replaces the handler)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_gateway_json", False):
+            root.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler._gateway_json = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(level)
+    # The Cassandra driver is chatty about reconnections at INFO; its warnings still come through.
+    logging.getLogger("cassandra").setLevel(max(logging.WARNING, root.level))
+
+
+def request_id() -> str:
+    return g.get("request_id", "") if has_request_context() else ""
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        started = g.get("started")
+        duration_ms = (time.perf_counter() - started) * 1000 if started else None
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status_code,
+            "duration_ms": round(duration_ms, 2) if duration_ms is not None else None,
+            "client": request.remote_addr,
+        }
+        fields.update(g.get("log_fields", {}))
+        # Probes and scrapes are frequent and dull: log them at DEBUG.
+        quiet = request.path in ("/healthz", "/readyz", "/metrics") and response.status_code < 400
+        access_log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)
+        return response
+
+
+def add_log_fields(**fields: object) -> None:
+    """Attach fields (prediction id, digit, model version...) to this request's access log line."""
+    g.setdefault("log_fields", {}).update(fields)

@@ -1,0 +1,144 @@
+"""Prometheus metrics on a registry the app owns (a test builds a fresh app and sees fresh counters).
+
+With one gunicorn worker (the default: scale with threads and replicas) the app's registry is what `/metrics`
+serves. With `GATEWAY_WORKERS` > 1, `mnist-gateway` sets `PROMETHEUS_MULTIPROC_DIR` before anything imports
+prometheus_client; every worker then writes its samples to files there and `/metrics` merges them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "gateway_http_requests",
+            "HTTP requests answered, by route template and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time to answer a request, by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.preprocess_seconds = Histogram(
+            "gateway_preprocess_duration_seconds",
+            "Time to decode an upload and make the 28x28 model input",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "gateway_model_duration_seconds",
+            "Time of the gRPC Predict call (retries included)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predict_seconds = Histogram(
+            "gateway_predict_total_duration_seconds",
+            "Time of a whole prediction (read, preprocess, model, record)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predictions = Counter(
+            "gateway_predictions",
+            "Predictions answered, by model version and digit",
+            ["model", "version", "digit"],
+            registry=r,
+        )
+        self.model_errors = Counter(
+            "gateway_model_errors", "Predict calls that failed, by error code", ["code"], registry=r
+        )
+        self.model_version = Gauge(
+            "gateway_model_version_info",
+            "1 for the model version that last answered for a label",
+            ["model", "label", "version"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.spool_depth = Gauge(
+            "gateway_spool_depth",
+            "Predictions waiting in the local spool for Cassandra",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._versions: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    def saw_model_version(self, model: str, label: str, version: int | str) -> None:
+        key, version = (model, label), str(version)
+        with self._lock:
+            previous = self._versions.get(key)
+            if previous == version:
+                return
+            if previous is not None:
+                with contextlib.suppress(KeyError):
+                    self.model_version.remove(model, label, previous)
+            self._versions[key] = version
+            self.model_version.labels(model, label, version).set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        directory = multiprocess_dir()
+        if directory:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def init_app(app: Flask, metrics: GatewayMetrics) -> None:
+    @app.after_request
+    def _count(response: Response) -> Response:
+        # Route templates, not raw paths: unknown URLs must not make new time series.
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/metrics")
+    def metrics_endpoint() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)

@@ -1,0 +1,58 @@
+"""Operational endpoints that change something, behind `Authorization: Bearer $OPS_TOKEN`.
+
+- `POST /ops/spool/replay`: replay the local spool into Cassandra now (it also happens on its own).
+- `POST /ops/log-level` `{"level": "DEBUG"}`: change this worker's log level without a restart.
+
+With no OPS_TOKEN configured (allowed only in development) they answer 403. The token is compared in constant
+time, and the endpoints are not in the web page.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from flask import Blueprint, Flask, jsonify, request
+from werkzeug.exceptions import Forbidden
+
+from gateway import services
+from gateway.errors import InvalidInput, Unauthorized
+from gateway.settings import LOG_LEVELS
+
+bp = Blueprint("ops", __name__, url_prefix="/ops")
+log = logging.getLogger("gateway.ops")
+
+
+@bp.before_request
+def _require_token() -> None:
+    token = services.current().settings.ops_token
+    if not token:
+        raise Forbidden("ops endpoints are disabled: set OPS_TOKEN to enable them")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("send 'Authorization: Bearer <OPS_TOKEN>'")
+
+
+@bp.post("/spool/replay")
+def replay_spool():
+    svc = services.current()
+    replayed = svc.store.replay_spool()
+    depth = int(svc.store.spool_depth())
+    svc.metrics.spool_depth.set(depth)
+    log.info("spool replay requested", extra={"replayed": replayed, "spool_depth": depth})
+    return jsonify({"replayed": replayed, "spool_depth": depth})
+
+
+@bp.post("/log-level")
+def set_log_level():
+    body = request.get_json(silent=True)
+    level = str(body.get("level", "")).upper() if isinstance(body, dict) else ""
+    if level not in LOG_LEVELS:
+        raise InvalidInput(f'send JSON {{"level": L}} with L one of {", ".join(LOG_LEVELS)}')
+    logging.getLogger().setLevel(level)
+    log.warning("log level changed", extra={"level": level})
+    return jsonify({"level": level})
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

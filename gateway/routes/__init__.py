@@ -1,0 +1,12 @@
+"""The gateway's HTTP routes, one module per concern; `init_app` registers them all."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from gateway.routes import health, legacy, predict, predictions, web
+
+
+def init_app(app: Flask) -> None:
+    for module in (predict, predictions, legacy, health, web):
+        app.register_blueprint(module.bp)

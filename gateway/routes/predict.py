@@ -1,0 +1,211 @@
+"""`POST /v1/predict`: an upload in, the model's answer out, the prediction recorded on the way.
+
+The flow (also used by the original `/mnist` form): read the upload (multipart `image` or `pic`, or a raw
+body), preprocess it into the 28x28 MNIST-style input, ask the model server for the chosen label or version,
+record the prediction through the store (never waiting on Cassandra), answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from flask import Blueprint, jsonify, request
+from PIL import Image
+
+from gateway import services
+from gateway.errors import GatewayError, InvalidInput
+from gateway.logs import add_log_fields
+from gateway.preprocess import to_mnist
+from gateway.services import Services
+
+bp = Blueprint("predict", __name__)
+
+UPLOAD_FIELDS = ("image", "pic")
+MAX_FILENAME_CHARS = 255
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Upload:
+    data: bytes
+    filename: str | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    id: uuid.UUID
+    created_at: datetime
+    filename: str | None
+    digit: int
+    probabilities: list[float]
+    model_name: str
+    model_version: int | None
+    label: str | None
+    image: np.ndarray  # uint8 [28, 28], what the model saw
+    preprocess_ms: float
+    model_ms: float
+    total_ms: float
+
+    def to_json(self) -> dict:
+        return {
+            "id": str(self.id),
+            "created_at": self.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "filename": self.filename,
+            "digit": self.digit,
+            "probabilities": self.probabilities,
+            "model": {"name": self.model_name, "version": self.model_version, "label": self.label},
+            "timings_ms": {
+                "preprocess": round(self.preprocess_ms, 3),
+                "model": round(self.model_ms, 3),
+                "total": round(self.total_ms, 3),
+            },
+            "input": {"width": 28, "height": 28, "png_base64": png_base64(self.image)},
+        }
+
+
+def new_timeuuid() -> uuid.UUID:
+    """A version-1 (time) UUID with a random node, so ids from many workers and hosts never collide."""
+    return uuid.uuid1(node=secrets.randbits(48) | 0x010000000000)
+
+
+def png_base64(image: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def clean_filename(name: str | None) -> str | None:
+    """The client's file name is data: kept as given (bounded), never used as a path."""
+    if not name:
+        return None
+    return name[:MAX_FILENAME_CHARS]
+
+
+def read_upload(fields: tuple[str, ...] = UPLOAD_FIELDS) -> Upload:
+    if request.mimetype == "multipart/form-data":
+        for field in fields:
+            file = request.files.get(field)
+            if file is not None:
+                data = file.read()
+                if not data:
+                    raise InvalidInput(f"the uploaded file in field {field!r} is empty")
+                return Upload(data, clean_filename(file.filename))
+        names = " or ".join(repr(f) for f in fields)
+        raise InvalidInput(f"the multipart form has no file field {names}")
+    data = request.get_data(cache=False)
+    if not data:
+        raise InvalidInput(
+            "no image: send multipart/form-data with a file field 'image' (or 'pic'), "
+            "or the image bytes as the body"
+        )
+    return Upload(data, clean_filename(request.headers.get("X-Filename")))
+
+
+def model_choice(default_label: str) -> tuple[str | None, int | None]:
+    """`?version=N` or `?label=NAME` choose the model; otherwise the configured label."""
+    label = request.args.get("label")
+    version = request.args.get("version")
+    if label is not None and version is not None:
+        raise InvalidInput("choose the model by 'label' or by 'version', not both")
+    if version is not None:
+        if not version.isdigit() or not 0 < int(version) < 2**63:
+            raise InvalidInput("'version' must be a positive integer")
+        return None, int(version)
+    if label is not None:
+        if not _LABEL_RE.match(label):
+            raise InvalidInput("'label' must be 1-64 letters, digits, '.', '_' or '-'")
+        return label, None
+    return default_label, None
+
+
+def predict_upload(upload: Upload, *, label: str | None, version: int | None) -> Answer:
+    svc = services.current()
+    started = time.perf_counter()
+    try:
+        pre = to_mnist(upload.data, max_pixels=svc.settings.max_image_pixels)
+    except GatewayError:
+        svc.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+        raise
+    preprocessed = time.perf_counter()
+    svc.metrics.preprocess_seconds.observe(preprocessed - started)
+    image = np.asarray(pre.image, dtype=np.uint8)
+    try:
+        result = svc.model_client.predict(image[np.newaxis], label=label, version=version)
+    except GatewayError as exc:
+        svc.metrics.model_errors.labels(exc.code).inc()
+        raise
+    finally:
+        svc.metrics.model_seconds.observe(time.perf_counter() - preprocessed)
+    answered = time.perf_counter()
+    probabilities = [round(float(p), 6) for p in np.asarray(result.probabilities)[0]]
+    answer = Answer(
+        id=new_timeuuid(),
+        created_at=datetime.now(UTC),
+        filename=upload.filename,
+        digit=int(np.asarray(result.digits)[0]),
+        probabilities=probabilities,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        label=label,
+        image=image,
+        preprocess_ms=(preprocessed - started) * 1000,
+        model_ms=(answered - preprocessed) * 1000,
+        total_ms=(answered - started) * 1000,
+    )
+    record(svc, answer, upload)
+    total = time.perf_counter() - started
+    svc.metrics.predict_seconds.observe(total)
+    svc.metrics.predictions.labels(answer.model_name, str(answer.model_version), str(answer.digit)).inc()
+    if label is not None:
+        svc.metrics.saw_model_version(answer.model_name, label, answer.model_version)
+    add_log_fields(
+        prediction_id=str(answer.id),
+        digit=answer.digit,
+        model=answer.model_name,
+        model_version=answer.model_version,
+        label=label,
+        preprocess_ms=round(answer.preprocess_ms, 2),
+        model_ms=round(answer.model_ms, 2),
+    )
+    return answer
+
+
+def record(svc: Services, answer: Answer, upload: Upload) -> None:
+    """Hand the prediction to the store: it writes asynchronously and spools when Cassandra is down."""
+    from gateway.store import PredictionRecord
+
+    svc.store.record(
+        PredictionRecord(
+            id=answer.id,
+            created_at=answer.created_at,
+            filename=answer.filename,
+            image_sha256=hashlib.sha256(upload.data).hexdigest(),
+            input_image=answer.image.tobytes(),
+            digit=answer.digit,
+            probabilities=answer.probabilities,
+            model_name=answer.model_name,
+            model_version=answer.model_version,
+            preprocess_ms=answer.preprocess_ms,
+            model_ms=answer.model_ms,
+            total_ms=answer.total_ms,
+            client_addr=request.remote_addr,
+        )
+    )
+    svc.metrics.spool_depth.set(svc.store.spool_depth())
+
+
+@bp.post("/v1/predict")
+def predict():
+    label, version = model_choice(services.current().settings.model_label)
+    upload = read_upload()
+    answer = predict_upload(upload, label=label, version=version)
+    return jsonify(answer.to_json())

@@ -1,0 +1,97 @@
+"""Recorded predictions: the recent ones (newest first, paginated), one by id, and feedback (true labels)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+
+import numpy as np
+from flask import Blueprint, jsonify, request
+
+from gateway import services
+from gateway.errors import InvalidInput, NotFound
+from gateway.logs import add_log_fields
+from gateway.routes.predict import png_base64
+from gateway.settings import MAX_PAGE_SIZE
+
+bp = Blueprint("predictions", __name__)
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    try:
+        value = uuid.UUID(raw)
+    except ValueError:
+        raise InvalidInput("prediction ids are UUIDs") from None
+    if value.version != 1:
+        raise InvalidInput("prediction ids are time UUIDs (version 1)")
+    return value
+
+
+def encode_cursor(state: bytes | None) -> str | None:
+    return base64.urlsafe_b64encode(state).decode("ascii").rstrip("=") if state else None
+
+
+def decode_cursor(raw: str | None) -> bytes | None:
+    if not raw:
+        return None
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidInput("'cursor' is not a cursor this API returned") from None
+
+
+def iso(ts) -> str | None:
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z") if ts is not None else None
+
+
+def record_json(rec, *, with_input: bool = False) -> dict:
+    body = {
+        "id": str(rec.id),
+        "created_at": iso(rec.created_at),
+        "filename": rec.filename,
+        "digit": rec.digit,
+        "probabilities": [round(float(p), 6) for p in rec.probabilities],
+        "model": {"name": rec.model_name, "version": rec.model_version},
+        "timings_ms": {"preprocess": rec.preprocess_ms, "model": rec.model_ms, "total": rec.total_ms},
+        "feedback": getattr(rec, "feedback_label", None),
+    }
+    if with_input and rec.input_image:
+        image = np.frombuffer(rec.input_image, dtype=np.uint8).reshape(28, 28)
+        body["input"] = {"width": 28, "height": 28, "png_base64": png_base64(image)}
+    return body
+
+
+@bp.get("/v1/predictions")
+def list_predictions():
+    svc = services.current()
+    raw_limit = request.args.get("limit", str(svc.settings.page_size))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"'limit' must be an integer from 1 to {MAX_PAGE_SIZE}")
+    page = svc.store.recent(limit=int(raw_limit), cursor=decode_cursor(request.args.get("cursor")))
+    return jsonify({"items": [record_json(r) for r in page.items], "next_cursor": encode_cursor(page.cursor)})
+
+
+@bp.get("/v1/predictions/<raw_id>")
+def get_prediction(raw_id: str):
+    rec = services.current().store.get(parse_id(raw_id))
+    if rec is None:
+        raise NotFound(
+            "no prediction with this id (one recorded while Cassandra was down appears once it is back)"
+        )
+    return jsonify(record_json(rec, with_input=True))
+
+
+@bp.post("/v1/predictions/<raw_id>/feedback")
+def feedback(raw_id: str):
+    prediction_id = parse_id(raw_id)
+    body = request.get_json(silent=True)
+    label = body.get("label") if isinstance(body, dict) else None
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
+        raise InvalidInput('send JSON {"label": N} with the true digit N from 0 to 9')
+    store = services.current().store
+    if store.get(prediction_id) is None:
+        raise NotFound("no prediction with this id")
+    store.add_feedback(prediction_id, label)
+    add_log_fields(prediction_id=str(prediction_id), feedback_label=label)
+    return jsonify({"id": str(prediction_id), "label": label})

@@ -1,0 +1,84 @@
+"""The app's resources in one object: settings, metrics, and the model client and store, made on first use.
+
+Made lazily so that gunicorn workers open their gRPC channel and Cassandra session after the fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import current_app
+
+from gateway.metrics import GatewayMetrics
+from gateway.settings import Settings
+
+log = logging.getLogger("gateway")
+
+EXTENSION = "mnist_gateway"
+
+
+class Services:
+    """The app's resources: settings, metrics, and the model client and store (made on first use)."""
+
+    def __init__(
+        self, settings: Settings, metrics: GatewayMetrics, *, model_client: Any = None, store: Any = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._model_client = model_client
+        self._store = store
+        self._owned: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def model_client(self) -> Any:
+        if self._model_client is None:
+            with self._lock:
+                if self._model_client is None:
+                    from gateway.model_client import ModelClient
+
+                    s = self.settings
+                    client = ModelClient(
+                        s.model_server_grpc,
+                        timeout_s=s.model_timeout_s,
+                        model_name=s.model_name,
+                        retries=s.model_retries,
+                    )
+                    self._owned.append(client)
+                    self._model_client = client
+        return self._model_client
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from gateway.store import PredictionStore
+
+                    s = self.settings
+                    store = PredictionStore(
+                        hosts=list(s.cassandra_hosts),
+                        port=s.cassandra_port,
+                        keyspace=s.cassandra_keyspace,
+                        spool_dir=s.spool_dir,
+                    )
+                    self._owned.append(store)
+                    self._store = store
+        return self._store
+
+    def close(self) -> None:
+        """Close what the app made (the store flushes its in-flight writes); what was handed in stays open."""
+        with self._lock:
+            owned, self._owned = self._owned, []
+        for resource in reversed(owned):
+            try:
+                resource.close()
+            except Exception:
+                log.exception("closing %s failed", type(resource).__name__)
+
+
+def current() -> Services:
+    """The running app's services (inside a request or app context)."""
+    return current_app.extensions[EXTENSION]

@@ -1,0 +1,175 @@
+"""The gateway's settings: every environment variable it reads, in one place, validated at start.
+
+`Settings.from_env()` is called once by the app factory (or by `mnist-gateway`); tests build `Settings(...)`
+directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the gateway reads `os.environ`.
+
+- `GATEWAY_ENV` (`development`): `development` or `production`; production refuses an empty or weak OPS_TOKEN.
+- `GATEWAY_HOST` (`0.0.0.0`), `GATEWAY_PORT` (`8080`): where `mnist-gateway` listens.
+- `GATEWAY_WORKERS` (`1`): gunicorn worker processes (metrics switch to multiprocess mode above 1).
+- `GATEWAY_THREADS` (`16`): threads per worker (requests mostly wait on gRPC, so threads go far).
+- `GATEWAY_GRACEFUL_TIMEOUT_S` (`20`): time a worker gets to finish requests and flush the store on shutdown.
+- `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body; more is a 413.
+- `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413.
+- `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): durable local spool for predictions Cassandra cannot take yet.
+- `GATEWAY_PAGE_SIZE` (`20`): default page size of `GET /v1/predictions` (at most 100).
+- `GATEWAY_RETRY_AFTER_S` (`5`): `Retry-After` seconds sent with 503 answers.
+- `MODEL_SERVER_GRPC` (`localhost:8500`): TF Serving (or `mnist-serve`) gRPC address.
+- `MODEL_NAME` (`mnist`), `MODEL_LABEL` (`stable`): the model asked, and the label used unless a request asks.
+- `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
+- `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
+- `OPS_TOKEN` (empty): bearer token of the `/ops/*` endpoints; empty disables them (refused in production).
+- `LOG_LEVEL` (`INFO`): level of the JSON logs on stderr.
+
+`MODEL_BASE_PATH` and `MODEL_SERVER_REST` belong to the model server and the ops tools: the gateway ignores
+them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENVIRONMENTS = ("development", "production")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MAX_PAGE_SIZE = 100
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or unsafe; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = "development"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    threads: int = 16
+    graceful_timeout_s: int = 20
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    spool_dir: str = ".state/gateway-spool"
+    page_size: int = 20
+    retry_after_s: int = 5
+    model_server_grpc: str = "localhost:8500"
+    model_name: str = "mnist"
+    model_label: str = "stable"
+    model_timeout_s: float = 5.0
+    model_retries: int = 2
+    cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
+    cassandra_port: int = 9042
+    cassandra_keyspace: str = "mnist"
+    ops_token: str = ""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: object) -> str:
+            value = env.get(name)
+            return str(default) if value is None or value.strip() == "" else value.strip()
+
+        def integer(name: str, default: int) -> int:
+            raw = get(name, default)
+            try:
+                return int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+        def number(name: str, default: float) -> float:
+            raw = get(name, default)
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+        d = cls.__dataclass_fields__
+        hosts = tuple(h.strip() for h in get("CASSANDRA_HOSTS", "127.0.0.1").split(",") if h.strip())
+        return cls(
+            env=get("GATEWAY_ENV", d["env"].default).lower(),
+            host=get("GATEWAY_HOST", d["host"].default),
+            port=integer("GATEWAY_PORT", d["port"].default),
+            workers=integer("GATEWAY_WORKERS", d["workers"].default),
+            threads=integer("GATEWAY_THREADS", d["threads"].default),
+            graceful_timeout_s=integer("GATEWAY_GRACEFUL_TIMEOUT_S", d["graceful_timeout_s"].default),
+            max_upload_bytes=integer("GATEWAY_MAX_UPLOAD_BYTES", d["max_upload_bytes"].default),
+            max_image_pixels=integer("GATEWAY_MAX_IMAGE_PIXELS", d["max_image_pixels"].default),
+            spool_dir=get("GATEWAY_SPOOL_DIR", d["spool_dir"].default),
+            page_size=integer("GATEWAY_PAGE_SIZE", d["page_size"].default),
+            retry_after_s=integer("GATEWAY_RETRY_AFTER_S", d["retry_after_s"].default),
+            model_server_grpc=get("MODEL_SERVER_GRPC", d["model_server_grpc"].default),
+            model_name=get("MODEL_NAME", d["model_name"].default),
+            model_label=get("MODEL_LABEL", d["model_label"].default),
+            model_timeout_s=number("MODEL_TIMEOUT_S", d["model_timeout_s"].default),
+            model_retries=integer("MODEL_RETRIES", d["model_retries"].default),
+            cassandra_hosts=hosts,
+            cassandra_port=integer("CASSANDRA_PORT", d["cassandra_port"].default),
+            cassandra_keyspace=get("CASSANDRA_KEYSPACE", d["cassandra_keyspace"].default),
+            ops_token=env.get("OPS_TOKEN", "").strip(),
+            log_level=get("LOG_LEVEL", d["log_level"].default).upper(),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise SettingsError(message)
+
+        check(
+            self.env in ENVIRONMENTS,
+            f"GATEWAY_ENV must be one of {', '.join(ENVIRONMENTS)}, got {self.env!r}",
+        )
+        check(0 < self.port < 65536, f"GATEWAY_PORT must be a TCP port (1-65535), got {self.port}")
+        check(1 <= self.workers <= 64, f"GATEWAY_WORKERS must be 1-64, got {self.workers}")
+        check(1 <= self.threads <= 256, f"GATEWAY_THREADS must be 1-256, got {self.threads}")
+        check(self.graceful_timeout_s >= 1, "GATEWAY_GRACEFUL_TIMEOUT_S must be at least 1")
+        check(self.max_upload_bytes >= 1024, "GATEWAY_MAX_UPLOAD_BYTES must be at least 1024")
+        check(self.max_image_pixels >= 28 * 28, "GATEWAY_MAX_IMAGE_PIXELS must be at least 784")
+        check(bool(self.spool_dir), "GATEWAY_SPOOL_DIR must not be empty")
+        check(1 <= self.page_size <= MAX_PAGE_SIZE, f"GATEWAY_PAGE_SIZE must be 1-{MAX_PAGE_SIZE}")
+        check(self.retry_after_s >= 1, "GATEWAY_RETRY_AFTER_S must be at least 1")
+        check(
+            _is_host_port(self.model_server_grpc),
+            f"MODEL_SERVER_GRPC must be host:port, got {self.model_server_grpc!r}",
+        )
+        check(bool(self.model_name), "MODEL_NAME must not be empty")
+        check(
+            bool(_LABEL_RE.match(self.model_label)), f"MODEL_LABEL is not a valid label: {self.model_label!r}"
+        )
+        check(0 < self.model_timeout_s <= 300, "MODEL_TIMEOUT_S must be in (0, 300]")
+        check(0 <= self.model_retries <= 10, "MODEL_RETRIES must be 0-10")
+        check(len(self.cassandra_hosts) > 0, "CASSANDRA_HOSTS must name at least one host")
+        check(
+            0 < self.cassandra_port < 65536, f"CASSANDRA_PORT must be a TCP port, got {self.cassandra_port}"
+        )
+        check(
+            bool(re.match(r"^[A-Za-z][A-Za-z0-9_]{0,47}$", self.cassandra_keyspace)),
+            f"CASSANDRA_KEYSPACE is not a valid keyspace name: {self.cassandra_keyspace!r}",
+        )
+        check(self.log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+        if self.env == "production":
+            check(bool(self.ops_token), "OPS_TOKEN must be set when GATEWAY_ENV=production")
+            check(
+                len(self.ops_token) >= 16 and self.ops_token.lower() not in _WEAK_TOKENS,
+                "OPS_TOKEN is too weak for production (use 16+ random characters: `openssl rand -hex 24`)",
+            )
+
+    @property
+    def ops_enabled(self) -> bool:
+        return bool(self.ops_token)
+
+
+def _is_host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

@@ -1,0 +1,273 @@
+// The gateway's page: draw or upload a digit, show the answer, send feedback, list recent predictions.
+// Plain JS, no dependencies; everything goes through the gateway's own JSON API.
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const pad = $("pad");
+  const ctx = pad.getContext("2d");
+  const state = { drawn: false, current: null, seq: 0, cursor: null, autoTimer: 0 };
+
+  // ---- drawing -------------------------------------------------------------------------------------------------
+  function clearPad() {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, pad.width, pad.height);
+    state.drawn = false;
+    $("canvas-hint").classList.remove("gone");
+  }
+
+  function point(event) {
+    const box = pad.getBoundingClientRect();
+    return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
+  }
+
+  let last = null;
+  pad.addEventListener("pointerdown", (event) => {
+    event.preventDefault();
+    pad.setPointerCapture(event.pointerId);
+    clearTimeout(state.autoTimer);
+    last = point(event);
+    ctx.strokeStyle = "#fff";
+    ctx.fillStyle = "#fff";
+    ctx.lineWidth = pad.width / 12;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.arc(last[0], last[1], ctx.lineWidth / 2, 0, Math.PI * 2);
+    ctx.fill();
+    state.drawn = true;
+    $("canvas-hint").classList.add("gone");
+  });
+  pad.addEventListener("pointermove", (event) => {
+    if (!last) return;
+    const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+    for (const e of events.length ? events : [event]) {
+      const p = point(e);
+      ctx.beginPath();
+      ctx.moveTo(last[0], last[1]);
+      ctx.lineTo(p[0], p[1]);
+      ctx.stroke();
+      last = p;
+    }
+  });
+  const endStroke = () => {
+    if (!last) return;
+    last = null;
+    // Read the drawing shortly after the pen lifts, unless another stroke starts (a 4 or a 7 has two).
+    state.autoTimer = setTimeout(predictDrawing, 700);
+  };
+  pad.addEventListener("pointerup", endStroke);
+  pad.addEventListener("pointercancel", endStroke);
+
+  function predictDrawing() {
+    clearTimeout(state.autoTimer);
+    if (!state.drawn) {
+      setStatus("Draw a digit first.", "error");
+      return;
+    }
+    pad.toBlob((blob) => blob && predict(blob, "drawing.png"), "image/png");
+  }
+
+  // ---- uploads -------------------------------------------------------------------------------------------------
+  const drop = $("drop");
+  const fileInput = $("file");
+  drop.addEventListener("click", (event) => {
+    if (event.target !== fileInput && event.target.tagName !== "LABEL") fileInput.click();
+  });
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      fileInput.click();
+    }
+  });
+  fileInput.addEventListener("change", () => {
+    if (fileInput.files.length) predict(fileInput.files[0], fileInput.files[0].name);
+    fileInput.value = "";
+  });
+  ["dragenter", "dragover"].forEach((type) =>
+    drop.addEventListener(type, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    }),
+  );
+  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = event.dataTransfer.files[0];
+    if (file) predict(file, file.name);
+  });
+
+  // ---- the API -------------------------------------------------------------------------------------------------
+  async function api(path, options) {
+    const response = await fetch(path, options);
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (_) {
+      body = null;
+    }
+    if (!response.ok) {
+      const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
+      const retry = response.headers.get("Retry-After");
+      throw new Error(retry ? `${message} (try again in ${retry} s)` : message);
+    }
+    return body;
+  }
+
+  function setStatus(text, kind, id = "status") {
+    const el = $(id);
+    el.textContent = text;
+    el.className = "status" + (kind ? " " + kind : "");
+  }
+
+  async function predict(blob, filename) {
+    const seq = ++state.seq;
+    const form = new FormData();
+    form.append("image", blob, filename);
+    setStatus("Reading…");
+    $("predict-btn").disabled = true;
+    try {
+      const answer = await api("/v1/predict", { method: "POST", body: form });
+      if (seq !== state.seq) return; // a newer request was sent meanwhile
+      showAnswer(answer);
+      setStatus("");
+      loadRecent(true);
+    } catch (error) {
+      if (seq === state.seq) setStatus(error.message, "error");
+    } finally {
+      $("predict-btn").disabled = false;
+    }
+  }
+
+  function showAnswer(answer) {
+    state.current = answer;
+    $("result").hidden = false;
+    $("digit").textContent = String(answer.digit);
+    const p = answer.probabilities[answer.digit];
+    $("confidence").textContent = `${(p * 100).toFixed(1)}% sure`;
+    $("seen").src = "data:image/png;base64," + answer.input.png_base64;
+    const model = `${answer.model.name} v${answer.model.version}` + (answer.model.label ? ` (${answer.model.label})` : "");
+    $("model-version").textContent = model;
+    const t = answer.timings_ms;
+    $("meta").textContent = `${model} · preprocessing ${t.preprocess.toFixed(1)} ms · model ${t.model.toFixed(1)} ms · total ${t.total.toFixed(1)} ms`;
+    const bars = $("bars");
+    bars.replaceChildren(
+      ...answer.probabilities.map((value, digit) => {
+        const li = document.createElement("li");
+        if (digit === answer.digit) li.className = "top";
+        li.setAttribute("aria-label", `${digit}: ${(value * 100).toFixed(1)} percent`);
+        const label = document.createElement("span");
+        label.textContent = String(digit);
+        const track = document.createElement("span");
+        track.className = "track";
+        const fill = document.createElement("span");
+        fill.className = "fill";
+        track.append(fill);
+        const pct = document.createElement("span");
+        pct.className = "pct";
+        pct.textContent = `${(value * 100).toFixed(1)}%`;
+        li.append(label, track, pct);
+        requestAnimationFrame(() => (fill.style.width = `${Math.max(value * 100, 0.5)}%`));
+        return li;
+      }),
+    );
+    setStatus("", null, "fb-status");
+    setFeedbackEnabled(true);
+  }
+
+  // ---- feedback ------------------------------------------------------------------------------------------------
+  const digitsBox = $("fb-digits");
+  for (let d = 0; d <= 9; d++) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = String(d);
+    button.dataset.label = String(d);
+    button.setAttribute("aria-label", `The right digit is ${d}`);
+    digitsBox.append(button);
+  }
+  digitsBox.addEventListener("click", (event) => {
+    const label = event.target.dataset && event.target.dataset.label;
+    if (label !== undefined) sendFeedback(Number(label));
+  });
+  $("fb-yes").addEventListener("click", () => state.current && sendFeedback(state.current.digit));
+
+  function setFeedbackEnabled(on) {
+    document.querySelectorAll("#feedback button").forEach((b) => (b.disabled = !on));
+  }
+
+  async function sendFeedback(label) {
+    if (!state.current) return;
+    setFeedbackEnabled(false);
+    try {
+      await api(`/v1/predictions/${state.current.id}/feedback`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ label }),
+      });
+      setStatus(label === state.current.digit ? "Thanks! Recorded as correct." : `Thanks! Recorded the right digit: ${label}.`, "ok", "fb-status");
+      loadRecent(true);
+    } catch (error) {
+      setStatus(error.message, "error", "fb-status");
+      setFeedbackEnabled(true);
+    }
+  }
+
+  // ---- recent predictions ---------------------------------------------------------------------------------------
+  function cell(text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    return td;
+  }
+
+  function row(item) {
+    const tr = document.createElement("tr");
+    tr.dataset.id = item.id;
+    const when = item.created_at ? new Date(item.created_at).toLocaleString() : "";
+    const top = Math.max(...item.probabilities);
+    const file = cell(item.filename || "—", "file");
+    if (item.filename) file.title = item.filename;
+    const feedback = document.createElement("td");
+    if (item.feedback !== null && item.feedback !== undefined) {
+      const tag = document.createElement("span");
+      const right = item.feedback === item.digit;
+      tag.className = "tag " + (right ? "good" : "bad");
+      tag.textContent = right ? "✓ correct" : `✗ was ${item.feedback}`;
+      feedback.append(tag);
+    } else {
+      feedback.textContent = "—";
+    }
+    tr.append(cell(when), file, cell(String(item.digit), "digit-cell"), cell(`${(top * 100).toFixed(1)}%`),
+      cell(`${item.model.name} v${item.model.version}`), feedback);
+    if (state.current && item.id === state.current.id) tr.classList.add("fresh");
+    return tr;
+  }
+
+  async function loadRecent(reset) {
+    const params = new URLSearchParams({ limit: "10" });
+    if (!reset && state.cursor) params.set("cursor", state.cursor);
+    try {
+      const page = await api(`/v1/predictions?${params}`);
+      const body = $("recent-body");
+      const rows = page.items.map(row);
+      if (reset) body.replaceChildren(...rows);
+      else body.append(...rows);
+      state.cursor = page.next_cursor;
+      $("more-btn").hidden = !page.next_cursor;
+      $("recent-status").textContent = body.children.length ? "" : "No predictions yet: draw a digit!";
+    } catch (error) {
+      $("recent-status").textContent = `Recent predictions are not available: ${error.message}`;
+    }
+  }
+
+  $("predict-btn").addEventListener("click", predictDrawing);
+  $("clear-btn").addEventListener("click", () => {
+    clearTimeout(state.autoTimer);
+    clearPad();
+  });
+  $("refresh-btn").addEventListener("click", () => loadRecent(true));
+  $("more-btn").addEventListener("click", () => loadRecent(false));
+
+  clearPad();
+  loadRecent(true);
+})();

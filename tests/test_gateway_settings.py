@@ -1,0 +1,117 @@
+"""Settings: every variable read from the environment, defaults, validation, and `mnist-gateway`'s errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gateway.settings import Settings, SettingsError
+
+
+def test_defaults_from_an_empty_environment():
+    s = Settings.from_env({})
+    assert s.env == "development"
+    assert s.port == 8080
+    assert s.model_server_grpc == "localhost:8500"
+    assert s.model_name == "mnist" and s.model_label == "stable"
+    assert (
+        s.cassandra_hosts == ("127.0.0.1",) and s.cassandra_port == 9042 and s.cassandra_keyspace == "mnist"
+    )
+    assert s.ops_token == "" and not s.ops_enabled
+
+
+def test_every_variable_is_read():
+    s = Settings.from_env(
+        {
+            "GATEWAY_ENV": "production",
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": "9000",
+            "GATEWAY_WORKERS": "3",
+            "GATEWAY_THREADS": "4",
+            "GATEWAY_GRACEFUL_TIMEOUT_S": "7",
+            "GATEWAY_MAX_UPLOAD_BYTES": "2048",
+            "GATEWAY_MAX_IMAGE_PIXELS": "1000",
+            "GATEWAY_SPOOL_DIR": "/tmp/spool",
+            "GATEWAY_PAGE_SIZE": "5",
+            "GATEWAY_RETRY_AFTER_S": "9",
+            "MODEL_SERVER_GRPC": "tfs:8500",
+            "MODEL_NAME": "digits",
+            "MODEL_LABEL": "canary",
+            "MODEL_TIMEOUT_S": "1.5",
+            "MODEL_RETRIES": "0",
+            "CASSANDRA_HOSTS": " a, b ,c ",
+            "CASSANDRA_PORT": "9043",
+            "CASSANDRA_KEYSPACE": "other",
+            "OPS_TOKEN": "0123456789abcdef0123",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert (s.env, s.host, s.port, s.workers, s.threads, s.graceful_timeout_s) == (
+        "production",
+        "127.0.0.1",
+        9000,
+        3,
+        4,
+        7,
+    )
+    assert (s.max_upload_bytes, s.max_image_pixels, s.spool_dir, s.page_size, s.retry_after_s) == (
+        2048,
+        1000,
+        "/tmp/spool",
+        5,
+        9,
+    )
+    assert (s.model_server_grpc, s.model_name, s.model_label, s.model_timeout_s, s.model_retries) == (
+        "tfs:8500",
+        "digits",
+        "canary",
+        1.5,
+        0,
+    )
+    assert (s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace) == (("a", "b", "c"), 9043, "other")
+    assert s.ops_enabled and s.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"GATEWAY_PORT": "http"}, "GATEWAY_PORT"),
+        ({"GATEWAY_PORT": "70000"}, "GATEWAY_PORT"),
+        ({"MODEL_SERVER_GRPC": "no-port"}, "MODEL_SERVER_GRPC"),
+        ({"MODEL_TIMEOUT_S": "soon"}, "MODEL_TIMEOUT_S"),
+        ({"MODEL_LABEL": "a b"}, "MODEL_LABEL"),
+        ({"GATEWAY_ENV": "staging"}, "GATEWAY_ENV"),
+        ({"CASSANDRA_KEYSPACE": "x;drop"}, "CASSANDRA_KEYSPACE"),
+        ({"CASSANDRA_HOSTS": " , "}, "CASSANDRA_HOSTS"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
+        ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(env, names):
+    with pytest.raises(SettingsError, match=names):
+        Settings.from_env(env)
+
+
+def test_settings_are_frozen():
+    s = Settings()
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]
+    assert s.replace(port=1234).port == 1234
+
+
+def test_cli_help_and_bad_settings_exit_cleanly():
+    ok = subprocess.run([sys.executable, "-m", "gateway.server", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "GATEWAY_PORT" in ok.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "gateway.server"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "GATEWAY_ENV": "production"},
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("mnist-gateway: error: OPS_TOKEN")
+    assert "Traceback" not in bad.stderr
