@@ -1,0 +1,61 @@
+"""The one place that builds a driver `Cluster`: policies, timeouts, protocol (store and migrations)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import (
+    DCAwareRoundRobinPolicy,
+    ExponentialReconnectionPolicy,
+    TokenAwarePolicy,
+)
+
+# The driver logs each failed (re)connection as a warning with a traceback; ours say what happened once.
+_NOISY_DRIVER_LOGGERS = (
+    "cassandra.cluster",
+    "cassandra.connection",
+    "cassandra.pool",
+    "cassandra.io",
+    "cassandra.policies",
+    "cassandra.protocol",
+)
+
+
+def quiet_driver_logs(level: int = logging.ERROR) -> None:
+    for name in _NOISY_DRIVER_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def parse_hosts(hosts: str | Sequence[str]) -> list[str]:
+    """`"a,b , c"` or a list -> `["a", "b", "c"]`; an empty result is an error."""
+    items = hosts.split(",") if isinstance(hosts, str) else list(hosts)
+    parsed = [h.strip() for h in items if h and h.strip()]
+    if not parsed:
+        raise ValueError("no Cassandra host given (CASSANDRA_HOSTS is empty)")
+    return parsed
+
+
+def build_cluster(
+    hosts: str | Sequence[str],
+    port: int,
+    *,
+    request_timeout: float = 5.0,
+    connect_timeout: float = 3.0,
+    local_dc: str | None = None,
+) -> Cluster:
+    """A `Cluster`, not yet connected: call `.connect()` after forking (driver threads do not survive it)."""
+    load_balancing = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc))
+    profile = ExecutionProfile(load_balancing_policy=load_balancing, request_timeout=request_timeout)
+    return Cluster(
+        parse_hosts(hosts),
+        port=int(port),
+        protocol_version=5,
+        execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+        connect_timeout=connect_timeout,
+        control_connection_timeout=connect_timeout,
+        # Reconnect quickly after an outage (the default backs off up to 10 minutes).
+        reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=10.0),
+        idle_heartbeat_interval=10,
+    )

@@ -1,0 +1,181 @@
+"""mnist-migrate on the real node: fresh apply, re-run, edited-file refusal, concurrent runs, CLI errors."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gateway.store.cluster import build_cluster
+from gateway.store.migrate import (
+    DEFAULT_MIGRATIONS_DIR,
+    MigrationError,
+    Migrator,
+    Replication,
+    load_migrations,
+    split_statements,
+)
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def migrations_dir(tmp_path):
+    target = tmp_path / "migrations"
+    shutil.copytree(DEFAULT_MIGRATIONS_DIR, target)
+    return target
+
+
+@pytest.fixture
+def keyspace():
+    return f"mig_{next(_names)}_{id(object()) % 10_000}"
+
+
+def _tables(session, keyspace):
+    rows = session.execute(
+        "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,)
+    )
+    return {row.table_name for row in rows}
+
+
+def test_fresh_apply_creates_keyspace_tables_and_records_checksums(
+    cassandra_session, migrations_dir, keyspace
+):
+    migrator = Migrator(cassandra_session, keyspace, migrations_dir)
+    assert [s.state for s in migrator.status()] == ["pending"] * len(load_migrations(migrations_dir))
+
+    applied = migrator.migrate()
+
+    assert applied == [m.name for m in load_migrations(migrations_dir)]
+    assert {"predictions_by_day", "predictions_by_id", "feedback_by_id", "schema_migrations"} <= _tables(
+        cassandra_session, keyspace
+    )
+    recorded = {
+        r.name: r.checksum for r in cassandra_session.execute(f"SELECT * FROM {keyspace}.schema_migrations")
+    }
+    assert recorded == {m.name: m.checksum for m in load_migrations(migrations_dir)}
+    replication = (
+        cassandra_session.execute(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)
+        )
+        .one()
+        .replication
+    )
+    assert replication["class"].endswith("SimpleStrategy") and replication["replication_factor"] == "1"
+
+
+def test_rerun_is_a_no_op_and_new_files_apply_in_order(cassandra_session, migrations_dir, keyspace):
+    migrator = Migrator(cassandra_session, keyspace, migrations_dir)
+    migrator.migrate()
+    assert migrator.migrate() == []
+
+    (migrations_dir / "v900_extra.cql").write_text(
+        "-- a later change; a ';' in a comment\n"
+        "CREATE TABLE IF NOT EXISTS extra (k int PRIMARY KEY, v text);\n"
+        "INSERT INTO extra (k, v) VALUES (1, 'semi;colon ''quoted''');\n"
+    )
+    assert migrator.migrate() == ["v900_extra.cql"]
+    assert (
+        cassandra_session.execute(f"SELECT v FROM {keyspace}.extra WHERE k = 1").one().v
+        == "semi;colon 'quoted'"
+    )
+    assert {s.state for s in migrator.status()} == {"applied"}
+
+
+def test_an_edited_applied_file_is_refused(cassandra_session, migrations_dir, keyspace):
+    migrator = Migrator(cassandra_session, keyspace, migrations_dir)
+    migrator.migrate()
+    first = sorted(migrations_dir.glob("v*.cql"))[0]
+    first.write_text(first.read_text() + "\n-- edited\n")
+    (migrations_dir / "v900_extra.cql").write_text("CREATE TABLE IF NOT EXISTS extra (k int PRIMARY KEY);")
+
+    with pytest.raises(MigrationError, match=first.name):
+        migrator.migrate()
+
+    assert "extra" not in _tables(cassandra_session, keyspace)  # nothing applied after the refusal
+    assert {s.name: s.state for s in migrator.status()}[first.name] == "changed"
+
+
+def test_concurrent_runs_apply_each_file_once(cassandra_node, migrations_dir, keyspace):
+    # Each runner has its own cluster connection, as separate replicas would.
+    clusters = [
+        build_cluster([cassandra_node.host], cassandra_node.port, request_timeout=60) for _ in range(3)
+    ]
+    try:
+        sessions = [c.connect() for c in clusters]
+        with ThreadPoolExecutor(len(sessions)) as pool:
+            results = list(pool.map(lambda s: Migrator(s, keyspace, migrations_dir).migrate(), sessions))
+        applied = [name for result in results for name in result]
+        assert sorted(applied) == sorted(m.name for m in load_migrations(migrations_dir))
+        rows = list(sessions[0].execute(f"SELECT applied_by FROM {keyspace}.schema_migrations"))
+        assert len({r.applied_by for r in rows}) == 1  # one runner applied everything, the others waited
+        assert sessions[0].execute(f"SELECT * FROM {keyspace}.schema_migrations_lock").one() is None
+    finally:
+        for c in clusters:
+            c.shutdown()
+
+
+def test_replication_settings_are_validated_and_rendered():
+    assert Replication.parse("1").cql_map() == "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+    assert Replication.parse("dc1:3, eu-west.2:2").cql_map() == (
+        "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'eu-west.2': 2}"
+    )
+    for bad in ("", "0", "10", "dc1", "dc1:x", "dc1:3,dc1:2", "dc'1:3", "dc1:3}; DROP KEYSPACE x"):
+        with pytest.raises(MigrationError):
+            Replication.parse(bad)
+
+
+def test_statement_splitter_respects_quotes_and_comments():
+    text = "A 'x;y' ; -- c;\nB $$p;q$$; /* ; */ C 'it''s;' ;\n// end;"
+    assert split_statements(text) == ["A 'x;y'", "B $$p;q$$", "C 'it''s;'"]
+
+
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.store.migrate", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_cli_migrate_then_status(cassandra_node, migrations_dir, keyspace):
+    common = [
+        "--hosts",
+        cassandra_node.host,
+        "--port",
+        str(cassandra_node.port),
+        "--keyspace",
+        keyspace,
+        "--migrations-dir",
+        str(migrations_dir),
+    ]
+    first = _cli(*common)
+    assert first.returncode == 0, first.stderr
+    assert "applied" in first.stdout
+    again = _cli("migrate", *common)
+    assert again.returncode == 0 and "up to date" in again.stdout
+    status = _cli("status", *common)
+    assert status.returncode == 0
+    assert status.stdout.count(" applied ") == len(load_migrations(migrations_dir))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--keyspace", "Bad-Name"], "invalid keyspace name"),
+        (["--replication", "dc1:0"], "invalid replication factor"),
+        (["--migrations-dir", "/nonexistent/dir"], "migrations directory not found"),
+        (["--port", "1", "--wait", "1"], "cannot reach Cassandra"),
+    ],
+)
+def test_cli_errors_are_one_clean_line(args, message):
+    result = _cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
