@@ -98,7 +98,10 @@ def serving_function(model: keras.Model) -> tf.types.experimental.ConcreteFuncti
 
 def _write_saved_model(model: keras.Model, path: Path) -> None:
     module = tf.Module()
-    module.model = model  # tracks the variables
+    module.model = model
+    # model.variables also holds the augmentation layers' seed-generator states, which the traced function
+    # captures even though augmentation is inactive at inference; tracking them makes them reachable.
+    module.model_variables = list(model.variables)
     module.serve = serving_function(model)
     tf.saved_model.save(module, str(path), signatures={SIGNATURE_NAME: module.serve})
 

@@ -8,29 +8,14 @@ only active while training.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from training.contract import IMAGE_SHAPE, INPUT_KEY, NUM_CLASSES
-
-
-@dataclass(frozen=True)
-class HyperParams:
-    epochs: int = 12
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    seed: int = 0
-    max_train_samples: int | None = None
-    augment: bool = True
-    filters: tuple[int, int] = field(default=(32, 64))
-    dense_units: int = 128
-    dropout: float = 0.3
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from training.hyperparams import HyperParams
 
 
 @dataclass
