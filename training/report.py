@@ -112,26 +112,38 @@ def _png(fig) -> bytes:
 
 
 def curves_png(history: dict[str, list[float]]) -> bytes:
-    """Loss and accuracy per epoch, training vs. test (test monitored only; never used to pick a model)."""
+    """Loss and error rate per epoch (log axes), training vs. test; test is only monitored, never selects."""
     plt = _figure()
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, title in ((ax_loss, "loss", "Loss"), (ax_acc, "accuracy", "Accuracy")):
-        if key in history:
-            ax.plot(epochs, history[key], marker="o", label="training (augmented)")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], marker="o", label="test")
+    fig, (ax_loss, ax_error) = plt.subplots(1, 2, figsize=(10, 3.8))
+    series = (("", "training (augmented)", "tab:blue"), ("val_", "test", "tab:orange"))
+    for prefix, label, color in series:
+        if f"{prefix}loss" in history:
+            ax_loss.plot(epochs, history[f"{prefix}loss"], marker="o", color=color, label=label)
+        if f"{prefix}accuracy" in history:
+            error = 100 * (1 - np.asarray(history[f"{prefix}accuracy"]))
+            ax_error.plot(epochs, np.maximum(error, 1e-3), marker="o", color=color, label=label)
+            ax_error.annotate(
+                f"{error[-1]:.2f}%",
+                (epochs[-1], max(error[-1], 1e-3)),
+                xytext=(4, 0),
+                textcoords="offset points",
+            )
+    ax_error.axhline(0.7, color="grey", linestyle="--", linewidth=1, label="target (99.3% accuracy)")
+    for ax, title in ((ax_loss, "Cross-entropy loss"), (ax_error, "Error rate")):
+        ax.set_yscale("log")
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3, which="both")
         ax.legend()
-    if "val_accuracy" in history:
-        best = max(history["val_accuracy"])
-        ax_acc.axhline(0.993, color="grey", linestyle="--", linewidth=1)
-        ax_acc.set_ylim(max(0.9, min(history.get("accuracy", [best]) + [best]) - 0.005), 1.0)
-        ax_acc.annotate(
-            "99.3% target", xy=(epochs[0], 0.993), xytext=(0, 3), textcoords="offset points", color="grey"
-        )
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(0.6, len(epochs) + 0.6)
+    ax_loss.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_error.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
     fig.suptitle("MNIST CNN training")
     return _png(fig)
 
