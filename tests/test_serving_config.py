@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -22,7 +23,7 @@ from serving.local_server.flags import parse_flags
 from serving.ops import model_config
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
-CONTAINER_DIR = "/etc/serving"  # where docker-compose / k8s mount serving/ (docs/tf-serving.md)
+CONTAINER_DIR = "/etc/tfserving"  # where docker-compose / k8s mount serving/ (docs/tf-serving.md)
 
 # tensorflow_model_server's flags we rely on (tensorflow_serving/model_servers/main.cc).
 TF_SERVING_FLAGS = {
@@ -30,7 +31,6 @@ TF_SERVING_FLAGS = {
     "rest_api_port",
     "model_config_file",
     "model_config_file_poll_wait_seconds",
-    "file_system_poll_wait_seconds",
     "allow_version_labels_for_unavailable_models",
     "enable_batching",
     "batching_parameters_file",
@@ -109,6 +109,16 @@ def test_documented_command_uses_real_flags_and_the_files_in_serving():
         path = Path(flags[key])
         assert str(path.parent) == CONTAINER_DIR, f"{key} should live in {CONTAINER_DIR}"
         assert (SERVING / path.name).is_file(), f"{key} names {path.name}, which serving/ does not have"
+
+
+def test_docker_compose_runs_tf_serving_with_the_documented_flags(repo_root):
+    compose = yaml.safe_load((repo_root / "docker-compose.yml").read_text())
+    (service,) = [s for s in compose["services"].values() if "tensorflow/serving" in str(s.get("image", ""))]
+    # ${VAR:-default} -> default: the command as it runs without overrides
+    command = [re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(word)) for word in service["command"]]
+    assert sorted(command) == sorted(documented_flags())
+    mounts = [str(v) for v in service.get("volumes", [])]
+    assert any(m.split(":")[:2] == ["./serving", CONTAINER_DIR] for m in mounts), mounts
 
 
 def test_documented_command_starts_mnist_serve_with_the_same_flags():
