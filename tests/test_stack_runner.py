@@ -383,3 +383,45 @@ def test_help(repo_root):
     )
     assert result.returncode == 0
     assert "--gateway-port" in result.stdout and "STACK_STATE_DIR" in result.stdout
+
+
+def test_commands_are_accepted_by_the_real_parsers(tmp_path):
+    """What the runner passes to mnist-serve and mnist-cassandra parses with their own argument parsers."""
+    from deploy.local import cassandra_node
+    from serving.local_server.flags import parse_flags
+
+    config = stack.StackConfig(state_dir=tmp_path, model_base_path=tmp_path / "models", grpc_port=18500)
+    serve = stack.serve_command(config)
+    assert Path(serve[0]).name == "mnist-serve"
+    flags = parse_flags(serve[1:], environ={})
+    assert (flags.port, flags.rest_api_port, flags.bind_address) == (18500, 8501, "127.0.0.1")
+    assert flags.model_config_file == str(config.models_config)
+    assert flags.enable_batching and flags.allow_version_labels_for_unavailable_models
+    for path in (flags.batching_parameters_file, flags.monitoring_config_file):
+        assert Path(path).is_file()
+
+    cassandra = stack.cassandra_command(config)
+    assert Path(cassandra[0]).name == "mnist-cassandra"
+    args = cassandra_node.build_parser().parse_args(cassandra[1:])
+    assert (args.port, Path(args.data_dir)) == (9042, tmp_path / "cassandra")
+
+
+def test_service_environment_points_every_part_at_the_local_ones(tmp_path):
+    from gateway.settings import Settings
+
+    config = stack.StackConfig(state_dir=tmp_path, model_base_path=tmp_path / "models", gateway_port=18080)
+    env = stack.service_env(config, "local-token-0123456789")
+    settings = Settings.from_env(env)
+    assert (settings.host, settings.port) == ("127.0.0.1", 18080)
+    assert settings.model_server_grpc == "127.0.0.1:8500"
+    assert settings.spool_dir == str(tmp_path / "spool")
+    assert settings.ops_token == "local-token-0123456789"
+
+
+def test_ops_token_is_generated_once_and_private(tmp_path):
+    config = stack.StackConfig(state_dir=tmp_path, model_base_path=tmp_path)
+    token = stack.ops_token(config)
+    assert len(token) >= 24 and stack.ops_token(config) == token
+    assert (tmp_path / "ops-token").stat().st_mode & 0o777 == 0o600
+    config.ops_token = "from-the-environment"
+    assert stack.ops_token(config) == "from-the-environment"

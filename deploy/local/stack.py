@@ -70,7 +70,7 @@ class StackConfig:
     ops_token: str | None = None
     serving_dir: Path = REPO_ROOT / "serving"
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
-    cassandra_timeout_s: float = 300.0  # the first start fetches Cassandra from Maven Central
+    cassandra_timeout_s: float = 600.0  # the first start fetches Cassandra from Maven Central
     serve_timeout_s: float = 180.0
     gateway_timeout_s: float = 60.0
     stop_grace_s: float = 20.0
@@ -295,6 +295,7 @@ def serve_command(config: StackConfig) -> list[str]:
         str(config.tool("mnist-serve")),
         f"--port={config.grpc_port}",
         f"--rest_api_port={config.rest_port}",
+        f"--bind_address={config.host}",
         f"--model_config_file={config.models_config}",
         "--model_config_file_poll_wait_seconds=5",
         "--file_system_poll_wait_seconds=5",
@@ -302,6 +303,9 @@ def serve_command(config: StackConfig) -> list[str]:
     ]
     if batching.exists():
         argv += ["--enable_batching", f"--batching_parameters_file={batching}"]
+    monitoring = config.serving_dir / "monitoring.config"
+    if monitoring.exists():
+        argv += [f"--monitoring_config_file={monitoring}"]
     return argv
 
 
@@ -316,6 +320,7 @@ def service_env(config: StackConfig, token: str) -> dict[str, str]:
         CASSANDRA_HOSTS=config.host,
         CASSANDRA_PORT=str(config.cassandra_port),
         CASSANDRA_KEYSPACE=config.keyspace,
+        GATEWAY_HOST=config.host,
         GATEWAY_PORT=str(config.gateway_port),
         GATEWAY_SPOOL_DIR=str(config.state_dir / "spool"),
         OPS_TOKEN=token,
@@ -323,18 +328,14 @@ def service_env(config: StackConfig, token: str) -> dict[str, str]:
     return env
 
 
-def migrate(config: StackConfig, env: dict[str, str], say, attempts: int = 5) -> None:
-    """mnist-migrate, retried briefly: the CQL port opens a moment before the node takes schema changes."""
-    argv = [str(config.tool("mnist-migrate"))]
-    for attempt in range(1, attempts + 1):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        for line in (result.stdout + result.stderr).splitlines():
-            say(f"migrate: {line}")
-        if result.returncode == 0:
-            return
-        if attempt < attempts:
-            time.sleep(2)
-    raise StackError(f"mnist-migrate failed {attempts} times (exit code {result.returncode})")
+def migrate(config: StackConfig, env: dict[str, str], say) -> None:
+    """mnist-migrate: idempotent (a warm start finds nothing to apply); waits for the node to take queries."""
+    argv = [str(config.tool("mnist-migrate")), "--wait", "60"]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    for line in (result.stdout + result.stderr).splitlines():
+        say(f"migrate: {line}")
+    if result.returncode != 0:
+        raise StackError(f"mnist-migrate failed (exit code {result.returncode}); see the lines above")
 
 
 def start_stack(config: StackConfig, sup: Supervisor) -> float:
