@@ -80,13 +80,14 @@ def parse_idx(content: bytes, *, expected_magic: int, source: str = "<bytes>") -
     """Decode IDX bytes (images: magic 0x803, count, rows, cols; labels: magic 0x801, count) into uint8."""
     dims = expected_magic & 0xFF
     header_size = 4 + 4 * dims
+    if len(content) >= 4:
+        (magic,) = struct.unpack(">I", content[:4])
+        if magic != expected_magic:
+            raise DataError(
+                f"{source}: not an MNIST IDX file (magic 0x{magic:08x}, expected 0x{expected_magic:08x})"
+            )
     if len(content) < header_size:
         raise DataError(f"{source}: truncated (only {len(content)} bytes, shorter than the IDX header)")
-    (magic,) = struct.unpack(">I", content[:4])
-    if magic != expected_magic:
-        raise DataError(
-            f"{source}: not an MNIST IDX file (magic 0x{magic:08x}, expected 0x{expected_magic:08x})"
-        )
     shape = struct.unpack(f">{dims}I", content[4:header_size])
     size = int(np.prod(shape))
     payload = len(content) - header_size

@@ -61,6 +61,9 @@ def export_version(
         )
     if len(warmup_images) == 0:
         raise ExportError("warmup_images is empty")
+    for name in extra_files or {}:
+        if Path(name).name != name or name.startswith(".") or name in (WARMUP_FILE, METRICS_FILE):
+            raise ExportError(f"extra file name must be a plain file name: {name!r}")
     model_dir = Path(base_path) / model_name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +125,6 @@ def write_warmup_requests(path: Path, images: np.ndarray, model_name: str) -> No
 
 
 def _write_extra(assets: Path, name: str, content: bytes | str | os.PathLike[str]) -> None:
-    if Path(name).name != name or name.startswith("."):
-        raise ExportError(f"extra file name must be a plain file name: {name!r}")
     target = assets / name
     if isinstance(content, bytes):
         target.write_bytes(content)
