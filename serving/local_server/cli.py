@@ -1,0 +1,65 @@
+"""``mnist-serve``: parse flags (before TensorFlow is imported, so --help and bad flags answer at once),
+start the server, serve until SIGTERM/SIGINT, stop gracefully."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from serving.local_server import logs
+from serving.local_server.config import load_startup_files
+from serving.local_server.errors import StartupError
+from serving.local_server.flags import parse_flags
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        flags = parse_flags(argv)
+    except StartupError as exc:
+        print(f"mnist-serve: error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(flags.log_format, flags.log_level)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is noise here
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        files = load_startup_files(
+            model_config_file=flags.model_config_file,
+            model_name=flags.model_name,
+            model_base_path=flags.model_base_path,
+            enable_batching=flags.enable_batching,
+            batching_parameters_file=flags.batching_parameters_file,
+            monitoring_config_file=flags.monitoring_config_file,
+        )
+    except StartupError as exc:
+        print(f"mnist-serve: error: {exc}", file=sys.stderr)
+        return 2
+
+    from serving.local_server.server import ModelServer  # imports TensorFlow: only after the cheap checks
+
+    try:
+        server = ModelServer(flags, files)
+        if stop.is_set():
+            return 0
+        server.start()
+    except StartupError as exc:
+        print(f"mnist-serve: error: {exc}", file=sys.stderr)
+        return 1
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
