@@ -63,6 +63,8 @@ class Services:
                         port=s.cassandra_port,
                         keyspace=s.cassandra_keyspace,
                         spool_dir=s.spool_dir,
+                        ttl_seconds=s.cassandra_ttl_days * 86400,
+                        local_dc=s.cassandra_local_dc or None,
                     )
                     self._owned.append(store)
                     self._store = store

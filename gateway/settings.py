@@ -17,6 +17,8 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `MODEL_NAME` (`mnist`), `MODEL_LABEL` (`stable`): the model asked, and the label used unless a request asks.
 - `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
 - `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
+- `CASSANDRA_LOCAL_DC` (empty: the driver picks): the data centre whose nodes the gateway talks to.
+- `CASSANDRA_TTL_DAYS` (`90`): how long prediction rows live (0: forever); feedback rows have no TTL.
 - `OPS_TOKEN` (empty): bearer token of the `/ops/*` endpoints; empty disables them (refused in production).
 - `LOG_LEVEL` (`INFO`): level of the JSON logs on stderr.
 
@@ -64,6 +66,8 @@ class Settings:
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
     cassandra_port: int = 9042
     cassandra_keyspace: str = "mnist"
+    cassandra_local_dc: str = ""
+    cassandra_ttl_days: int = 90
     ops_token: str = ""
     log_level: str = "INFO"
 
@@ -114,6 +118,8 @@ class Settings:
             cassandra_hosts=hosts,
             cassandra_port=integer("CASSANDRA_PORT", d["cassandra_port"].default),
             cassandra_keyspace=get("CASSANDRA_KEYSPACE", d["cassandra_keyspace"].default),
+            cassandra_local_dc=env.get("CASSANDRA_LOCAL_DC", "").strip(),
+            cassandra_ttl_days=integer("CASSANDRA_TTL_DAYS", d["cassandra_ttl_days"].default),
             ops_token=env.get("OPS_TOKEN", "").strip(),
             log_level=get("LOG_LEVEL", d["log_level"].default).upper(),
         )
@@ -157,6 +163,7 @@ class Settings:
             bool(re.match(r"^[A-Za-z][A-Za-z0-9_]{0,47}$", self.cassandra_keyspace)),
             f"CASSANDRA_KEYSPACE is not a valid keyspace name: {self.cassandra_keyspace!r}",
         )
+        check(0 <= self.cassandra_ttl_days <= 3650, "CASSANDRA_TTL_DAYS must be 0-3650 (0: keep forever)")
         check(self.log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.env == "production":
             check(bool(self.ops_token), "OPS_TOKEN must be set when GATEWAY_ENV=production")

@@ -26,6 +26,7 @@ from gateway.errors import GatewayError, InvalidInput
 from gateway.logs import add_log_fields
 from gateway.preprocess import to_mnist
 from gateway.services import Services
+from gateway.store import PredictionRecord
 
 bp = Blueprint("predict", __name__)
 
@@ -181,8 +182,6 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
 
 def record(svc: Services, answer: Answer, upload: Upload) -> None:
     """Hand the prediction to the store: it writes asynchronously and spools when Cassandra is down."""
-    from gateway.store import PredictionRecord
-
     svc.store.record(
         PredictionRecord(
             id=answer.id,

@@ -74,7 +74,8 @@ def list_predictions():
 
 @bp.get("/v1/predictions/<raw_id>")
 def get_prediction(raw_id: str):
-    rec = services.current().store.get(parse_id(raw_id))
+    prediction_id = parse_id(raw_id)
+    rec = services.current().store.get(prediction_id)
     if rec is None:
         raise NotFound(
             "no prediction with this id (one recorded while Cassandra was down appears once it is back)"
