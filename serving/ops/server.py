@@ -139,7 +139,8 @@ class ModelServerClient:
     def _error(self, method: str, error: grpc.RpcError) -> ServerError:
         code = error.code()
         if code == grpc.StatusCode.UNAVAILABLE:
-            return ServerError(f"model server {self.target} unreachable ({method}: {error.details()})")
+            reason = (error.details() or "no details").rsplit(": ", 1)[-1]  # gRPC nests its reasons
+            return ServerError(f"model server {self.target} unreachable ({method}: {reason})")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return ServerError(
                 f"model server {self.target} did not answer {method} within {self.timeout_s:g}s"
