@@ -6,9 +6,8 @@ Errors are one line on stderr with a distinct exit code (EXIT_CODES, docs/model-
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,6 +15,7 @@ from serving.ops import errors
 from serving.ops.settings import Settings
 
 PROG = "mnist-models"
+Say = Callable[[str], None]
 EXIT_CODES = {
     0: "success (also: nothing to do)",
     1: "unexpected error",
@@ -175,13 +175,6 @@ class _LoadProgress:
         self.last = name
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 def _model_dir(args: argparse.Namespace, config: Any) -> Path:
     from serving.ops import model_config
 
@@ -190,160 +183,105 @@ def _model_dir(args: argparse.Namespace, config: Any) -> Path:
     return Path(model_config.find_model(config, args.model_name).base_path)
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from serving.ops import inventory, model_config
+def _render_config(args: argparse.Namespace, say: Say) -> None:
+    from serving.ops import model_config
+    from serving.ops.config_file import ConfigFile
+
+    target = Path(args.out)
+    if args.if_missing and target.exists():
+        say(f"{target} exists; left unchanged")
+        return
+    base = str(Path(args.base_path).resolve())
+    rendered = model_config.with_base_path(ConfigFile(Path(args.config)).read(), base)
+    for name in model_config.model_names(rendered):
+        model_config.check(rendered, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ConfigFile(target).write(rendered)
+    say(f"wrote {target} (base path {base})")
+
+
+def _check(args: argparse.Namespace, say: Say) -> None:
+    from serving.ops import model_config
+    from serving.ops.config_file import ConfigFile
+
+    config = ConfigFile(Path(args.config)).read()
+    model_config.check(config, args.model_name)
+    listed = model_config.versions(config, args.model_name)
+    labels = ", ".join(f"{k}={v}" for k, v in model_config.labels(config, args.model_name).items())
+    say(f"{args.config}: OK (model {args.model_name}: versions {listed}; labels {labels or 'none'})")
+
+
+def _list(args: argparse.Namespace, say: Say, client: Any) -> None:
+    from serving.ops import inventory, model_config, report
+    from serving.ops.config_file import ConfigFile
+
+    config = ConfigFile(Path(args.config)).read()
+    model_config.check(config, args.model_name)
+    try:
+        states, problem = client.version_states(args.model_name), None
+    except errors.ServerError as error:  # still show what is on disk and in the file, then fail
+        states, problem = None, error
+    rows = inventory.version_rows(config, args.model_name, model_dir=_model_dir(args, config), states=states)
+    if args.json:
+        say(report.list_json(args.model_name, args.server, rows, server_reachable=problem is None))
+    else:
+        say(report.list_table(rows, server_reachable=problem is None))
+    if problem is not None:
+        raise problem
+
+
+def _status(args: argparse.Namespace, say: Say, client: Any) -> None:
+    from serving.ops import inventory, model_config, report
+    from serving.ops.config_file import ConfigFile
+
+    config = ConfigFile(Path(args.config)).read()
+    model_config.check(config, args.model_name)
+    states = client.version_states(args.model_name)
+    views = inventory.label_views(config, args.model_name, client)
+    render = report.status_json if args.json else report.status_table
+    say(render(args.model_name, args.server, states, views))
+
+
+def _change(args: argparse.Namespace, say: Say, client: Any, err: TextIO) -> None:
     from serving.ops.config_file import ConfigFile
     from serving.ops.operations import Operator
-    from serving.ops.server import ModelServerClient
 
     config_file = ConfigFile(Path(args.config))
+    operator = Operator(
+        config_file=config_file,
+        client=client,
+        model_name=args.model_name,
+        model_dir=_model_dir(args, config_file.read()),
+        say=say,
+        progress=_LoadProgress(err),
+        load_timeout_s=args.load_timeout,
+    )
+    if args.command == "promote":
+        operator.promote(args.version, min_accuracy=args.min_accuracy, force=args.force)
+    elif args.command == "canary":
+        operator.canary(args.version, min_accuracy=args.min_accuracy, force=args.force)
+    elif args.command == "rollback":
+        operator.rollback()
+    elif args.command == "retire":
+        operator.retire()
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+    from serving.ops.server import ModelServerClient
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
 
     if args.command == "render-config":
-        target = Path(args.out)
-        if args.if_missing and target.exists():
-            say(f"{target} exists; left unchanged")
-            return 0
-        config = config_file.read()
-        base = str(Path(args.base_path).resolve())
-        rendered = model_config.with_base_path(config, base)
-        for name in model_config.model_names(rendered):
-            model_config.check(rendered, name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        ConfigFile(target).write(rendered)
-        say(f"wrote {target} (base path {base})")
-        return 0
+        return _render_config(args, say)
     if args.command == "check":
-        config = config_file.read()
-        model_config.check(config, args.model_name)
-        listed = model_config.versions(config, args.model_name)
-        labels = (
-            ", ".join(f"{k}={v}" for k, v in model_config.labels(config, args.model_name).items()) or "none"
-        )
-        say(f"{config_file.path}: OK (model {args.model_name}: versions {listed}; labels {labels})")
-        return 0
-
+        return _check(args, say)
     with ModelServerClient(args.server, timeout_s=args.timeout) as client:
         if args.command == "list":
-            config = config_file.read()
-            model_config.check(config, args.model_name)
-            problem: errors.OpsError | None = None
-            try:
-                states: dict[int, Any] | None = client.version_states(args.model_name)
-            except errors.ServerError as error:
-                states, problem = None, error
-            rows = inventory.version_rows(
-                config, args.model_name, model_dir=_model_dir(args, config), states=states
-            )
-            if args.json:
-                say(
-                    json.dumps(
-                        {
-                            "model": args.model_name,
-                            "server": args.server,
-                            "server_reachable": problem is None,
-                            "versions": [r.as_dict() for r in rows],
-                        }
-                    )
-                )
-            else:
-                say(
-                    _table(
-                        ["VERSION", "TEST ACC", "CREATED", "LOADED", "STATE", "LABELS"],
-                        [
-                            [
-                                str(r.version),
-                                "-" if r.accuracy is None else f"{r.accuracy:.4f}",
-                                r.created_at or "-",
-                                "yes" if r.listed else "no",
-                                ("?" if states is None else r.state) + (f" ({r.error})" if r.error else ""),
-                                ",".join(r.labels) or "-",
-                            ]
-                            for r in rows
-                        ],
-                    )
-                )
-            if problem is not None:
-                raise problem
-            return 0
+            return _list(args, say, client)
         if args.command == "status":
-            config = config_file.read()
-            model_config.check(config, args.model_name)
-            states = client.version_states(args.model_name)
-            views = inventory.label_views(config, args.model_name, client)
-            if args.json:
-                say(
-                    json.dumps(
-                        {
-                            "model": args.model_name,
-                            "server": args.server,
-                            "versions": [
-                                {
-                                    "version": s.version,
-                                    "state": s.state,
-                                    "error_code": s.error_code,
-                                    "error_message": s.error_message,
-                                }
-                                for s in states.values()
-                            ],
-                            "labels": [
-                                {
-                                    "label": v.label,
-                                    "config": v.config_version,
-                                    "server": v.server_version,
-                                    "in_sync": v.in_sync,
-                                }
-                                for v in views
-                            ],
-                        }
-                    )
-                )
-            else:
-                say(f"model {args.model_name} on {args.server}")
-                say(
-                    _table(
-                        ["VERSION", "STATE", "ERROR"],
-                        [[str(s.version), s.state, s.error_message] for _, s in sorted(states.items())],
-                    )
-                )
-                say("")
-                say(
-                    _table(
-                        ["LABEL", "CONFIG", "SERVER", ""],
-                        [
-                            [
-                                v.label,
-                                str(v.config_version),
-                                "-" if v.server_version is None else str(v.server_version),
-                                "ok" if v.in_sync else "OUT OF SYNC",
-                            ]
-                            for v in views
-                        ],
-                    )
-                )
-            return 0
-
-        config = config_file.read()
-        operator = Operator(
-            config_file=config_file,
-            client=client,
-            model_name=args.model_name,
-            model_dir=_model_dir(args, config),
-            say=say,
-            progress=_LoadProgress(err),
-            load_timeout_s=args.load_timeout,
-        )
-        if args.command == "promote":
-            operator.promote(args.version, min_accuracy=args.min_accuracy, force=args.force)
-        elif args.command == "canary":
-            operator.canary(args.version, min_accuracy=args.min_accuracy, force=args.force)
-        elif args.command == "rollback":
-            operator.rollback()
-        elif args.command == "retire":
-            operator.retire()
-        return 0
+            return _status(args, say, client)
+        return _change(args, say, client, err)
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -361,7 +299,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
 
         skip_tensorflow_runtime()
     try:
-        return _run(args, out, err)
+        _run(args, out, err)
+        return 0
     except errors.OpsError as error:
         print(f"{PROG}: error: {error.message}", file=err)
         return error.exit_code
