@@ -194,12 +194,12 @@ def run_train(args: argparse.Namespace, env: settings_module.Settings) -> int:
     print(
         f"Training on {n} images, {hp.epochs} epochs, batch {hp.batch_size}, seed {hp.seed}", file=sys.stderr
     )
-    verbose = 1 if sys.stderr.isatty() else 2  # a live progress bar on a terminal, one line per epoch in logs
-    test = (
-        data.test_images,
-        data.test_labels,
-    )  # per-epoch curves only: no early stopping, no model selection
-    model, result = train(hp, data.train_images, data.train_labels, validation=test, verbose=verbose)
+    # Progress goes to stderr (stdout carries only the result): a live bar on a TTY, else one line per epoch.
+    verbose = 1 if sys.stderr.isatty() else 2
+    # The test set gives the per-epoch curves only: no early stopping, no model selection on it.
+    test = (data.test_images, data.test_labels)
+    with contextlib.redirect_stdout(sys.stderr):
+        model, result = train(hp, data.train_images, data.train_labels, validation=test, verbose=verbose)
     metrics = evaluate_model(model, data, hp, result)
     version_dir = export_version(
         model,
