@@ -143,6 +143,15 @@ def test_extra_file_names_cannot_escape(tmp_path, quick_keras_model, test_images
     assert _entries(tmp_path / "mnist") == []
 
 
+@pytest.mark.parametrize("name", ["../escape", ".hidden", "a/b"])
+def test_model_name_cannot_escape(tmp_path, quick_keras_model, test_images, name):
+    with pytest.raises(ExportError, match="plain directory name"):
+        export_module.export_version(
+            quick_keras_model, tmp_path, name, metrics={}, warmup_images=test_images[0][:3]
+        )
+    assert os.listdir(tmp_path) == []
+
+
 def test_failed_export_leaves_nothing(tmp_path, quick_keras_model, test_images, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")

@@ -61,9 +61,11 @@ def export_version(
         )
     if len(warmup_images) == 0:
         raise ExportError("warmup_images is empty")
+    if Path(model_name).name != model_name or model_name.startswith("."):
+        raise ExportError(f"model name must be a plain directory name: {model_name!r}")
     for name in extra_files or {}:
         if Path(name).name != name or name.startswith(".") or name in (WARMUP_FILE, METRICS_FILE):
-            raise ExportError(f"extra file name must be a plain file name: {name!r}")
+            raise ExportError(f"extra file name must be a plain file name, not reserved: {name!r}")
     model_dir = Path(base_path) / model_name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
