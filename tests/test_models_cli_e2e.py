@@ -414,3 +414,37 @@ def test_help_everywhere(stack):
         assert result.returncode == 0 and result.stdout.startswith("usage: mnist-models"), command
     bad = stack.cli("promote", "two")
     assert bad.returncode == 2 and "a version is a positive integer" in bad.stderr
+
+
+def test_status_flags_a_label_the_server_resolves_differently(stack):
+    """A hand edit that was never pushed: the file says one thing, the server another."""
+    from serving.ops import model_config
+    from serving.ops.config_file import ConfigFile
+
+    config_file = ConfigFile(stack.config)
+    pushed = config_file.read()
+    stable = model_config.labels(pushed, "mnist")["stable"]
+    other = next(v for v in model_config.versions(pushed, "mnist") if v != stable)
+    config_file.write(model_config.with_label(pushed, "mnist", "stable", other))
+    try:
+        status = json.loads(ok(stack.cli("status", "--json")))
+        labels = {x["label"]: x for x in status["labels"]}
+        assert (labels["stable"]["config"], labels["stable"]["server"]) == (other, stable)
+        assert labels["stable"]["in_sync"] is False and labels["canary"]["in_sync"] is True
+        assert "OUT OF SYNC" in ok(stack.cli("status"))
+    finally:
+        config_file.write(pushed)
+
+
+def test_a_restarted_server_serves_what_the_file_says(stack):
+    """The file is the source of truth: after a restart the server comes back with the last pushed labels."""
+    labels = stack.file_labels()
+    stack.stop()
+    unreachable = stack.cli("list")
+    one_line_error(unreachable, 4)
+    assert unreachable.stdout.splitlines()[0].split()[0] == "VERSION", "list still shows disk and file"
+    stack.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(stack.states().get(v) != "AVAILABLE" for v in labels.values()):
+        time.sleep(0.2)
+    assert {label: stack.predict_version(label) for label in labels} == labels
