@@ -35,6 +35,7 @@ class ServerFlags:
     file_system_poll_wait_seconds: int = 1
     allow_version_labels_for_unavailable_models: bool = False
     enable_batching: bool = False
+    enable_model_warmup: bool = True
     batching_parameters_file: str | None = None
     monitoring_config_file: str | None = None
     log_format: str = "json"
@@ -144,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=defaults.enable_batching,
         help="Merge concurrent Predict calls into batches.",
+    )
+    add(
+        "--enable_model_warmup",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.enable_model_warmup,
+        help="Replay assets.extra/tf_serving_warmup_requests before a version is AVAILABLE (default true).",
     )
     add(
         "--batching_parameters_file",

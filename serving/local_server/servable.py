@@ -183,7 +183,7 @@ def _grpc_code(tf_code: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def load_servable(name: str, version: int, path: Path) -> Servable:
+def load_servable(name: str, version: int, path: Path, *, warmup: bool = True) -> Servable:
     """Load a SavedModel version and replay its warmup records; raises ServingError on any failure."""
     started = time.perf_counter()
     signature_defs = _read_signature_defs(path)
@@ -203,7 +203,7 @@ def load_servable(name: str, version: int, path: Path) -> Servable:
             run=_make_runner(loaded.signatures[key], list(outputs)),
         )
     servable = Servable(name, version, path, signatures, signature_defs, handle=loaded)
-    replayed = replay_warmup(servable)
+    replayed = replay_warmup(servable) if warmup else 0
     log.info(
         "servable loaded",
         extra={

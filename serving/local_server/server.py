@@ -24,14 +24,17 @@ log = logging.getLogger(__name__)
 class ServableFactory:
     """Loads a version (warmup included) and, with batching on, puts a Batcher in front of each signature."""
 
-    def __init__(self, batching: BatchingOptions | None, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, batching: BatchingOptions | None, metrics: ServerMetrics, *, warmup: bool = True
+    ) -> None:
         self._batching = batching
+        self._warmup = warmup
         self._metrics = metrics
         self._batchers: dict[int, list[Batcher]] = {}
         self._lock = threading.Lock()
 
     def load(self, name: str, version: int, path: Path, model_config: ModelConfig) -> Servable:
-        servable = load_servable(name, version, path)
+        servable = load_servable(name, version, path, warmup=self._warmup)
         if self._batching is not None:
             batchers = []
             for signature in servable.signatures.values():
@@ -130,7 +133,7 @@ class ModelServer:
         self.monitoring = files.monitoring
         if flags.batching_parameters_file and not flags.enable_batching:
             log.warning("--batching_parameters_file is ignored without --enable_batching")
-        self.factory = ServableFactory(self.batching, self.metrics)
+        self.factory = ServableFactory(self.batching, self.metrics, warmup=flags.enable_model_warmup)
         self.manager = ModelManager(
             loader=self.factory.load,
             unloader=self.factory.unload,
