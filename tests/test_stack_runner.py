@@ -293,36 +293,18 @@ def test_config_reads_the_design_settings_and_flags_win(tmp_path):
         stack.config_from(stack.build_parser().parse_args(["--gateway-port", "70000"]), {})
 
 
-def test_models_config_copy_points_at_the_local_models(tmp_path):
-    template = textwrap.dedent(
-        """
-        model_config_list {
-          config {
-            name: "other"
-            base_path: "/models/other"
-          }
-          config {
-            name: "mnist"
-            base_path: "/models/mnist"
-            model_platform: "tensorflow"
-            version_labels { key: "stable" value: 1 }
-          }
-        }
-        """
-    )
-    rendered = stack.render_models_config(template, tmp_path / "models", "mnist")
-    assert f'base_path: "{tmp_path / "models" / "mnist"}"' in rendered
-    assert 'base_path: "/models/other"' in rendered
-    assert 'version_labels { key: "stable" value: 1 }' in rendered
-    with pytest.raises(stack.StackError, match="no base_path for model 'digits'"):
-        stack.render_models_config(template, tmp_path, "digits")
-
-
-def test_repository_models_config_renders(repo_root, tmp_path):
-    rendered = stack.render_models_config(
-        (repo_root / "serving" / "models.config").read_text(), tmp_path / "models", "mnist"
-    )
-    assert str(tmp_path / "models" / "mnist") in rendered
+def test_models_config_copy_points_at_the_local_models_and_is_kept(tmp_path):
+    """Rendered once by `mnist-models render-config`; a later run keeps it (promotions live there)."""
+    config = stack.StackConfig(state_dir=tmp_path / "state", model_base_path=tmp_path / "models")
+    said: list[str] = []
+    path = stack.ensure_models_config(config, said.append)
+    text = path.read_text()
+    assert f'base_path: "{tmp_path / "models" / "mnist"}"' in text
+    assert 'key: "stable"' in text and "specific" in text
+    assert said == [f"wrote {path} (base path {tmp_path / 'models' / 'mnist'})"]
+    path.write_text(text.replace('key: "canary"', 'key: "canary2"'))  # as if an operator changed it
+    assert stack.ensure_models_config(config, said.append) == path
+    assert 'key: "canary2"' in path.read_text() and len(said) == 1
 
 
 def test_model_versions_ignores_temporary_and_incomplete_directories(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import secrets
 import shlex
 import signal
@@ -235,22 +234,9 @@ def ensure_model(config: StackConfig, say) -> None:
     say(f"trained in {time.monotonic() - started:.0f} s")
 
 
-def render_models_config(template: str, base_path: Path, model_name: str) -> str:
-    """serving/models.config with the model's base_path pointing at the local models directory.
-
-    Only the base_path of the named model changes; labels and version policy stay as the repository has them.
-    """
-    pattern = re.compile(
-        r'(name:\s*"' + re.escape(model_name) + r'"(?:(?!config\s*\{).)*?base_path:\s*")[^"]*(")', re.S
-    )
-    rendered, count = pattern.subn(lambda m: m.group(1) + str(base_path / model_name) + m.group(2), template)
-    if count == 0:
-        raise StackError(f"serving/models.config has no base_path for model {model_name!r}")
-    return rendered
-
-
 def ensure_models_config(config: StackConfig, say) -> Path:
-    """A local copy of serving/models.config, made once: `mnist-models` promotions rewrite it and persist."""
+    """A local copy of serving/models.config whose base_path is the local models directory, made once by
+    `mnist-models render-config`: `mnist-models promote|canary|rollback` rewrite it later, and that lasts."""
     target = config.models_config
     if target.exists():
         return target
@@ -258,9 +244,23 @@ def ensure_models_config(config: StackConfig, say) -> Path:
     if not template.exists():
         raise StackError(f"{template} is missing")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(render_models_config(template.read_text(), config.model_base_path, config.model_name))
-    tmp.replace(target)
+    argv = [
+        str(config.tool("mnist-models")),
+        "--config",
+        str(template),
+        "--model-name",
+        config.model_name,
+        "render-config",
+        "--base-path",
+        str(config.model_base_path),
+        "--out",
+        str(target),
+        "--if-missing",
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not target.exists():
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise StackError(f"could not write {target}: {detail[-1] if detail else result.returncode}")
     say(f"wrote {target} (base path {config.model_base_path / config.model_name})")
     return target
 
@@ -437,6 +437,8 @@ def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Ctrl-C even when started in the background by a shell (which sets SIGINT to ignored for `cmd &`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         config = config_from(args, dict(os.environ))
