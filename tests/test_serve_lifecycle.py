@@ -232,6 +232,16 @@ def test_the_config_file_is_polled(server, stubs):
     reload(server, stubs, models_config_text(server.base_path, versions=None, labels={}))
 
 
+def test_zero_padded_version_directories_are_versions(server, stubs):
+    mnist = server.base_path / "mnist"
+    shutil.copytree(mnist / "1", mnist / ".tmp-0070")
+    (mnist / ".tmp-0070").rename(mnist / "0070")
+    server.wait_for_status(lambda s: s.get(70, ("",))[0] == "AVAILABLE")
+    assert predict(stubs, version=70).model_spec.version.value == 70
+    shutil.rmtree(mnist / "0070")
+    server.wait_for_status(lambda s: s[70][0] == "END")
+
+
 def test_sigterm_stops_the_server_gracefully(server):
     assert server.stop() == 0
     assert '"msg": "server stopped"' in server.log_tail(50)

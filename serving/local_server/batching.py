@@ -66,8 +66,8 @@ class Batcher:
             raise invalid_argument(f"Task size {size} is larger than maximum input batch size {limit}")
         task = _Task(inputs, size)
         with self._cond:
-            if self._stopped:
-                raise unavailable("the server is shutting down")
+            if self._stopped:  # the version is being unloaded under a request that already holds it
+                return self._runner(inputs)
             if self._queued_rows + size > limit * self._options.max_enqueued_batches:
                 raise unavailable("The batch scheduling queue to which this task was submitted is full")
             self._queue.append(task)

@@ -10,6 +10,7 @@ failed version is not retried while its directory stays. Loading and unloading r
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from serving.local_server.errors import ServingError, failed_precondition, inval
 from serving.local_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+
+_VERSION_NAME = re.compile(r"[0-9]{1,18}")
 
 Loader = Callable[[str, int, Path, ModelConfig], object]
 Unloader = Callable[[object], None]
@@ -49,11 +52,12 @@ class _Model:
     versions: dict[int, _Version] = field(default_factory=dict)
     aspired: set[int] = field(default_factory=set)
     failed_on_disk: set[int] = field(default_factory=set)  # not retried until the directory goes away
+    paths: dict[int, Path] = field(default_factory=dict)
     polled: bool = False
 
 
-def version_dirs(base_path: Path) -> list[int] | None:
-    """Version numbers under ``base_path`` (integer directory names; hidden/temp names are ignored).
+def version_dirs(base_path: Path) -> dict[int, Path] | None:
+    """{version: directory} under ``base_path`` (integer names, "007" is 7; hidden/temp names are ignored).
     None when the base path does not exist (the last known versions stay aspired, as in TF Serving)."""
     try:
         children = list(base_path.iterdir())
@@ -62,10 +66,15 @@ def version_dirs(base_path: Path) -> list[int] | None:
     except OSError as exc:
         log.warning("cannot list base path", extra={"path": str(base_path), "error": str(exc)})
         return None
-    return sorted(int(p.name) for p in children if p.name.isdigit() and p.is_dir())
+    found: dict[int, Path] = {}
+    for path in sorted(children):
+        if _VERSION_NAME.fullmatch(path.name) and path.is_dir():
+            found.setdefault(int(path.name), path)
+    return found
 
 
 def aspired_versions(config: ModelConfig, on_disk: list[int]) -> set[int]:
+    """The versions the model's policy wants served, out of those on disk (sorted ascending)."""
     policy = config.model_version_policy
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":
@@ -102,7 +111,6 @@ class ModelManager:
         self._stop = threading.Event()
         self._models: dict[str, _Model] = {}
         self._labels: dict[str, dict[str, int]] = {}
-        self._config = ModelServerConfig()
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -139,13 +147,6 @@ class ModelManager:
 
     # ---- config and labels -----------------------------------------------------------------------------
 
-    @property
-    def config(self) -> ModelServerConfig:
-        with self._lock:
-            result = ModelServerConfig()
-            result.CopyFrom(self._config)
-            return result
-
     def reload_config(self, config: ModelServerConfig) -> None:
         """HandleReloadConfigRequest: validate, swap labels and models, wait for models that are new."""
         try:
@@ -174,8 +175,6 @@ class ModelManager:
                 if name not in wanted:
                     entry.config = None
             self._labels = labels
-            self._config = ModelServerConfig()
-            self._config.CopyFrom(config)
         log.info("config applied", extra={"models": sorted(wanted), "labels": labels})
         return new_models
 
@@ -261,31 +260,6 @@ class ModelManager:
                 raise not_found(f"Could not find any versions of model {name}")
             return [_copy(model.versions[v].status) for v in sorted(model.versions, reverse=True)]
 
-    def labels(self, name: str) -> dict[str, int]:
-        with self._lock:
-            return dict(self._labels.get(name, {}))
-
-    def model_names(self) -> list[str]:
-        with self._lock:
-            return sorted(name for name, m in self._models.items() if m.config is not None)
-
-    def wait_until_settled(self, timeout: float = 60.0) -> bool:
-        """True once every configured model's aspired versions are AVAILABLE or END (for tools and tests)."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not all(self._settled(name) for name in self._models):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(min(remaining, 0.5))
-            return True
-
-    # ---- polling and actions ---------------------------------------------------------------------------
-
-    def poll_now(self) -> None:
-        """Run one poll/load/unload cycle now (the background thread does this every poll interval)."""
-        self._cycle()
-
     def _cycle(self) -> None:
         with self._cycle_lock:
             with self._lock:
@@ -312,7 +286,8 @@ class ModelManager:
                                 extra={"model": name, "path": config.base_path},
                             )
                         model.failed_on_disk &= set(on_disk)
-                        model.aspired = aspired_versions(config, on_disk)
+                        model.paths = on_disk
+                        model.aspired = aspired_versions(config, sorted(on_disk))
                     model.polled = True
                 self._changed.notify_all()
             self._run_actions()
@@ -330,7 +305,7 @@ class ModelManager:
                     record = _Version(VersionStatus(version, "START"))
                     model.versions[version] = record
                     self._set_state(model.name, record, "LOADING")
-                    path = Path(model.config.base_path) / str(version) if model.config else Path()
+                    path = model.paths.get(version) or Path(model.config.base_path) / str(version)
                     model_config = model.config
                 else:
                     self._set_state(model.name, record, "UNLOADING")
