@@ -9,6 +9,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -379,3 +380,45 @@ def test_dockerignore_keeps_state_out_and_everything_copied_in():
                         continue
                     assert (REPO_ROOT / source).exists(), f"{dockerfile}: COPY {source} does not exist"
                     assert not _ignored(source.rstrip("/"), patterns), f"{dockerfile}: {source} is ignored"
+
+
+def test_gateway_image_wheel_ships_every_gateway_file(tmp_path):
+    """Build the wheel from exactly what gateway/Dockerfile copies (pyproject.toml, README.md, gateway/):
+    every file of gateway/ (web page, protos, ...) must be in it, or the image lacks what editable installs
+    have."""
+    import zipfile
+
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, context / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO_ROOT / "gateway", context / "gateway", ignore=ignore)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            "out",
+            str(context),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        path.relative_to(context).as_posix()
+        for path in (context / "gateway").rglob("*")
+        if path.is_file() and path.name != "Dockerfile"
+    }
+    assert expected - shipped == set(), "gateway files missing from the image's wheel"
+    assert not any(name.startswith(("training/", "serving/", "deploy/")) for name in shipped)
