@@ -241,8 +241,9 @@ def run_evaluate(args: argparse.Namespace, env: settings_module.Settings) -> int
 
 
 def run_inspect(args: argparse.Namespace, env: settings_module.Settings) -> int:
-    from training.artifact import contract_violations, describe_signatures, read_metrics
+    from training.artifact import check_version_dir, contract_violations, describe_signatures, read_metrics
 
+    check_version_dir(args.version_dir)
     import_tensorflow()
     print(describe_signatures(args.version_dir))
     problems = contract_violations(args.version_dir)
