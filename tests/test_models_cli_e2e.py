@@ -372,6 +372,16 @@ def test_a_bad_config_file_is_a_one_line_error(stack, tmp_path):
     assert "specific" in error
 
 
+def test_list_without_the_model_directory_shows_file_and_server_then_fails(stack, tmp_path):
+    result = stack.cli("list", "--json", "--model-base-path", str(tmp_path / "nowhere"))
+    assert "model directory" in one_line_error(result, 3)
+    rows = {row["version"]: row for row in json.loads(result.stdout)["versions"]}
+    listed = {v for v, row in rows.items() if row["listed"]}
+    assert listed == set(stack.file_versions())
+    assert all(rows[v]["state"] == "AVAILABLE" for v in listed)
+    assert not any(row["on_disk"] for row in rows.values())
+
+
 def test_concurrent_changes_are_serialised(stack):
     """Two operators at once: both succeed one after the other, and file and server agree at the end."""
     commands = [["canary", "2"], ["promote", "4", "--force"]]

@@ -217,15 +217,23 @@ def _list(args: argparse.Namespace, say: Say, client: Any) -> None:
 
     config = ConfigFile(Path(args.config)).read()
     model_config.check(config, args.model_name)
+    # Show whatever can be seen (file, disk, server), then fail on the first part that could not be.
+    problem: errors.OpsError | None = None
+    model_dir: Path | None = _model_dir(args, config)
+    if not model_dir.is_dir():
+        problem = errors.ConfigError(
+            f"model directory {model_dir} not found: no versions on disk shown (set --model-base-path)"
+        )
+        model_dir = None
     try:
-        states, problem = client.version_states(args.model_name), None
-    except errors.ServerError as error:  # still show what is on disk and in the file, then fail
-        states, problem = None, error
-    rows = inventory.version_rows(config, args.model_name, model_dir=_model_dir(args, config), states=states)
+        states = client.version_states(args.model_name)
+    except errors.ServerError as error:
+        states, problem = None, problem or error
+    rows = inventory.version_rows(config, args.model_name, model_dir=model_dir, states=states)
     if args.json:
-        say(report.list_json(args.model_name, args.server, rows, server_reachable=problem is None))
+        say(report.list_json(args.model_name, args.server, rows, server_reachable=states is not None))
     else:
-        say(report.list_table(rows, server_reachable=problem is None))
+        say(report.list_table(rows, server_reachable=states is not None))
     if problem is not None:
         raise problem
 
