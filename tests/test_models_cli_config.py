@@ -252,7 +252,9 @@ def test_scan_finds_complete_numbered_versions_only(tmp_path):
     assert [v.version for v in found] == [2, 10]
     assert found[0].accuracy == pytest.approx(0.991)
     assert found[0].created_at == "2026-01-01T00:00:00+00:00"
-    with pytest.raises(VersionNotFound, match=r"version 3 not found .* \(versions on disk: 2, 10\)"):
+    fake_version(tmp_path, "0007", {"test_accuracy": 0.99})  # TF Serving reads zero-padded names too
+    assert versions.find(tmp_path, 7).path.name == "0007"
+    with pytest.raises(VersionNotFound, match=r"version 3 not found .* \(versions on disk: 2, 7, 10\)"):
         versions.find(tmp_path, 3)
     with pytest.raises(ConfigError, match="model directory .* not found"):
         versions.scan(tmp_path / "nope")

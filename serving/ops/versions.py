@@ -70,11 +70,13 @@ def scan(model_dir: Path) -> list[DiskVersion]:
 
 
 def find(model_dir: Path, version: int) -> DiskVersion:
-    candidate = model_dir / str(version)
-    if not (candidate / "saved_model.pb").is_file():
-        on_disk = ", ".join(str(v.version) for v in scan(model_dir)) or "none"
-        raise VersionNotFound(f"version {version} not found in {model_dir} (versions on disk: {on_disk})")
-    return _load(candidate)
+    """The version's directory, whatever its spelling ("7" or "0007", as TF Serving reads both)."""
+    found = scan(model_dir)
+    for candidate in found:
+        if candidate.version == version:
+            return candidate
+    on_disk = ", ".join(str(v.version) for v in found) or "none"
+    raise VersionNotFound(f"version {version} not found in {model_dir} (versions on disk: {on_disk})")
 
 
 def check_quality(version: DiskVersion, *, min_accuracy: float, force: bool) -> str:
