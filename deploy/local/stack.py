@@ -228,7 +228,7 @@ def ensure_model(config: StackConfig, say) -> None:
     say("$ " + shlex.join(argv))
     started = time.monotonic()
     # In the foreground with the terminal: the trainer's progress bar stays a progress bar.
-    result = subprocess.run(argv, check=False)
+    result = subprocess.run(argv, check=False, env={"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ})
     if result.returncode != 0:
         raise StackError(f"training failed (exit code {result.returncode}); nothing was started")
     say(f"trained in {time.monotonic() - started:.0f} s")
@@ -325,6 +325,8 @@ def service_env(config: StackConfig, token: str) -> dict[str, str]:
         GATEWAY_SPOOL_DIR=str(config.state_dir / "spool"),
         OPS_TOKEN=token,
     )
+    # TensorFlow's C++ start-up chatter (no GPU, CPU features) drowns the useful lines; errors still show.
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 

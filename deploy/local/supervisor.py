@@ -105,7 +105,7 @@ class Supervisor:
         *,
         log_dir: Path | None = None,
         color: bool | None = None,
-        tail_lines: int = 30,
+        tail_lines: int = 12,
     ):
         self.out = out if out is not None else sys.stdout
         self.log_dir = log_dir
