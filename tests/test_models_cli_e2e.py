@@ -317,6 +317,36 @@ def test_a_version_that_fails_to_load_leaves_config_and_labels_alone(stack):
     shutil.rmtree(broken)
 
 
+def test_a_listed_version_that_failed_to_load_is_reported_at_once(stack):
+    """Someone listed a broken version by hand: moving a label to it fails now, not after --load-timeout."""
+    from serving.ops import model_config
+    from serving.ops.config_file import ConfigFile
+    from serving.ops.server import ModelServerClient
+
+    broken = stack.model_dir / "6"
+    shutil.copytree(stack.model_dir / "2", broken)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    config_file = ConfigFile(stack.config)
+    pushed = config_file.read()
+    with_broken = model_config.with_versions(pushed, "mnist", [*model_config.versions(pushed, "mnist"), 6])
+    with ModelServerClient(stack.address) as client:
+        config_file.write(with_broken)
+        client.reload(with_broken)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not client.version_states("mnist").get(6, None):
+            time.sleep(0.1)
+        while time.monotonic() < deadline and client.version_states("mnist")[6].state != "END":
+            time.sleep(0.1)
+        try:
+            error = one_line_error(stack.cli("canary", "6", "--force", "--load-timeout", "120"), 7)
+            assert "version 6 is listed but failed to load" in error
+            assert stack.file_labels() == model_config.labels(pushed, "mnist")
+        finally:
+            config_file.write(pushed)
+            client.reload(pushed)
+            shutil.rmtree(broken)
+
+
 def test_an_unreachable_server_is_a_one_line_error(stack):
     before = stack.config.read_bytes()
     error = one_line_error(stack.cli("promote", "2", server=f"127.0.0.1:{free_port()}"), 4)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from serving.ops import model_config, versions
 from serving.ops.config_file import ConfigFile
-from serving.ops.errors import ConfigError, LoadFailed, NothingToRollBack, OpsError
+from serving.ops.errors import LoadFailed, NothingToRollBack, OpsError
 from serving.ops.model_config import ModelServerConfig
 from serving.ops.server import ModelServerClient, VersionState
 
@@ -153,6 +153,10 @@ class Operator:
             loading = model_config.with_versions(config, self.model_name, [*listed, version])
             self._apply(loading)
             self.say(f"loading version {version}: config pushed (versions {_join([*listed, version])})")
+        elif state is not None and state.failed:
+            raise LoadFailed(
+                f"version {version} is listed but failed to load: {state.error_message or state.error_code}"
+            )
         else:
             loading = config  # listed but not AVAILABLE yet (still loading, or the server restarted)
             self.say(f"waiting for listed version {version} to load")
@@ -174,7 +178,7 @@ class Operator:
     def _undo_load(self, config: ModelServerConfig, error: LoadFailed) -> None:
         try:
             self._apply(config)
-        except (OpsError, ConfigError) as undo_error:
+        except OpsError as undo_error:
             error.message += f"; restoring the previous config also failed: {undo_error.message}"
         else:
             error.message += "; previous config restored"
