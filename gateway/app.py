@@ -31,10 +31,11 @@ def create_app(settings: Settings | None = None, *, model_client: Any = None, st
     app.json.sort_keys = False
     app.json.compact = True
     app_metrics = metrics.GatewayMetrics()
-    app.extensions[EXTENSION] = Services(settings, app_metrics, model_client=model_client, store=store)
+    services_ = Services(settings, app_metrics, model_client=model_client, store=store)
+    app.extensions[EXTENSION] = services_
 
     logs.init_app(app)
-    metrics.init_app(app, app_metrics)
+    metrics.init_app(app, app_metrics, spool_depth=lambda: services_.store.spool_depth())
     http_errors.init_app(app, retry_after_s=settings.retry_after_s)
     routes.init_app(app)
     ops.init_app(app)

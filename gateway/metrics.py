@@ -8,9 +8,11 @@ prometheus_client; every worker then writes its samples to files there and `/met
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -22,6 +24,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+log = logging.getLogger("gateway.metrics")
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -127,7 +131,9 @@ class GatewayMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def init_app(app: Flask, metrics: GatewayMetrics) -> None:
+def init_app(app: Flask, metrics: GatewayMetrics, spool_depth: Callable[[], int]) -> None:
+    """Count every answer; serve `/metrics`, reading the spool depth fresh at each scrape."""
+
     @app.after_request
     def _count(response: Response) -> Response:
         # Route templates, not raw paths: unknown URLs must not make new time series.
@@ -140,5 +146,9 @@ def init_app(app: Flask, metrics: GatewayMetrics) -> None:
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
+        try:
+            metrics.spool_depth.set(spool_depth())
+        except Exception:  # a scrape must not fail because the store is unwell: /readyz reports that
+            log.debug("spool depth unavailable", exc_info=True)
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)

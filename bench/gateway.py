@@ -1,0 +1,307 @@
+"""Gateway end to end against direct gRPC Predict to the same model server, measured in the same run.
+
+    python -m bench.gateway [--seconds 6] [--concurrency 1,8,32] [--model-base-path DIR] [--workers 1]
+
+Brings up what production runs, on free local ports: a real Cassandra node (migrated keyspace), `mnist-serve`
+with the model (`/work/models-default` when present, else `--model-base-path`, else a quick export by
+`mnist-train`), and `mnist-gateway` under gunicorn. At each concurrency it measures, for the same wall-clock
+duration:
+
+- direct: the 28x28 input already preprocessed, `ModelClient.predict` over gRPC (one shared channel, as the
+  gateway has): the baseline, what a client speaking TF Serving's API directly gets;
+- gateway: `POST /v1/predict` of a 280x280 PNG (what the web page's canvas sends) over HTTP keep-alive: upload
+  parsing, preprocessing, the same gRPC call, the Cassandra write (asynchronous), the JSON answer.
+
+Load generators are threads in this process, on the same machine as the servers (the numbers include that).
+Goal: gateway throughput >= 50% of direct gRPC at concurrency 8, and < 5 ms median overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = Path("/work/models-default")
+MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
+KEYSPACE = "mnist_bench"
+
+
+@dataclass
+class Level:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def run_level(concurrency: int, seconds: float, make_call: Callable[[], Callable[[], bool]]) -> Level:
+    """`concurrency` threads each calling their own `make_call()` result in a loop for `seconds`."""
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    start_gate = threading.Barrier(concurrency + 1)
+    stop_at = [0.0]
+
+    def worker(i: int) -> None:
+        call = make_call()
+        call()  # warm this thread's connection
+        start_gate.wait()
+        mine, clock = latencies[i], time.perf_counter
+        while True:
+            t0 = clock()
+            if t0 >= stop_at[0]:
+                break
+            ok = call()
+            if ok:
+                mine.append(clock() - t0)
+            else:
+                errors[i] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.perf_counter() + 1e9
+    start_gate.wait()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    values = sorted(v for per in latencies for v in per)
+    if not values:
+        raise RuntimeError("no request succeeded")
+
+    def pct(q: float) -> float:
+        return values[min(len(values) - 1, int(q * len(values)))] * 1000
+
+    return Level(
+        concurrency, len(values), sum(errors), elapsed, statistics.median(values) * 1000, pct(0.9), pct(0.99)
+    )
+
+
+def mnist_digit(index: int = 0) -> np.ndarray:
+    with gzip.open(MNIST_DIR / "t10k-images-idx3-ubyte.gz") as f:
+        return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[index]
+
+
+def canvas_png(image: np.ndarray) -> bytes:
+    """A digit as the web page's canvas sends it: 280x280 PNG, white ink on black."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).resize((280, 280), Image.Resampling.BILINEAR).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def resolve_models(arg: Path | None, scratch: Path) -> Path:
+    for candidate in (arg, DEFAULT_MODELS):
+        if candidate is not None and any((candidate / "mnist").glob("[0-9]*")):
+            return candidate
+    base = scratch / "models"
+    print(
+        "no model given and /work/models-default absent: exporting a quick one with mnist-train ...",
+        flush=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.cli",
+            "--model-base-path",
+            str(base),
+            "--data-dir",
+            str(MNIST_DIR),
+            "--epochs",
+            "1",
+            "--max-train-samples",
+            "6000",
+        ],
+        check=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    return base
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def worker_pids(master: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured duration per level (default 6)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
+    parser.add_argument("--model-base-path", type=Path, help="base dir holding mnist/<version>/")
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
+    parser.add_argument("--threads", type=int, default=16, help="threads per gateway worker (default 16)")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+
+    # Test helpers that start the real processes on free ports (the same code the e2e tests use).
+    sys.path.insert(0, str(REPO_ROOT))
+    from deploy.local.cassandra_node import CassandraNode
+    from gateway.model_client import ModelClient
+    from gateway.preprocess import to_mnist
+    from gateway.store.cluster import build_cluster, quiet_driver_logs
+    from gateway.store.migrate import Migrator
+    from tests.fixtures.gateway_server import GatewayProcess, gateway_environment
+    from tests.fixtures.model_server import ModelServerProcess, models_config_text
+
+    quiet_driver_logs()
+    with ExitStack() as stack:
+        scratch = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+        stack.callback(shutil.rmtree, scratch, True)
+        models = resolve_models(args.model_base_path, scratch)
+        version = max(int(p.name) for p in (models / "mnist").iterdir() if p.name.isdigit())
+
+        print("starting Cassandra ...", flush=True)
+        node = CassandraNode(scratch / "cassandra", unsafe_system=True)
+        node.start()
+        stack.callback(node.kill)
+        cluster = build_cluster([node.host], node.port, request_timeout=30.0)
+        Migrator(cluster.connect(), KEYSPACE).migrate()
+        cluster.shutdown()
+
+        print(f"starting mnist-serve on {models} (stable -> version {version}) ...", flush=True)
+        config = scratch / "models.config"
+        config.write_text(models_config_text(models, versions=(version,), labels={"stable": version}))
+        server = ModelServerProcess(models, config, scratch / "mnist-serve.log").start()
+        stack.callback(server.stop)
+
+        print(f"starting mnist-gateway ({args.workers} worker(s) x {args.threads} threads) ...", flush=True)
+        env = gateway_environment(
+            server,
+            node,
+            KEYSPACE,
+            scratch / "spool",
+            GATEWAY_WORKERS=str(args.workers),
+            GATEWAY_THREADS=str(args.threads),
+            LOG_LEVEL="WARNING",
+        )
+        started = time.perf_counter()
+        gateway = GatewayProcess(env, scratch / "gateway.log").start()
+        ready_s = time.perf_counter() - started
+        stack.callback(gateway.stop)
+
+        upload = canvas_png(mnist_digit(0))
+        model_input = to_mnist(upload).image[np.newaxis]
+        client = ModelClient(server.grpc_address, timeout_s=10, model_name="mnist", retries=0)
+        stack.callback(client.close)
+        url = f"{gateway.url}/v1/predict"
+
+        def direct_call() -> Callable[[], bool]:
+            def call() -> bool:
+                try:
+                    client.predict(model_input, label="stable")
+                    return True
+                except Exception:
+                    return False
+
+            return call
+
+        def gateway_call() -> Callable[[], bool]:
+            session = requests.Session()
+
+            def call() -> bool:
+                try:
+                    return session.post(
+                        url, data=upload, headers={"Content-Type": "image/png"}, timeout=30
+                    ).ok
+                except requests.RequestException:
+                    return False
+
+            return call
+
+        rows = []
+        for c in levels:
+            print(f"concurrency {c}: direct gRPC ...", flush=True)
+            direct = run_level(c, args.seconds, direct_call)
+            print(f"concurrency {c}: gateway ...", flush=True)
+            through = run_level(c, args.seconds, gateway_call)
+            rows.append((direct, through))
+
+        workers = worker_pids(gateway.proc.pid)
+        worker_rss = [rss_mb(p) for p in workers]
+        spool = requests.get(f"{gateway.url}/metrics").text
+        depth = [line for line in spool.splitlines() if line.startswith("gateway_spool_depth")]
+
+    print()
+    print(
+        f"model: {models}/mnist/{version}; upload: 280x280 PNG ({len(upload)} bytes); "
+        f"gateway: {args.workers} worker(s) x {args.threads} threads; {args.seconds:g} s per level; "
+        f"{os.cpu_count()} CPUs shared by clients and servers"
+    )
+    header = (
+        f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | {'gateway rps':>11} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'errors':>6} | {'rps ratio':>9} {'p50 overhead ms':>15}"
+    )
+    print(header)
+    print("-" * len(header))
+    for direct, through in rows:
+        print(
+            f"{direct.concurrency:>4} | {direct.rps:>10.0f} {direct.p50_ms:>7.2f} {direct.p99_ms:>7.2f} | "
+            f"{through.rps:>11.0f} {through.p50_ms:>7.2f} {through.p99_ms:>7.2f} {through.errors:>6} | "
+            f"{through.rps / direct.rps:>9.2f} {through.p50_ms - direct.p50_ms:>15.2f}"
+        )
+    print(
+        f"\ngateway start to /healthz: {ready_s:.2f} s; worker RSS: "
+        + ", ".join(f"{m:.0f} MB" for m in worker_rss)
+        + f"; {', '.join(depth) or 'spool depth n/a'}"
+    )
+    by_c = {d.concurrency: (d, g) for d, g in rows}
+    if 8 in by_c:
+        d, g = by_c[8]
+        print(
+            f"goal at concurrency 8: throughput ratio {g.rps / d.rps:.2f} (>= 0.50), "
+            f"median overhead {g.p50_ms - d.p50_ms:.2f} ms (< 5 ms)"
+        )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [
+                    {"direct": asdict(d) | {"rps": d.rps}, "gateway": asdict(g) | {"rps": g.rps}}
+                    for d, g in rows
+                ],
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

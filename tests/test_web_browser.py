@@ -1,0 +1,177 @@
+"""The web page in real headless Chromium (Debian's chromium driven by Playwright; no browser download).
+
+Draw a digit on the canvas with the mouse, get the answer, send feedback, see it in the recent table and in
+Cassandra. The page must load nothing from outside the gateway. Set MNIST_UPDATE_SCREENSHOT=1 to refresh
+docs/screenshot.png from this test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshot.png"
+
+# A "7" as strokes in canvas fractions: the top bar, then the diagonal down.
+SEVEN = [[(0.22, 0.2), (0.78, 0.2), (0.45, 0.85)], [(0.38, 0.52), (0.7, 0.52)]]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def watch(page, base_url: str) -> dict[str, list[str]]:
+    """Collect page errors, console errors, and any request that leaves the gateway (those are aborted)."""
+    seen: dict[str, list[str]] = {"errors": [], "outside": []}
+    host = urlparse(base_url).netloc
+    page.on("pageerror", lambda exc: seen["errors"].append(str(exc)))
+    page.on("console", lambda msg: msg.type == "error" and seen["errors"].append(msg.text))
+
+    def route(r):
+        url = urlparse(r.request.url)
+        if url.scheme in ("data", "blob") or url.netloc == host:
+            r.continue_()
+        else:
+            seen["outside"].append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    return seen
+
+
+def mnist_test_digit(mnist_dir: Path, index: int) -> tuple[np.ndarray, int]:
+    with gzip.open(mnist_dir / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return images[index], int(labels[index])
+
+
+def draw(page, strokes) -> None:
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=12)
+        page.mouse.up()
+
+
+def test_draw_a_digit_get_the_answer_and_send_feedback(
+    browser, gateway_server, clean_tables, cassandra_session, tmp_path
+):
+    page = browser.new_page(viewport={"width": 1120, "height": 1180})
+    seen = watch(page, gateway_server.url)
+    page.goto(gateway_server.url + "/")
+    assert page.title() == "MNIST digit reader"
+
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as predicted:
+        draw(page, SEVEN)  # the page reads the drawing by itself when the pen stays up
+    answer = predicted.value.json()
+    assert predicted.value.status == 200
+    expect(page.locator("#digit")).not_to_have_text("?")
+
+    # What the page shows is what the API answered (whether a quickly trained test model reads this 7 right
+    # is the preprocessing tests' business, measured on thousands of images).
+    digit = answer["digit"]
+    assert page.locator("#digit").inner_text() == str(digit)
+    assert page.locator("#bars li").count() == 10
+    assert page.locator("#bars li.top").inner_text().startswith(str(digit))
+    assert max(answer["probabilities"]) == answer["probabilities"][digit]
+    assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
+    assert f"v{answer['model']['version']}" in page.locator("#model-version").inner_text()
+
+    # The recent table lists it (read back from Cassandra), then feedback marks it.
+    row = page.locator(f'#recent-body tr[data-id="{answer["id"]}"]')
+    row.wait_for()
+    assert row.locator("td.digit-cell").inner_text() == str(digit)
+    with page.expect_response(lambda r: r.url.endswith("/feedback")) as sent:
+        page.get_by_role("button", name="The right digit is 7").click()
+    assert sent.value.status == 200
+    expect(page.locator("#fb-status")).to_have_text(re.compile(r"^Thanks!"))
+    tag = page.locator(f'#recent-body tr[data-id="{answer["id"]}"] .tag')
+    tag.wait_for()
+    assert tag.inner_text() == ("✓ correct" if digit == 7 else "✗ was 7")
+
+    row_in_db = cassandra_session.execute(
+        f"SELECT label, digit FROM {clean_tables}.feedback_by_id WHERE id = %s", [uuid.UUID(answer["id"])]
+    ).one()
+    assert (row_in_db.label, row_in_db.digit) == (7, digit)
+
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot), full_page=True)
+    if os.environ.get("MNIST_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, SCREENSHOT)
+    assert seen == {"errors": [], "outside": []}
+    page.close()
+
+
+def test_upload_by_file_picker_and_errors_are_shown(browser, gateway_server, mnist_dir, tmp_path):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    seen = watch(page, gateway_server.url)
+    page.goto(gateway_server.url + "/")
+    not_an_image = tmp_path / "notes.txt"
+    not_an_image.write_text("hello")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as rejected:
+        page.set_input_files("#file", str(not_an_image))
+    assert rejected.value.status == 415
+    expect(page.locator("#status")).to_have_class(re.compile(r"\berror\b"))
+    assert page.locator("#result").is_hidden()
+
+    # A photo-like upload of an MNIST test digit (dark ink on a large light canvas) through the picker.
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    upload = tmp_path / "scan of a digit.png"
+    Image.fromarray(255 - image).resize((300, 300), Image.Resampling.BICUBIC).save(upload)
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as predicted:
+        page.set_input_files("#file", str(upload))
+    assert predicted.value.status == 200
+    expect(page.locator("#digit")).to_have_text(str(predicted.value.json()["digit"]))
+    assert page.locator("#status").inner_text() == ""
+    page.locator("#clear-btn").click()
+    page.locator("#predict-btn").click()
+    assert page.locator("#status").inner_text() == "Draw a digit first."
+    assert seen == {"errors": [], "outside": []} or seen["errors"] == [
+        "Failed to load resource: the server responded with a status of 415 (UNSUPPORTED MEDIA TYPE)"
+    ]
+    page.close()
+
+
+def test_the_page_fits_a_phone_screen(browser, gateway_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(gateway_server.url + "/")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    pad = page.locator("#pad").bounding_box()
+    assert 250 <= pad["width"] <= 390
+    # Every button has an accessible name; images have alt text.
+    names = page.eval_on_selector_all(
+        "button", "bs => bs.map(b => b.getAttribute('aria-label') || b.textContent.trim())"
+    )
+    assert all(names)
+    assert page.eval_on_selector_all("img", "imgs => imgs.every(i => i.alt)")
+    context.close()
