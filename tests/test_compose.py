@@ -116,6 +116,7 @@ def test_official_images_and_start_up_order(rendered):
     for name in ("cassandra", "tfserving", "gateway"):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     assert services["cassandra"]["healthcheck"]["test"][1] == "cqlsh"
+    assert services["tfserving"]["user"] == "65534:65534"  # the gateway's image sets its own non-root USER
 
 
 def test_builds_use_dockerfiles_that_exist_with_the_repository_as_context(rendered):
