@@ -307,6 +307,18 @@ def test_models_config_copy_points_at_the_local_models_and_is_kept(tmp_path):
     assert 'key: "canary2"' in path.read_text() and len(said) == 1
 
 
+def test_a_config_serving_no_version_on_disk_is_a_clear_error(tmp_path):
+    config = stack.StackConfig(state_dir=tmp_path / "state", model_base_path=tmp_path / "models")
+    stack.ensure_models_config(config, lambda _: None)  # the repository's config: specific version 1
+    (tmp_path / "models" / "mnist" / "3").mkdir(parents=True)
+    (tmp_path / "models" / "mnist" / "3" / "saved_model.pb").write_bytes(b"x")
+    with pytest.raises(stack.StackError, match=r"serves version\(s\) \[1\] but .* holds \[3\]"):
+        stack.check_served_versions(config)
+    (tmp_path / "models" / "mnist" / "1").mkdir()
+    (tmp_path / "models" / "mnist" / "1" / "saved_model.pb").write_bytes(b"x")
+    stack.check_served_versions(config)
+
+
 def test_model_versions_ignores_temporary_and_incomplete_directories(tmp_path):
     for name in ("1", "3", ".tmp-4", "5"):
         (tmp_path / "mnist" / name).mkdir(parents=True)

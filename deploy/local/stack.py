@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -265,6 +266,18 @@ def ensure_models_config(config: StackConfig, say) -> Path:
     return target
 
 
+def check_served_versions(config: StackConfig) -> None:
+    """Fail fast when the config serves only versions that are not on disk (the model would never load)."""
+    listed = [int(v) for v in re.findall(r"\bversions:\s*(\d+)", config.models_config.read_text())]
+    on_disk = model_versions(config.model_base_path, config.model_name)
+    if listed and not set(listed) & set(on_disk):
+        model_dir = config.model_base_path / config.model_name
+        raise StackError(
+            f"{config.models_config} serves version(s) {listed} but {model_dir} holds {on_disk}: edit the `versions:` and labels there (or delete it to start from "
+            "serving/models.config)"
+        )
+
+
 def ops_token(config: StackConfig) -> str:
     """OPS_TOKEN from the environment, else one generated once and kept in STATE_DIR/ops-token (mode 600)."""
     if config.ops_token:
@@ -360,6 +373,7 @@ def start_stack(config: StackConfig, sup: Supervisor) -> float:
     migrate(config, env, sup.say)
 
     models_config = ensure_models_config(config, sup.say)
+    check_served_versions(config)
     sup.say(f"starting mnist-serve: gRPC {config.grpc_target}, REST {config.rest_url} ({models_config})")
     serve = sup.start("serve", serve_command(config), env=env, cwd=REPO_ROOT)
     waited = wait_for(
