@@ -273,8 +273,8 @@ def check_served_versions(config: StackConfig) -> None:
     if listed and not set(listed) & set(on_disk):
         model_dir = config.model_base_path / config.model_name
         raise StackError(
-            f"{config.models_config} serves version(s) {listed} but {model_dir} holds {on_disk}: edit the `versions:` and labels there (or delete it to start from "
-            "serving/models.config)"
+            f"{config.models_config} serves version(s) {listed} but {model_dir} holds {on_disk}: "
+            "edit the `versions:` and labels there (or delete it to start from serving/models.config)"
         )
 
 
