@@ -423,3 +423,17 @@ def test_gateway_image_wheel_ships_every_gateway_file(tmp_path):
     }
     assert expected - shipped == set(), "gateway files missing from the image's wheel"
     assert not any(name.startswith(("training/", "serving/", "deploy/")) for name in shipped)
+
+
+def test_tf_serving_healthcheck_passes_against_mnist_serve(rendered, model_server):
+    """The same bash probe (compose healthcheck, Kubernetes readiness) against the real REST status of a
+    running model server that has the model AVAILABLE."""
+    from urllib.parse import urlsplit
+
+    script = rendered["services"]["tfserving"]["healthcheck"]["test"][-1]
+    port = urlsplit(model_server.rest_url).port
+    local = script.replace("/8501", f"/{port}")
+    result = subprocess.run(["bash", "-c", local], capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    other = local.replace("/v1/models/mnist ", "/v1/models/missing ")
+    assert subprocess.run(["bash", "-c", other], capture_output=True, timeout=30).returncode != 0
