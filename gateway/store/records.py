@@ -1,0 +1,93 @@
+"""What the store keeps about one prediction, and its spool encoding (JSON: readable with `jq`)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import math
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+INPUT_BYTES = 28 * 28
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One prediction. `id` is a version-1 (time) UUID: its timestamp decides the day bucket and the order.
+
+    `filename` is the client's name for the upload, kept as data. `input_image` is the 28x28 uint8 input the
+    model saw (784 bytes, row-major). `client_addr` that is not an IP address is stored as null.
+    `feedback_label` is filled on reads only.
+    """
+
+    id: uuid.UUID
+    created_at: datetime
+    filename: str | None
+    image_sha256: str
+    input_image: bytes
+    digit: int
+    probabilities: Sequence[float]
+    model_name: str
+    model_version: int
+    preprocess_ms: float | None = None
+    model_ms: float | None = None
+    total_ms: float | None = None
+    client_addr: str | None = None
+    feedback_label: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, uuid.UUID) or self.id.version != 1:
+            raise ValueError("a prediction id is a version-1 (time) UUID")
+        if len(self.input_image) not in (INPUT_BYTES, 0):  # empty: a list read that leaves the input out
+            raise ValueError(
+                f"input_image must be {INPUT_BYTES} bytes (28x28 uint8), got {len(self.input_image)}"
+            )
+        if not 0 <= int(self.digit) <= 9:
+            raise ValueError(f"digit must be 0-9, got {self.digit}")
+        probabilities = tuple(float(p) for p in self.probabilities)
+        if len(probabilities) != 10 or not all(math.isfinite(p) for p in probabilities):
+            raise ValueError("probabilities must be 10 finite numbers")
+        set_ = object.__setattr__  # frozen: normalise types once, here
+        set_(self, "probabilities", probabilities)
+        set_(self, "digit", int(self.digit))
+        set_(self, "model_version", int(self.model_version))
+        set_(self, "input_image", bytes(self.input_image))
+        created = self.created_at
+        set_(
+            self,
+            "created_at",
+            created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC),
+        )
+        for name in ("preprocess_ms", "model_ms", "total_ms"):
+            value = getattr(self, name)
+            set_(self, name, None if value is None else float(value))
+        set_(self, "client_addr", _ip_or_none(self.client_addr))
+
+    def to_json_bytes(self) -> bytes:
+        data = asdict(self)
+        data.pop("feedback_label")
+        data["id"] = str(self.id)
+        data["created_at"] = self.created_at.isoformat()
+        data["input_image"] = base64.b64encode(self.input_image).decode("ascii")
+        data["probabilities"] = list(self.probabilities)
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json_bytes(cls, raw: bytes) -> PredictionRecord:
+        data = json.loads(raw.decode("utf-8"))
+        data["id"] = uuid.UUID(data["id"])
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        data["input_image"] = base64.b64decode(data["input_image"])
+        return cls(**data)
+
+
+def _ip_or_none(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None

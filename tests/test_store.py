@@ -1,0 +1,274 @@
+"""PredictionStore against the real Cassandra node: round trips, paging across days, spooling and replay."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cassandra.util import uuid_from_time
+
+from deploy.local.cassandra_node import free_port
+from gateway.errors import InvalidInput, NotFound, StoreUnavailable
+from gateway.store import PredictionRecord, PredictionStore
+from gateway.store.buckets import day_of
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_record(
+    n: int = 0, *, when: datetime | None = None, filename: str | None = "digit.png"
+) -> PredictionRecord:
+    when = when or datetime.now(UTC)
+    probabilities = [0.01] * 10
+    probabilities[n % 10] = 0.91
+    return PredictionRecord(
+        id=uuid_from_time(when),
+        created_at=when,
+        filename=filename,
+        image_sha256=hashlib.sha256(str(n).encode()).hexdigest(),
+        input_image=bytes((n + i) % 256 for i in range(784)),
+        digit=n % 10,
+        probabilities=probabilities,
+        model_name="mnist",
+        model_version=1 + n % 3,
+        preprocess_ms=1.5,
+        model_ms=3.25,
+        total_ms=5.0,
+        client_addr="127.0.0.1",
+    )
+
+
+def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def rows_by_id(session, keyspace, ids) -> set:
+    select = session.prepare(f"SELECT id FROM {keyspace}.predictions_by_id WHERE id IN ?")
+    found = set()
+    for chunk in range(0, len(ids), 100):
+        found |= {r.id for r in session.execute(select, [ids[chunk : chunk + 100]])}
+    return found
+
+
+@pytest.fixture
+def store(cassandra_node, clean_tables, tmp_path):
+    store = PredictionStore([cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool")
+    yield store
+    store.close()
+
+
+def settled(store: PredictionStore) -> bool:
+    stats = store.stats()
+    return stats["in_flight"] == 0 and stats["spool_depth"] == 0
+
+
+def test_round_trip_keeps_every_field(store):
+    record = make_record(7)
+    store.record(record)
+    assert wait_until(lambda: store.get(record.id) is not None)
+    assert wait_until(lambda: settled(store))
+    got = store.get(record.id)
+    # Cassandra keeps milliseconds and float32: compare those two with their precision, the rest exactly.
+    assert abs(got.created_at - record.created_at) < timedelta(milliseconds=1) and got.created_at.tzinfo
+    assert got.probabilities == pytest.approx(record.probabilities, rel=1e-6)
+    assert replace(got, created_at=record.created_at, probabilities=record.probabilities) == record
+    assert got.input_image == record.input_image and len(got.input_image) == 784
+    assert got.feedback_label is None
+    assert store.get(uuid_from_time(datetime.now(UTC))) is None
+    assert store.ping() is True
+
+
+@pytest.mark.parametrize(
+    "filename",
+    [
+        'it\'s "quoted".png',
+        "числа 数字 🖼️.png",
+        "x'); DROP TABLE predictions_by_id; --.png",
+        "../../etc/passwd",
+        "a" * 500,
+        None,
+    ],
+)
+def test_filenames_are_stored_verbatim(store, filename):
+    record = make_record(3, filename=filename)
+    store.record(record)
+    assert wait_until(lambda: store.get(record.id) is not None)
+    assert store.get(record.id).filename == filename
+    assert store.recent(1).items[0].filename == filename
+
+
+def test_recent_is_newest_first_across_days_with_a_cursor(store):
+    now = datetime.now(UTC)
+    moments = [now - timedelta(days=d, minutes=m) for d in (0, 1, 3) for m in (1, 2, 3)]
+    records = [make_record(i, when=t) for i, t in enumerate(moments)]
+    assert len({day_of(r.id) for r in records}) == 3
+    for r in records:
+        store.record(r)
+    assert wait_until(lambda: settled(store))
+    expected = [r.id for r in sorted(records, key=lambda r: r.created_at, reverse=True)]
+
+    seen, cursor = [], None
+    while True:
+        page = store.recent(4, cursor)
+        seen += [item.id for item in page.items]
+        assert all(item.input_image == b"" for item in page.items)  # lists leave the input out
+        cursor = page.cursor
+        if cursor is None:
+            break
+    assert seen == expected
+    assert [i.id for i in store.recent(100).items] == expected  # one page, no cursor
+    assert store.recent(100).cursor is None
+
+
+def test_feedback_is_checked_and_read_back(store):
+    record = make_record(2)
+    store.record(record)
+    assert wait_until(lambda: settled(store) and store.get(record.id) is not None)
+    store.add_feedback(record.id, 5)
+    store.add_feedback(record.id, 4)  # the latest label wins
+    assert store.get(record.id).feedback_label == 4
+    assert store.recent(1).items[0].feedback_label == 4
+    for bad in (-1, 10, True, "3", 3.0):
+        with pytest.raises(InvalidInput):
+            store.add_feedback(record.id, bad)
+    with pytest.raises(NotFound):
+        store.add_feedback(uuid_from_time(datetime.now(UTC)), 1)
+
+
+def test_bad_cursors_and_limits_are_client_errors(store):
+    for cursor in (b"short", uuid.uuid4().bytes):
+        with pytest.raises(InvalidInput):
+            store.recent(10, cursor)
+    with pytest.raises(InvalidInput):
+        store.recent(0)
+
+
+def test_same_id_twice_lands_in_the_same_rows(store, cassandra_session, clean_tables):
+    record = make_record(1)
+    store.record(record)
+    store.record(record)
+    assert wait_until(lambda: settled(store))
+    rows = list(
+        cassandra_session.execute(
+            f"SELECT id FROM {clean_tables}.predictions_by_day WHERE day = %s", (day_of(record.id),)
+        )
+    )
+    assert [r.id for r in rows] == [record.id]
+
+
+def test_cassandra_down_spools_and_reads_fail_cleanly(tmp_path):
+    store = PredictionStore(["127.0.0.1"], free_port(), "mnist_test", tmp_path / "spool", connect_timeout=0.5)
+    try:
+        records = [make_record(i) for i in range(5)]
+        started = time.perf_counter()
+        for r in records:
+            store.record(r)
+        assert time.perf_counter() - started < 5  # a handful of fsyncs, no network wait
+        assert store.spool_depth() == 5
+        assert store.ping() is False
+        with pytest.raises(StoreUnavailable):
+            store.get(records[0].id)
+        with pytest.raises(StoreUnavailable):
+            store.recent(10)
+    finally:
+        store.close(timeout=2)
+    assert len(list((tmp_path / "spool").glob("spool-*.log"))) == 1  # kept for the next process
+
+
+SPOOLING_CHILD = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    from tests.test_store import make_record
+    from gateway.store import PredictionStore
+    store = PredictionStore(["127.0.0.1"], {port}, {keyspace!r}, {spool!r}, connect_timeout=0.5)
+    ids = []
+    for i in range({count}):
+        record = make_record(i)
+        store.record(record)
+        ids.append(str(record.id))
+    assert store.spool_depth() == {count}, store.stats()
+    print(json.dumps(ids))
+""")
+
+
+def test_a_new_process_replays_the_spool_a_dead_one_left(
+    cassandra_node, clean_tables, cassandra_session, tmp_path
+):
+    spool_dir = tmp_path / "spool"
+    child = SPOOLING_CHILD.format(
+        repo=REPO, port=free_port(), keyspace=clean_tables, spool=str(spool_dir), count=40
+    )
+    # The child records while Cassandra is unreachable for it, then exits without closing the store.
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    ids = [uuid.UUID(i) for i in json.loads(result.stdout)]
+    assert len(list(spool_dir.glob("spool-*.log"))) == 1
+
+    store = PredictionStore([cassandra_node.host], cassandra_node.port, clean_tables, spool_dir)
+    try:
+        store.ping()  # starts the store: it claims the orphaned file and replays it
+        assert wait_until(lambda: rows_by_id(cassandra_session, clean_tables, ids) == set(ids))
+        assert wait_until(lambda: store.spool_depth() == 0)
+        assert [i.id for i in store.recent(100).items] == sorted(ids, key=lambda u: u.time, reverse=True)
+    finally:
+        store.close()
+    assert list(spool_dir.glob("spool-*.log")) == []
+
+
+def test_every_record_arrives_when_the_node_is_killed_mid_stream(
+    cassandra_node, clean_tables, cassandra_session, tmp_path
+):
+    store = PredictionStore(
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        tmp_path / "spool",
+        request_timeout=2.0,
+        max_backoff=1.0,
+    )
+    ids: list[uuid.UUID] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        n = 0
+        while not stop.is_set():
+            record = make_record(n)
+            store.record(record)
+            ids.append(record.id)
+            n += 1
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=stream)
+    try:
+        assert store.ping()
+        writer.start()
+        assert wait_until(lambda: store.stats()["written"] >= 100)
+        cassandra_node.kill()
+        assert wait_until(lambda: store.spool_depth() > 0, timeout=30)  # writes fail over to the spool
+        time.sleep(1)
+    finally:
+        cassandra_node.start()
+    assert wait_until(lambda: store.stats()["replayed"] > 0, timeout=90)  # the spool drains on its own
+    stop.set()
+    writer.join()
+    assert wait_until(lambda: settled(store), timeout=90)
+    stats = store.stats()
+    store.close()
+    assert stats["lost"] == 0 and stats["rejected"] == 0
+    assert stats["written"] + stats["replayed"] >= len(ids)
+    assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
