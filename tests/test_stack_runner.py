@@ -369,6 +369,12 @@ def test_missing_training_data_is_a_clear_error(repo_root, tmp_path):
         stack.train_command(config)
     config.download = True
     assert stack.train_command(config)[-1] == "--download"
+    config.epochs, config.max_train_samples = 2, 6000
+    from training import cli, settings
+
+    args = cli.build_parsers(settings.from_env({}))["train"].parse_args(stack.train_command(config)[1:])
+    assert (args.epochs, args.max_train_samples, args.download) == (2, 6000, True)
+    assert args.model_base_path == tmp_path and args.model_name == "mnist"
 
 
 def test_help(repo_root):

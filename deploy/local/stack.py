@@ -67,6 +67,7 @@ class StackConfig:
     data_dir: Path | None = None
     download: bool = True
     epochs: int | None = None
+    max_train_samples: int | None = None
     ops_token: str | None = None
     serving_dir: Path = REPO_ROOT / "serving"
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-download", action="store_true", help="never download MNIST; fail when no local copy is found"
     )
     parser.add_argument("--epochs", type=int, help="training epochs when a model must be trained")
+    parser.add_argument(
+        "--max-train-samples", type=int, help="train on the first N images only (quick, less accurate)"
+    )
     return parser
 
 
@@ -176,6 +180,7 @@ def config_from(args: argparse.Namespace, env: dict[str, str]) -> StackConfig:
         data_dir=data_dir.resolve() if data_dir else None,
         download=not args.no_download,
         epochs=args.epochs,
+        max_train_samples=args.max_train_samples,
         ops_token=env.get("OPS_TOKEN") or None,
     )
     for name in ("gateway_port", "grpc_port", "rest_port", "cassandra_port"):
@@ -215,6 +220,8 @@ def train_command(config: StackConfig) -> list[str]:
         )
     if config.epochs is not None:
         argv += ["--epochs", str(config.epochs)]
+    if config.max_train_samples is not None:
+        argv += ["--max-train-samples", str(config.max_train_samples)]
     return argv
 
 
