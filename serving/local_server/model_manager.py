@@ -260,6 +260,10 @@ class ModelManager:
                 raise not_found(f"Could not find any versions of model {name}")
             return [_copy(model.versions[v].status) for v in sorted(model.versions, reverse=True)]
 
+    def poll_now(self) -> None:
+        """One poll/load/unload cycle in the caller's thread (the poller runs one every interval)."""
+        self._cycle()
+
     def _cycle(self) -> None:
         with self._cycle_lock:
             with self._lock:
