@@ -1,0 +1,86 @@
+"""The local node launcher: restart keeps data, clear errors for busy ports and missing prerequisites."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from deploy.local import cassandra_node as launcher
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.local.cassandra_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_a_clean_stop_and_start_keeps_the_data(cassandra_node, cassandra_session, cassandra_keyspace):
+    key = uuid.uuid1()
+    insert = cassandra_session.prepare(
+        f"INSERT INTO {cassandra_keyspace}.feedback_by_id (id, label) VALUES (?, ?)"
+    )
+    cassandra_session.execute(insert, [key, 7])
+    port = cassandra_node.port
+    try:
+        cassandra_node.stop()  # SIGTERM: drains memtables
+        assert not cassandra_node.is_running()
+    finally:
+        cassandra_node.start()
+    assert cassandra_node.port == port  # clients reconnect to the same address
+    select = cassandra_session.prepare(f"SELECT label FROM {cassandra_keyspace}.feedback_by_id WHERE id = ?")
+    assert cassandra_session.execute(select, [key], timeout=30).one().label == 7
+    assert cassandra_node.startup_seconds is not None and cassandra_node.startup_seconds > 0
+
+
+def test_cli_help():
+    result = _cli("--help")
+    assert result.returncode == 0
+    assert "--port" in result.stdout and "--data-dir" in result.stdout
+
+
+def test_cli_refuses_a_busy_port_at_once(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = _cli("--port", str(busy.getsockname()[1]), "--data-dir", str(tmp_path / "node"))
+    assert result.returncode == 1
+    assert "already in use" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--heap", "lots"]])
+def test_cli_rejects_bad_arguments(args):
+    result = _cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_missing_maven_is_a_clear_message(tmp_path):
+    # An empty cache and no `mvn` on PATH: the launcher says what to install instead of failing obscurely.
+    result = _cli("--fetch-only", env={"XDG_CACHE_HOME": str(tmp_path), "PATH": "/nonexistent"})
+    assert result.returncode == 1
+    assert "Maven" in result.stderr and "apt-get install maven" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_java_17_is_a_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(launcher, "JAVA17_CANDIDATES", ())
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("CASSANDRA_JAVA_HOME", "/usr/lib/jvm/temurin-25-jdk-amd64")  # present here, but not 17
+    with pytest.raises(launcher.NodeError, match="needs Java 17"):
+        launcher.find_java()
+
+
+def test_the_cache_is_outside_the_repo_and_complete():
+    lib = launcher.ensure_jars()
+    assert (lib / ".complete").exists()
+    assert any(p.name.startswith("cassandra-all-") for p in lib.glob("*.jar"))
+    assert launcher.REPO_ROOT not in lib.parents
