@@ -156,3 +156,11 @@ def test_tensor_proto_fill_rule_and_errors():
     proto.float_val.extend([1, 2, 3, 4, 5])
     with pytest.raises(ServingError, match="tensor parsing error"):
         tensors.to_numpy(proto)
+
+
+def test_json_floats_are_the_shortest_float32_form():
+    values = np.array([[0.1, 1 / 3], [2.5, 1e-8]], dtype=np.float32)
+    encoded = tensors.to_json(values)
+    assert encoded[0][0] == 0.1 and encoded[1][0] == 2.5
+    np.testing.assert_array_equal(np.array(encoded, dtype=np.float32), values)  # round-trips exactly
+    assert tensors.to_json(np.array([3, 4], np.int64)) == [3, 4]

@@ -131,16 +131,16 @@ def test_an_emptied_base_path_unloads_but_a_vanished_one_does_not(base):
 def test_labels_follow_tf_serving_rules(base):
     make_versions(base, 1, 2)
     manager = manager_for(RecordingLoader(), allow_version_labels_for_unavailable_models=True)
-    all_versions = "model_version_policy { specific { versions: 1 } }"
+    only_1 = "model_version_policy { specific { versions: 1 } }"
     manager.start(
-        config_for(base, all_versions, {"stable": 1, "canary": 9})
+        config_for(base, only_1, {"stable": 1, "canary": 9})
     )  # new labels: allowed by the flag
     assert manager.resolve("m", label="stable") == ("m", 1)
     with pytest.raises(ServingError) as caught:
         manager.resolve("m", label="canary")
     assert caught.value.code == grpc.StatusCode.NOT_FOUND
     with pytest.raises(ServingError) as caught:  # moving a label to an unavailable version: never
-        manager.reload_config(config_for(base, all_versions, {"stable": 2, "canary": 9}))
+        manager.reload_config(config_for(base, only_1, {"stable": 2, "canary": 9}))
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert manager.resolve("m", label="stable") == ("m", 1)
     with pytest.raises(ServingError) as caught:

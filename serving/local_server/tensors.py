@@ -192,4 +192,8 @@ def to_json(array: np.ndarray) -> Any:
                 return {"b64": base64.b64encode(item).decode()}
 
         return encode(array.tolist())
+    if array.dtype in (np.float32, np.float16):
+        # str() of a numpy float32 is its shortest round-tripping form: 0.1, not 0.10000000149011612.
+        shortest = np.array([float(str(v)) for v in array.ravel()], dtype=object)
+        return shortest.reshape(array.shape).tolist()
     return array.tolist()
