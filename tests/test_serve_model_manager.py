@@ -132,9 +132,7 @@ def test_labels_follow_tf_serving_rules(base):
     make_versions(base, 1, 2)
     manager = manager_for(RecordingLoader(), allow_version_labels_for_unavailable_models=True)
     only_1 = "model_version_policy { specific { versions: 1 } }"
-    manager.start(
-        config_for(base, only_1, {"stable": 1, "canary": 9})
-    )  # new labels: allowed by the flag
+    manager.start(config_for(base, only_1, {"stable": 1, "canary": 9}))  # new labels: allowed by the flag
     assert manager.resolve("m", label="stable") == ("m", 1)
     with pytest.raises(ServingError) as caught:
         manager.resolve("m", label="canary")
@@ -154,3 +152,18 @@ def test_labels_at_start_need_the_flag(base):
     with pytest.raises(ServingError) as caught:
         manager.start(config_for(base, labels={"stable": 1}))
     assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_model_removed_and_added_back_is_loaded_again_before_reload_returns(base):
+    make_versions(base, 1)
+    loader = RecordingLoader()
+    manager = manager_for(loader)
+    manager.start(config_for(base))
+    empty = text_format.Parse("model_config_list {}", ModelServerConfig())
+    manager.reload_config(empty)
+    manager.poll_now()
+    assert states(manager) == {1: "END"}
+    manager.reload_config(config_for(base))  # waits for the (again) new model
+    assert states(manager) == {1: "AVAILABLE"}
+    assert loader.events == [("load", 1), ("unload", 1), ("load", 1)]
+    manager.stop()

@@ -218,8 +218,10 @@ class ModelManager:
             return True
         if not model.polled:
             return False
+        # An aspired version that is END without having failed (unloaded earlier) is about to be loaded again.
         return all(
-            v in model.versions and model.versions[v].status.state in ("AVAILABLE", "END")
+            v in model.versions
+            and (model.versions[v].status.state == "AVAILABLE" or v in model.failed_on_disk)
             for v in model.aspired
         )
 
