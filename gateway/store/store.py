@@ -357,6 +357,8 @@ class PredictionStore:
             prepared[name].is_idempotent = True  # the driver may retry them: same id, same row
         with self._lock:
             self._prepared, self._cluster, self._session = prepared, cluster, session
+            if self._spool.depth() == 0:  # nothing to replay first: write directly from now on
+                self._spooling = False
         self._connected.set()
         return True
 
