@@ -31,24 +31,34 @@ def logging_config(level: str) -> dict:
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["json"], "propagate": False},
             "gunicorn.access": {"level": "WARNING", "handlers": ["json"], "propagate": False},
-            "cassandra": {"level": "WARNING"},
+            # The driver logs every failed reconnection with a traceback; the store says it once, plainly.
+            "cassandra": {"level": "ERROR"},
         },
     }
 
 
 def _warm_up(worker) -> None:
-    """Open the model channel and the Cassandra session now rather than on the first request."""
+    """Connect to the model server and Cassandra now rather than on the first request.
+
+    Starting the store also starts its replay of spool files left by a previous process, so predictions
+    spooled before a restart reach Cassandra even if no request comes.
+    """
     from gateway import services
     from gateway.services import EXTENSION
 
     svc: services.Services = worker.wsgi.extensions[EXTENSION]
+    settings = svc.settings
 
     def run() -> None:
-        for name in ("model_client", "store"):
+        steps = {
+            "model server": lambda: svc.model_client.model_status(label=settings.model_label),
+            "Cassandra": lambda: svc.store.ping(),
+        }
+        for name, step in steps.items():
             try:
-                getattr(svc, name)
-            except Exception as exc:  # the first request will try again and answer a clear error
-                worker.log.warning("warm-up of %s failed: %s", name, exc)
+                step()
+            except Exception as exc:  # /readyz reports it; requests answer clear errors meanwhile
+                worker.log.warning("warm-up: %s not reachable yet: %s", name, exc)
 
     threading.Thread(target=run, name="warm-up", daemon=True).start()
 
@@ -95,6 +105,10 @@ class GatewayServer(BaseApplication):
             "limit_request_line": 8190,
             "limit_request_fields": 100,
         }
+        # gunicorn >= 25.1 opens a control socket at one fixed path per user: several gateways on one host
+        # (tests, replicas) would fight over it, and nothing here uses gunicornc.
+        if "control_socket_disable" in self.cfg.settings:
+            options["control_socket_disable"] = True
         for key, value in options.items():
             self.cfg.set(key, value)
 
