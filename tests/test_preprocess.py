@@ -1,0 +1,177 @@
+"""gateway.preprocess: every kind of upload, every awkward encoding, every bad file."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.preprocess import Preprocessed, sniff_format, to_mnist
+from tests import uploads
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_dir):
+    from training.data import load_mnist
+
+    data = load_mnist(mnist_dir)
+    return data.test_images[:200], data.test_labels[:200]
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two 28x28 images: 1 for the same picture, ~0 for unrelated ones."""
+    return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
+
+
+def test_an_mnist_image_goes_through_unchanged(mnist):
+    digits, _ = mnist
+    unchanged = 0
+    for digit in digits:
+        out = to_mnist(uploads.mnist_png(digit, None)).image
+        assert out.dtype == np.uint8 and out.shape == (28, 28)
+        if np.array_equal(out, digit):
+            unchanged += 1
+        else:  # at most a whole-pixel recentring: the same pixels, moved
+            assert any(
+                np.array_equal(out, np.roll(digit, (dy, dx), axis=(0, 1)))
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+            )
+    assert unchanged >= 0.95 * len(digits)
+
+
+@pytest.mark.parametrize("kind", list(uploads.KINDS))
+def test_each_kind_of_upload_becomes_the_mnist_digit(mnist, kind):
+    digits, _ = mnist
+    # A few MNIST digits are cut by the edge (off their own centre of mass): not a fair reference.
+    framed = [d for d in digits if d[:2].max() == d[-2:].max() == d[:, :2].max() == d[:, -2:].max() == 0]
+    rng = np.random.default_rng(7)
+    scores = []
+    for digit in framed[:40]:
+        data = uploads.make_upload(kind, digit, rng)
+        out = to_mnist(data)
+        assert isinstance(out, Preprocessed)
+        assert out.image.dtype == np.uint8 and out.image.shape == (28, 28)
+        assert out.inverted == (kind != "mnist_png")  # every other kind is dark ink on a light ground
+        frame = out.image.astype(np.float64)
+        frame[2:-2, 2:-2] = 0
+        assert frame.sum() < 0.06 * out.image.sum()  # a (nearly) black frame, like MNIST
+        scores.append(similarity(out.image, digit))
+    assert np.median(scores) > 0.85, scores
+    assert min(scores) > 0.6, scores
+
+
+def test_upload_metadata(mnist):
+    digit = mnist[0][0]
+    data = uploads.canvas(digit, np.random.default_rng(0))
+    out = to_mnist(data)
+    width, height = Image.open(io.BytesIO(data)).size
+    assert (out.sha256, out.format, out.width, out.height) == (
+        hashlib.sha256(data).hexdigest(),
+        "PNG",
+        width,
+        height,
+    )
+    assert out.mode == "RGB" and out.frames == 1
+
+
+@pytest.mark.parametrize("name", list(uploads.EDGE_CASES))
+def test_awkward_encodings_are_read_correctly(mnist, name):
+    digit = mnist[0][1]  # a 2: asymmetric, so a missed EXIF rotation or a flip shows
+    out = to_mnist(uploads.EDGE_CASES[name](digit))
+    assert similarity(out.image, digit) > 0.8
+    assert similarity(out.image, np.rot90(digit)) < 0.5
+
+
+def test_details_of_awkward_encodings(mnist):
+    digit = mnist[0][1]
+    gif = to_mnist(uploads.animated_gif(digit))
+    assert gif.format == "GIF" and gif.frames > 1
+    assert to_mnist(uploads.png16(digit)).mode == "I;16"
+    assert to_mnist(uploads.cmyk_jpeg(digit)).mode == "CMYK"
+    assert to_mnist(uploads.palette_transparent_png(digit)).mode == "P"
+    rotated = to_mnist(uploads.exif_rotated_jpeg(digit))
+    stored = Image.open(io.BytesIO(uploads.exif_rotated_jpeg(digit))).size
+    assert (rotated.width, rotated.height) == (stored[1], stored[0])  # dimensions as displayed
+    assert not to_mnist(uploads.white_on_transparent_canvas(digit)).inverted
+    assert not to_mnist(uploads.light_on_dark_photo(digit)).inverted
+
+
+@pytest.mark.parametrize("name", list(uploads.BAD_UPLOADS))
+def test_bad_uploads_get_a_clear_client_error(name):
+    data, expected = uploads.BAD_UPLOADS[name]()
+    with pytest.raises(expected) as info:
+        to_mnist(data)
+    assert 400 <= info.value.status < 500
+    assert info.value.message and "Traceback" not in info.value.message
+
+
+def test_the_pixel_limit_is_checked_before_decoding(mnist):
+    data = uploads.canvas(mnist[0][0], np.random.default_rng(0))
+    width, height = Image.open(io.BytesIO(data)).size
+    with pytest.raises(PayloadTooLarge, match="limit"):
+        to_mnist(data, max_pixels=width * height - 1)
+    assert to_mnist(data, max_pixels=width * height).image.shape == (28, 28)
+
+
+def test_pillow_decompression_bomb_guard_stays_on():
+    assert Image.MAX_IMAGE_PIXELS is not None
+    with pytest.raises(PayloadTooLarge):
+        to_mnist(uploads.png_header_only(40_000, 40_000), max_pixels=10**10)
+
+
+@pytest.mark.parametrize(
+    "data, fmt",
+    [
+        (b"\x89PNG\r\n\x1a\n....", "PNG"),
+        (b"\xff\xd8\xff\xe0", "JPEG"),
+        (b"GIF89a", "GIF"),
+        (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "WEBP"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", None),
+        (b"II*\x00", "TIFF"),
+        (b"<svg", None),
+    ],
+)
+def test_sniff_format(data, fmt):
+    assert sniff_format(data) == fmt
+
+
+def test_specks_far_from_the_digit_do_not_move_the_crop(mnist):
+    digit = mnist[0][4]
+    canvas = np.full((400, 400), 250, dtype=np.uint8)
+    canvas[100:300, 100:300] = np.asarray(
+        Image.fromarray(255 - digit).resize((200, 200), Image.Resampling.BICUBIC)
+    )
+    rng = np.random.default_rng(3)
+    for y, x in rng.integers(0, 400, size=(12, 2)):
+        if not (80 < y < 320 and 80 < x < 320):
+            canvas[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = 0
+    out = to_mnist(uploads.encode(Image.fromarray(canvas, "L")))
+    assert similarity(out.image, digit) > 0.85
+
+
+def test_mangled_files_never_escape_as_anything_but_a_client_error(mnist):
+    """Truncations and bit flips of real uploads: a prediction or a GatewayError, nothing else."""
+    rng = np.random.default_rng(11)
+    originals = [uploads.make_upload(kind, mnist[0][5], rng) for kind in ("canvas", "jpeg", "photo")]
+    originals += [uploads.animated_gif(mnist[0][5]), uploads.tiff(mnist[0][5]), uploads.webp(mnist[0][5])]
+    outcomes = {"ok": 0, "error": 0}
+    for data in originals:
+        for _ in range(25):
+            mangled = bytearray(data)
+            if rng.random() < 0.5:
+                mangled = mangled[: int(rng.integers(1, len(mangled)))]
+            else:
+                for pos in rng.integers(0, len(mangled), size=int(rng.integers(1, 20))):
+                    mangled[pos] = int(rng.integers(0, 256))
+            try:
+                to_mnist(bytes(mangled))
+                outcomes["ok"] += 1
+            except GatewayError as exc:
+                assert isinstance(exc, InvalidInput | UnsupportedMediaType | PayloadTooLarge)
+                outcomes["error"] += 1
+    assert outcomes["error"] > 0
