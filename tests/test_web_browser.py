@@ -100,8 +100,17 @@ def test_draw_a_digit_get_the_answer_and_send_feedback(
     digit = answer["digit"]
     assert page.locator("#digit").inner_text() == str(digit)
     assert page.locator("#bars li").count() == 10
-    assert page.locator("#bars li.top").inner_text().startswith(str(digit))
+    assert page.locator("#bars li.best").inner_text().startswith(str(digit))
     assert max(answer["probabilities"]) == answer["probabilities"][digit]
+    # The bars are drawn to scale (after their short animation).
+    widths = "[...document.querySelectorAll('#bars li')].map(li => li.querySelector('.fill')"
+    widths += ".getBoundingClientRect().width / li.querySelector('.track').getBoundingClientRect().width)"
+    for _ in range(40):
+        drawn = page.evaluate(widths)
+        if abs(drawn[digit] - answer["probabilities"][digit]) < 0.02:
+            break
+        page.wait_for_timeout(100)
+    assert drawn == pytest.approx([max(p, 0.005) for p in answer["probabilities"]], abs=0.02)
     assert page.locator("#seen").get_attribute("src").startswith("data:image/png;base64,")
     assert f"v{answer['model']['version']}" in page.locator("#model-version").inner_text()
 

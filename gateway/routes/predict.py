@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 import re
 import secrets
 import time
@@ -29,6 +30,7 @@ from gateway.services import Services
 from gateway.store import PredictionRecord
 
 bp = Blueprint("predict", __name__)
+log = logging.getLogger("gateway.predict")
 
 UPLOAD_FIELDS = ("image", "pic")
 MAX_FILENAME_CHARS = 255
@@ -181,9 +183,13 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
 
 
 def record(svc: Services, answer: Answer, upload: Upload) -> None:
-    """Hand the prediction to the store: it writes asynchronously and spools when Cassandra is down."""
-    svc.store.record(
-        PredictionRecord(
+    """Hand the prediction to the store: it writes asynchronously and spools when Cassandra is down.
+
+    `store.record` never raises; building the record only fails on a bug (or a model server that does not say
+    which version answered), and that must not cost the user their answer: it is logged loudly instead.
+    """
+    try:
+        prediction = PredictionRecord(
             id=answer.id,
             created_at=answer.created_at,
             filename=answer.filename,
@@ -192,13 +198,16 @@ def record(svc: Services, answer: Answer, upload: Upload) -> None:
             digit=answer.digit,
             probabilities=answer.probabilities,
             model_name=answer.model_name,
-            model_version=answer.model_version,
+            model_version=answer.model_version if answer.model_version is not None else 0,
             preprocess_ms=answer.preprocess_ms,
             model_ms=answer.model_ms,
             total_ms=answer.total_ms,
             client_addr=request.remote_addr,
         )
-    )
+    except (TypeError, ValueError):
+        log.exception("prediction %s NOT RECORDED: it does not make a valid record", answer.id)
+        return
+    svc.store.record(prediction)
     svc.metrics.spool_depth.set(svc.store.spool_depth())
 
 

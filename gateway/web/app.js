@@ -154,7 +154,7 @@
     bars.replaceChildren(
       ...answer.probabilities.map((value, digit) => {
         const li = document.createElement("li");
-        if (digit === answer.digit) li.className = "top";
+        if (digit === answer.digit) li.className = "best";
         li.setAttribute("aria-label", `${digit}: ${(value * 100).toFixed(1)} percent`);
         const label = document.createElement("span");
         label.textContent = String(digit);
