@@ -232,7 +232,9 @@ def ensure_model(config: StackConfig, say) -> None:
         return
     argv = train_command(config)
     source = f"MNIST from {config.data_dir}" if config.data_dir else "MNIST downloaded with checksum checks"
-    say(f"no model in {config.model_base_path}: training one ({source}); this takes {TRAIN_ESTIMATE}")
+    quick = config.epochs is not None or config.max_train_samples is not None
+    estimate = "a quick model: a minute or two" if quick else TRAIN_ESTIMATE
+    say(f"no model in {config.model_base_path}: training one ({source}); this takes {estimate}")
     say("$ " + shlex.join(argv))
     started = time.monotonic()
     # In the foreground with the terminal: the trainer's progress bar stays a progress bar.
