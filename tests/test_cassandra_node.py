@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from deploy.local import cassandra_node as launcher
+from tests.fixtures.cassandra_node import wait_for_session
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -35,6 +36,7 @@ def test_a_clean_stop_and_start_keeps_the_data(cassandra_node, cassandra_session
         assert not cassandra_node.is_running()
     finally:
         cassandra_node.start()
+        wait_for_session(cassandra_session)
     assert cassandra_node.port == port  # clients reconnect to the same address
     select = cassandra_session.prepare(f"SELECT label FROM {cassandra_keyspace}.feedback_by_id WHERE id = ?")
     assert cassandra_session.execute(select, [key], timeout=30).one().label == 7

@@ -21,6 +21,7 @@ from deploy.local.cassandra_node import free_port
 from gateway.errors import InvalidInput, NotFound, StoreUnavailable
 from gateway.store import PredictionRecord, PredictionStore
 from gateway.store.buckets import day_of
+from tests.fixtures.cassandra_node import wait_for_session
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -263,6 +264,7 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
         time.sleep(1)
     finally:
         cassandra_node.start()
+        wait_for_session(cassandra_session)
     assert wait_until(lambda: store.stats()["replayed"] > 0, timeout=90)  # the spool drains on its own
     stop.set()
     writer.join()
