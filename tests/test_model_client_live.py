@@ -1,0 +1,116 @@
+"""ModelClient against the real model server (`mnist-serve` serving the quick model) over gRPC."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from tensorflow_serving.apis import predict_pb2 as official_predict
+from tensorflow_serving.apis import prediction_service_pb2_grpc as official_grpc
+
+from gateway.errors import ModelUnavailable
+from gateway.model_client import ModelClient
+from tests.fixtures.model_server import ModelServerProcess, copy_models, models_config_text
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir):
+    from training.data import load_mnist
+
+    data = load_mnist(mnist_dir)
+    return data.test_images[:64], data.test_labels[:64]
+
+
+@pytest.fixture(scope="module")
+def client(model_server):
+    with ModelClient(model_server.grpc_address, timeout_s=10.0) as c:
+        yield c
+
+
+def test_predict_by_label_matches_the_keras_model(client, digits, quick_keras_model):
+    images, labels = digits
+    prediction = client.predict(images, label="stable")
+    assert (prediction.model_name, prediction.model_version) == ("mnist", 1)
+    assert prediction.probabilities.shape == (64, 10) and prediction.digits.shape == (64,)
+    np.testing.assert_allclose(prediction.probabilities.sum(axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(prediction.digits, prediction.probabilities.argmax(axis=1))
+    expected = quick_keras_model.predict(images, verbose=0)
+    np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-4)
+    assert (prediction.digits == labels).mean() > 0.85
+
+
+def test_predict_by_version_and_latest(client, digits):
+    images = digits[0][:3]
+    assert client.predict(images, version=1).model_version == 1
+    assert client.predict(images).model_version == 1
+    assert client.predict(images[:1]).digits.shape == (1,)
+
+
+def test_our_answer_equals_the_official_clients(client, model_server, digits):
+    import grpc
+    import tensorflow as tf
+
+    images = digits[0][:8]
+    request = official_predict.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images))
+    with grpc.insecure_channel(model_server.grpc_address) as channel:
+        response = official_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    ours = client.predict(images)
+    np.testing.assert_array_equal(ours.probabilities, tf.make_ndarray(response.outputs["probabilities"]))
+    np.testing.assert_array_equal(ours.digits, tf.make_ndarray(response.outputs["digit"]))
+    assert ours.model_version == response.model_spec.version.value
+
+
+def test_model_status_for_readiness(client):
+    assert client.model_status(label="stable") == [(1, "AVAILABLE")]
+    assert (1, "AVAILABLE") in client.model_status()
+
+
+@pytest.mark.parametrize("kwargs", [{"label": "no-such-label"}, {"version": 999}])
+def test_a_version_the_server_lacks_is_unavailable(client, digits, kwargs):
+    with pytest.raises(ModelUnavailable, match="not available"):
+        client.predict(digits[0][:1], **kwargs)
+
+
+def test_an_unknown_model_is_unavailable(model_server, digits):
+    with (
+        ModelClient(model_server.grpc_address, model_name="fashion") as other,
+        pytest.raises(ModelUnavailable),
+    ):
+        other.predict(digits[0][:1])
+
+
+@pytest.mark.slow
+def test_outage_fails_fast_then_recovers(model_base_path, tmp_path, digits):
+    """A server of our own (stopping the shared one would disturb other tests)."""
+    base = copy_models(model_base_path, tmp_path / "models")
+    config = tmp_path / "models.config"
+    config.write_text(models_config_text(base))
+    server = ModelServerProcess(base, config, tmp_path / "mnist-serve.log").start()
+    images = digits[0][:4]
+    client = ModelClient(server.grpc_address, timeout_s=2.0)
+    try:
+        assert client.predict(images, label="stable").model_version == 1
+        server.stop()
+
+        started = time.monotonic()
+        with pytest.raises(ModelUnavailable) as info:
+            client.predict(images, label="stable")
+        assert time.monotonic() - started < 3.0  # within the deadline (2 s) and some slack
+        assert info.value.status == 503 and info.value.retry_after
+
+        server.start()  # same ports
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert client.predict(images, label="stable").model_version == 1
+                break
+            except ModelUnavailable:
+                assert time.monotonic() < deadline, "the client did not recover after the server returned"
+                time.sleep(0.2)
+    finally:
+        client.close()
+        server.stop()
