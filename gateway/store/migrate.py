@@ -313,10 +313,10 @@ class Migrator:
     def _apply(self, migration: Migration) -> None:
         self.say(f"applying {migration.name} ({len(migration.statements)} statement(s))")
         started = time.monotonic()
-        self.session.set_keyspace(self.keyspace)
         for number, cql in enumerate(migration.statements, 1):
             try:
-                self.session.execute(SimpleStatement(cql), timeout=120)
+                # The keyspace travels with each query (protocol v5): the session keeps its own.
+                self.session.execute(SimpleStatement(cql, keyspace=self.keyspace), timeout=120)
             except DriverException as exc:
                 raise MigrationError(f"{migration.name}: statement {number} failed: {exc}") from exc
         if not self.session.cluster.control_connection.wait_for_schema_agreement():
