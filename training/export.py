@@ -90,7 +90,9 @@ def export_version(
 def serving_function(model: keras.Model) -> tf.types.experimental.ConcreteFunction:
     """The `serving_default` signature: raw uint8 pixels in, probabilities and the argmax digit out."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name=INPUT_KEY)])
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name=INPUT_KEY)], autograph=False
+    )
     def serve(image):
         probabilities = tf.cast(model(image, training=False), tf.float32)
         return {
