@@ -241,6 +241,10 @@ def test_gateway_settings_are_accepted_and_the_token_comes_from_a_secret(rendere
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert settings.spool_dir in mounts
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    spool = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == settings.spool_dir)
+    volume = next(v for v in pod_spec(gateway)["volumes"] if v["name"] == spool)
+    claim = one(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas replay a dead one's spool
     assert container["securityContext"]["readOnlyRootFilesystem"] is True and "/tmp" in mounts
 
 
@@ -263,6 +267,13 @@ def test_jobs_run_commands_the_programs_accept(rendered, monkeypatch):
     assert str(args.model_base_path) == "/models" and args.model_name == "mnist"
     mounts = {m["mountPath"] for m in train["volumeMounts"]}
     assert {"/models", str(args.data_dir)} <= mounts
+
+
+def test_shared_volumes_are_read_write_many_except_in_dev(rendered):
+    for target, mode in (("overlays/prod", "ReadWriteMany"), ("overlays/dev", "ReadWriteOnce")):
+        claims = by_kind(rendered[target], "PersistentVolumeClaim")
+        assert set(claims) == {"mnist-models", "mnist-gateway-spool"}
+        assert {c["spec"]["accessModes"][0] for c in claims.values()} == {mode}, target
 
 
 def test_prod_images_are_pinned_to_a_registry(rendered):
