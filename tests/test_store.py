@@ -274,3 +274,15 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
     assert stats["lost"] == 0 and stats["rejected"] == 0
     assert stats["written"] + stats["replayed"] >= len(ids)
     assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
+
+
+def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_session, tmp_path):
+    store = PredictionStore([cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool")
+    assert store.ping()
+    records = [make_record(i) for i in range(300)]
+    for r in records:
+        store.record(r)  # no waiting: most are still in flight when close() starts
+    store.close(timeout=30)
+    ids = [r.id for r in records]
+    assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
+    assert list((tmp_path / "spool").glob("spool-*.log")) == []  # nothing left over

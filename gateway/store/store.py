@@ -135,7 +135,8 @@ class PredictionStore:
             self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Wait up to `timeout` for in-flight writes, spool what is left, stop threads, release the spool."""
+        """Within `timeout`: let in-flight writes finish, spool what is left, and, when Cassandra answers,
+        drain the spool so a clean shutdown leaves nothing behind; then stop threads and release the spool."""
         if self._pid != os.getpid():
             return
         deadline = time.monotonic() + timeout
@@ -150,6 +151,8 @@ class PredictionStore:
         self._stopping.set()
         self._wake.set()
         self._thread.join(max(deadline - time.monotonic(), 1.0))
+        if self._session is not None and self._spool.depth() > 0 and time.monotonic() < deadline:
+            self._replay(until=deadline)
         if self._cluster is not None:
             self._cluster.shutdown()
         self._spool.close()
@@ -287,10 +290,11 @@ class PredictionStore:
             self._replay()
         return self._counts["replayed"] - before
 
-    def _replay(self) -> BaseException | None:
-        """Replay until the spool is empty (None) or a write fails (the error; the records stay spooled)."""
+    def _replay(self, until: float | None = None) -> BaseException | None:
+        """Replay until the spool is empty (None) or a write fails (the error; the records stay spooled).
+        Runs until stopped, or with `until` (a monotonic deadline) until then: the last drain in `close()`."""
         with self._replay_lock:
-            while not self._stopping.is_set():
+            while time.monotonic() < until if until is not None else not self._stopping.is_set():
                 batch = self._spool.peek(self.replay_chunk)
                 if batch is None:
                     return None
