@@ -72,10 +72,14 @@ def tcp_open(host: str, port: int, timeout_s: float = 1.0) -> bool:
         return False
 
 
+# Local checks never go through HTTP(S)_PROXY from the environment.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
     """(status, body) of a GET; HTTP error statuses are returned, connection failures raise NotReady."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (local URLs only)
+        with _OPENER.open(url, timeout=timeout_s) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
