@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 
 from deploy.local import cassandra_node as launcher
+from gateway.store.cluster import build_cluster
 from tests.fixtures.cassandra_node import wait_for_session
 
 
@@ -86,3 +89,41 @@ def test_the_cache_is_outside_the_repo_and_complete():
     assert (lib / ".complete").exists()
     assert any(p.name.startswith("cassandra-all-") for p in lib.glob("*.jar"))
     assert launcher.REPO_ROOT not in lib.parents
+
+
+def test_cli_runs_in_the_foreground_and_stops_cleanly_on_sigterm(tmp_path):
+    port = launcher.free_port()
+    out = tmp_path / "out.txt"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy.local.cassandra_node",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "node"),
+                "--heap",
+                "512m",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while "ready on" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert f"ready on 127.0.0.1:{port}" in out.read_text(), out.read_text()
+        cluster = build_cluster(["127.0.0.1"], port)
+        try:
+            assert cluster.connect().execute("SELECT release_version FROM system.local").one()
+        finally:
+            cluster.shutdown()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+        assert "stopped" in out.read_text() and "Traceback" not in out.read_text()
+        assert launcher.port_is_free(port)  # the JVM is gone too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
