@@ -94,6 +94,7 @@ class Spool:
             fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(hidden, self.directory / name)
+            _fsync_dir(self.directory)  # the file's name is durable before any record counts on it
         except OSError as exc:
             raise SpoolError(f"cannot create a spool file in {self.directory}: {exc}") from exc
         self._own = _Segment(self.directory / name, fd, own=True)
@@ -204,3 +205,11 @@ class Spool:
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
     return os.pread(fd, size, 0) if size else b""
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
