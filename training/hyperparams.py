@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class HyperParams:
-    epochs: int = 12
+    epochs: int = 8
     batch_size: int = 128
     learning_rate: float = 3e-3
     seed: int = 0
