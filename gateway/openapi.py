@@ -71,6 +71,7 @@ _UPLOAD_BODY = {
 }
 _UPLOAD_ERRORS = {
     "400": _error("the upload is missing, empty, corrupt or a parameter is wrong"),
+    "404": _error("the label or version asked for is not served"),
     "413": _error("the body or the decoded image is over the size limit"),
     "415": _error("the upload is not an image format the gateway reads"),
     "502": _error("the model server rejected the request (a contract problem, not the client's)"),

@@ -145,6 +145,16 @@ def test_raw_body_uploads_and_other_formats(gateway_server, mnist_test_set):
         assert r.json()["digit"] == int(labels[1]), fmt
 
 
+def test_a_label_or_version_the_server_lacks_is_404_not_an_outage(gateway_server, mnist_test_set):
+    upload = as_upload(mnist_test_set[0][7])
+    for query in ("label=nope", "version=99"):
+        r = requests.post(f"{gateway_server.url}/v1/predict?{query}", data=upload, timeout=30)
+        assert r.status_code == 404, (query, r.text)
+        assert r.json()["error"]["code"] == "not_found" and "Retry-After" not in r.headers
+    r = requests.post(f"{gateway_server.url}/v1/predict?version=1", data=upload, timeout=30)
+    assert r.status_code == 200 and r.json()["model"] == {"name": "mnist", "version": 1, "label": None}
+
+
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is part of the CI image")
 def test_the_original_mnist_form_works_from_curl(
     gateway_server, mnist_test_set, tmp_path, clean_tables, cassandra_session
