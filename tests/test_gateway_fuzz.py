@@ -199,7 +199,11 @@ def test_multipart_uploads_never_5xx(gateway_server, path, fields, form, query):
     json_body=st.one_of(
         st.none(),
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False, allow_infinity=False)
+            | st.text(max_size=10),
             lambda children: (
                 st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
             ),
