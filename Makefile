@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 EXTRAS := training,serving,gateway,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help venv system-deps test lint fmt bench up clean protos
+.PHONY: help venv system-deps browser-deps test lint fmt bench up clean protos
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,10 +20,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install every extra
 
-system-deps:  ## Java 17, Maven and Chromium (installed with apt when missing and running as root)
+system-deps:  ## Java 17 and Maven for Cassandra (installed with apt when missing and running as root)
 	@bash deploy/local/system-deps.sh
 
-test: venv system-deps  ## run every test (a real Cassandra node, model server, gateway and Chromium included)
+browser-deps:  ## Chromium for the browser tests (apt, as above)
+	@bash deploy/local/system-deps.sh --browser
+
+test: lint system-deps browser-deps  ## lint, then every test (real Cassandra, model server, gateway, Chromium)
 	$(PY) -m pytest
 
 lint: venv  ## ruff

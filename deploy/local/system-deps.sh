@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Non-Python prerequisites of the tests and of `make up`: Java 17 and Maven (Cassandra), Chromium (browser tests).
+# Non-Python prerequisites: Java 17 and Maven (Cassandra); with --browser also Chromium (browser tests only).
 set -euo pipefail
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
-command -v chromium >/dev/null || missing+=(chromium)
+if [ "${1:-}" = "--browser" ]; then
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing with apt-get: ${missing[*]}"
