@@ -37,6 +37,14 @@ class NotFound(GatewayError):
     code = "not_found"
 
 
+class ModelVersionNotFound(NotFound):
+    """The model server is up but does not serve the label or version the caller asked for: the caller's
+    choice, not an outage (no Retry-After). When the gateway's own configured label is missing, the route
+    turns this into ModelUnavailable instead: then the service really cannot answer anyone."""
+
+    code = "model_version_not_found"
+
+
 class PayloadTooLarge(GatewayError):
     """The body, or the image's pixel count, is over the configured limit."""
 
@@ -52,7 +60,8 @@ class UnsupportedMediaType(GatewayError):
 
 
 class ModelUnavailable(GatewayError):
-    """The model server cannot answer now (down, overloaded, deadline exceeded, model not loaded)."""
+    """The model server cannot answer now (down, overloaded, deadline exceeded, the model or the configured
+    label not loaded yet)."""
 
     status = 503
     code = "model_unavailable"
@@ -72,7 +81,8 @@ class StoreUnavailable(GatewayError):
 
 
 class ModelError(GatewayError):
-    """The model server rejected a request the gateway built: a bug or a contract drift, not the client's fault."""
+    """The model server rejected a request the gateway built: a bug or a contract drift, not the client's
+    fault."""
 
     status = 502
     code = "model_error"

@@ -5,7 +5,9 @@ import). One channel per client instance, created on first use and again in a fo
 after the app is built, and a gRPC channel must not cross a fork). Every call carries a deadline; UNAVAILABLE
 (server down or restarting) is retried with exponential backoff and full jitter, always inside that deadline.
 gRPC failures become the gateway's errors: the model server can't answer -> ModelUnavailable (503), it
-rejected what we sent -> ModelError (502), the caller's batch is malformed -> InvalidInput (400).
+does not serve the label or version the caller named -> ModelVersionNotFound (404), it does not serve the
+model at all (no label or version named) -> ModelUnavailable (503), it rejected what we sent -> ModelError
+(502), the caller's batch is malformed -> InvalidInput (400).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import NamedTuple
 import grpc
 import numpy as np
 
-from gateway.errors import InvalidInput, ModelError, ModelUnavailable
+from gateway.errors import InvalidInput, ModelError, ModelUnavailable, ModelVersionNotFound
 from gateway.tfs_protos import (
     get_model_status_pb2,
     model_pb2,
@@ -60,6 +62,10 @@ _NUMPY_DTYPES: dict[int, tuple[np.dtype, str]] = {
 _UNAVAILABLE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
+
+
+def _named(label: str | None, version: int | None) -> bool:
+    return label is not None or version is not None
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,9 @@ class ModelClient:
         if request.ByteSize() > self.max_message_bytes:
             raise InvalidInput(f"a batch of {images.shape[0]} images is over the model request size limit")
         predict_rpc, _ = self._rpcs()
-        response = self._call(predict_rpc, request, timeout_s, what=self._describe(label, version))
+        response = self._call(
+            predict_rpc, request, timeout_s, what=self._describe(label, version), named=_named(label, version)
+        )
         return self._decode_prediction(response, batch=images.shape[0])
 
     def model_status(self, *, label: str | None = None, version: int | None = None) -> list[VersionStatus]:
@@ -181,7 +189,9 @@ class ModelClient:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=self._model_spec(label, version))
         request.model_spec.ClearField("signature_name")
         _, status_rpc = self._rpcs()
-        response = self._call(status_rpc, request, None, what=self._describe(label, version))
+        response = self._call(
+            status_rpc, request, None, what=self._describe(label, version), named=_named(label, version)
+        )
         state_name = get_model_status_pb2.ModelVersionStatus.State.Name
         return [VersionStatus(s.version, state_name(s.state)) for s in response.model_version_status]
 
@@ -233,7 +243,7 @@ class ModelClient:
             return f"model {self.model_name!r} version {version}"
         return f"model {self.model_name!r}"
 
-    def _call(self, rpc, request, timeout_s: float | None, *, what: str):
+    def _call(self, rpc, request, timeout_s: float | None, *, what: str, named: bool):
         """One unary call under one overall deadline, retrying UNAVAILABLE with backoff inside it."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         attempt = 0
@@ -250,9 +260,9 @@ class ModelClient:
                         attempt += 1
                         time.sleep(pause)
                         continue
-                raise self._error(exc, what, attempts=attempt + 1) from None
+                raise self._error(exc, what, named=named, attempts=attempt + 1) from None
 
-    def _error(self, exc: grpc.RpcError, what: str, *, attempts: int) -> Exception:
+    def _error(self, exc: grpc.RpcError, what: str, *, named: bool, attempts: int) -> Exception:
         code, details = exc.code(), exc.details() or ""
         log.warning(
             "model server call failed",
@@ -274,6 +284,8 @@ class ModelClient:
         if code == grpc.StatusCode.NOT_FOUND or (
             code == grpc.StatusCode.INVALID_ARGUMENT and "version label" in details.lower()
         ):
+            if named:  # the caller named a label or version: theirs to change (the route knows its default)
+                return ModelVersionNotFound(f"{what} is not served by the model server")
             return ModelUnavailable(f"{what} is not available on the model server")
         return ModelError(f"the model server rejected the request ({code.name})")
 

@@ -18,7 +18,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.errors import ModelUnavailable
+from gateway.errors import ModelUnavailable, ModelVersionNotFound
 from gateway.model_client import Prediction, VersionStatus
 from gateway.settings import Settings
 from tests.fixtures.gateway_server import LiveGateway
@@ -156,6 +156,21 @@ def test_model_unavailable_is_503_with_retry_after(make_gateway):
     ready = requests.get(f"{gw.url}/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["model"]["ok"] is False
     assert "Retry-After" in ready.headers
+
+
+def test_a_missing_label_is_404_when_the_client_chose_it_and_503_when_it_is_the_default(make_gateway):
+    missing = ModelVersionNotFound("model 'mnist' with label 'x' is not served by the model server")
+    gw, model, store = make_gateway(model=ModelDouble(missing), model_label="live")
+    r = requests.post(f"{gw.url}/v1/predict?label=canary", data=png())
+    assert r.status_code == 404 and error_of(r)["code"] == "model_version_not_found"
+    assert "Retry-After" not in r.headers
+    r = requests.post(f"{gw.url}/v1/predict?version=3", data=png())
+    assert r.status_code == 404 and error_of(r)["code"] == "model_version_not_found"
+    r = requests.post(f"{gw.url}/v1/predict", data=png())  # the configured label: an outage, not a 404
+    assert r.status_code == 503 and error_of(r)["code"] == "model_unavailable"
+    assert int(r.headers["Retry-After"]) > 0
+    assert [c["label"] for c in model.calls] == ["canary", None, "live"]
+    assert store.records == []
 
 
 def test_an_unexpected_failure_is_a_500_without_details_but_logged(make_gateway, caplog):

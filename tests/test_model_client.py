@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from gateway.errors import InvalidInput, ModelError, ModelUnavailable
+from gateway.errors import InvalidInput, ModelError, ModelUnavailable, ModelVersionNotFound
 from gateway.model_client import ModelClient, Prediction, VersionStatus
 
 LABELS = {"stable": 1, "canary": 2}
@@ -193,22 +193,32 @@ def test_model_status_lists_versions_and_states(server):
             VersionStatus(3, "LOADING"),
         ]
         assert client.model_status(label="canary") == [(2, "AVAILABLE")]
-        with pytest.raises(ModelUnavailable, match="label 'nightly'"):
+        with pytest.raises(ModelVersionNotFound, match="label 'nightly'"):
             client.model_status(label="nightly")
 
 
 @pytest.mark.parametrize(
-    "kwargs, client_kwargs, message",
+    "kwargs, message",
     [
-        ({"label": "nightly"}, {}, "model 'mnist' with label 'nightly' is not available"),
-        ({"version": 9}, {}, "model 'mnist' version 9 is not available"),
-        ({}, {"model_name": "fashion"}, "model 'fashion' is not available"),
+        ({"label": "nightly"}, "model 'mnist' with label 'nightly' is not served"),
+        ({"version": 9}, "model 'mnist' version 9 is not served"),
     ],
 )
-def test_a_model_the_server_does_not_have_is_unavailable(server, images, kwargs, client_kwargs, message):
-    with ModelClient(server.address, **client_kwargs) as client, pytest.raises(ModelUnavailable) as info:
+def test_a_label_or_version_the_server_lacks_is_not_found(server, images, kwargs, message):
+    """The caller named it, so it is theirs to change: a 404 without Retry-After, by class, not text."""
+    with ModelClient(server.address) as client, pytest.raises(ModelVersionNotFound) as info:
         client.predict(images, **kwargs)
     assert message in info.value.message
+    assert info.value.status == 404 and info.value.code == "model_version_not_found"
+    assert info.value.retry_after is None
+
+
+def test_a_model_the_server_does_not_have_is_unavailable(server, images):
+    """No label or version named: the server is up but the model is not loaded, an outage (503)."""
+    with ModelClient(server.address, model_name="fashion") as client, pytest.raises(ModelUnavailable) as info:
+        client.predict(images)
+    assert not isinstance(info.value, ModelVersionNotFound)
+    assert "model 'fashion' is not available" in info.value.message
     assert info.value.status == 503 and info.value.retry_after
 
 

@@ -9,7 +9,7 @@ import pytest
 from tensorflow_serving.apis import predict_pb2 as official_predict
 from tensorflow_serving.apis import prediction_service_pb2_grpc as official_grpc
 
-from gateway.errors import ModelUnavailable
+from gateway.errors import ModelUnavailable, ModelVersionNotFound
 from gateway.model_client import ModelClient
 from tests.fixtures.model_server import ModelServerProcess, copy_models, models_config_text
 
@@ -70,8 +70,8 @@ def test_model_status_for_readiness(client):
 
 
 @pytest.mark.parametrize("kwargs", [{"label": "no-such-label"}, {"version": 999}])
-def test_a_version_the_server_lacks_is_unavailable(client, digits, kwargs):
-    with pytest.raises(ModelUnavailable, match="not available"):
+def test_a_version_the_server_lacks_is_not_found(client, digits, kwargs):
+    with pytest.raises(ModelVersionNotFound, match="not served"):
         client.predict(digits[0][:1], **kwargs)
 
 

@@ -23,7 +23,7 @@ from flask import Blueprint, jsonify, request
 from PIL import Image
 
 from gateway import services
-from gateway.errors import GatewayError, InvalidInput, ModelUnavailable, NotFound
+from gateway.errors import GatewayError, InvalidInput, ModelUnavailable, ModelVersionNotFound
 from gateway.logs import add_log_fields
 from gateway.preprocess import to_mnist
 from gateway.services import Services
@@ -33,8 +33,6 @@ bp = Blueprint("predict", __name__)
 log = logging.getLogger("gateway.predict")
 
 UPLOAD_FIELDS = ("image", "pic")
-# How ModelClient words NOT_FOUND / an unknown label (as opposed to an unreachable or overloaded server).
-NOT_SERVED = "is not available on the model server"
 MAX_FILENAME_CHARS = 255
 _LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -145,15 +143,15 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
     image = np.asarray(pre.image, dtype=np.uint8)
     try:
         result = svc.model_client.predict(image[np.newaxis], label=label, version=version)
+    except ModelVersionNotFound as exc:
+        svc.metrics.model_errors.labels(exc.code).inc()
+        if version is None and label == svc.settings.model_label:
+            # The configured label itself is missing (not loaded yet, or mis-set): nobody can be answered,
+            # so it is an outage to retry later, not the client's mistake.
+            raise ModelUnavailable(exc.message) from None
+        raise ModelVersionNotFound(f"{exc.message}; omit it for the default") from None
     except GatewayError as exc:
         svc.metrics.model_errors.labels(exc.code).inc()
-        chosen = version is not None or label != svc.settings.model_label
-        if chosen and isinstance(exc, ModelUnavailable) and exc.message.endswith(NOT_SERVED):
-            # The client asked for a label or version the server does not have: the client's mistake, not an
-            # outage (the configured label missing stays a 503: then the service really is unavailable).
-            raise NotFound(
-                exc.message.replace(NOT_SERVED, "is not served") + "; omit it for the default"
-            ) from None
         raise
     finally:
         svc.metrics.model_seconds.observe(time.perf_counter() - preprocessed)
