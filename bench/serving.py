@@ -10,8 +10,8 @@ Measured in one run, for the same wall-clock duration at each concurrency (clien
 - grpc+batching: the same with `--enable_batching` (max_batch_size 32, batch_timeout_micros 1000,
   num_batch_threads 2).
 
-Each request carries `--rows` images (default 1, what the gateway sends). The model is /work/models-default
-when it holds a version, else `--model-base-path`, else a quick export made by the training code.
+Each request carries `--rows` images (default 1, what the gateway sends). The model is `--model-base-path`,
+else the full default model found by bench/models.py, else a quick export made by the training code.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.models import default_model_base, versions
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = Path("/work/models-default")
 BATCHING = (
     "max_batch_size { value: 32 }\n"
     "batch_timeout_micros { value: 1000 }\n"
@@ -97,17 +98,14 @@ def measure(mode: str, call: Callable[[], None], concurrency: int, seconds: floa
 def model_base_path(explicit: Path | None, scratch: Path) -> tuple[Path, str]:
     if explicit is not None:
         return explicit, f"{explicit} (--model-base-path)"
-    default_versions = [p for p in (DEFAULT_MODELS / "mnist").glob("*") if p.name.isdigit()]
-    if default_versions:
-        return (
-            DEFAULT_MODELS,
-            f"{DEFAULT_MODELS} (the full default model, version {max(default_versions).name})",
-        )
+    default = default_model_base()
+    if default is not None:
+        return default, f"{default} (the full default model, version {versions(default)[-1]})"
     sys.path.insert(0, str(REPO_ROOT))
     from tests.fixtures.models import export_quick_version  # the training code's quick settings
 
     export_quick_version(scratch / "models")
-    return scratch / "models", "a quick export (1 epoch on 6000 samples; /work/models-default had no version)"
+    return scratch / "models", "a quick export (1 epoch on 6000 samples; no default model found)"
 
 
 def latest_version(base: Path) -> Path:
