@@ -46,7 +46,7 @@ MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-TRAIN_ESTIMATE = "about 15 minutes on 2 CPU cores (12 epochs; --epochs N trades accuracy for time)"
+TRAIN_ESTIMATE = "about 8-13 minutes on 2 CPU cores (8 epochs; --epochs N trades accuracy for time)"
 
 
 class StackError(Exception):
@@ -233,7 +233,7 @@ def ensure_model(config: StackConfig, say) -> None:
     argv = train_command(config)
     source = f"MNIST from {config.data_dir}" if config.data_dir else "MNIST downloaded with checksum checks"
     quick = config.epochs is not None or config.max_train_samples is not None
-    estimate = "less than the defaults' 15 minutes (quick settings)" if quick else TRAIN_ESTIMATE
+    estimate = "less than the defaults' 8-13 minutes (quick settings)" if quick else TRAIN_ESTIMATE
     say(f"no model in {config.model_base_path}: training one ({source}); this takes {estimate}")
     say("$ " + shlex.join(argv))
     started = time.monotonic()
