@@ -17,16 +17,20 @@ FLAT_SPREAD = 12.0  # a border whose 10-90% grey spread is within this is flat p
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601-2, as Pillow's convert("L")
 
 
-def composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Flatten RGB(A) onto white, or onto black when the opaque strokes are light (white ink on a
+def backdrop(rgb: np.ndarray, alpha: np.ndarray) -> float:
+    """What to flatten RGBA onto: white, or black when the opaque strokes are light (white ink on a
     transparent canvas would otherwise vanish)."""
-    a = alpha[..., None] / 255.0
     opaque = alpha > 127
-    background = 255.0
     if 0.01 * alpha.size < opaque.sum() < 0.8 * alpha.size:
         stroke_luma = float((rgb[opaque] @ LUMA).mean())
         if stroke_luma > 160:
-            background = 0.0
+            return 0.0
+    return 255.0
+
+
+def composite(rgb: np.ndarray, alpha: np.ndarray, background: float) -> np.ndarray:
+    """RGB(A) flattened onto a grey level."""
+    a = alpha[..., None] / 255.0
     return rgb * a + background * (1.0 - a)
 
 

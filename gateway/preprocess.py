@@ -26,7 +26,14 @@ from gateway import imaging
 from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_PIXELS = 25_000_000  # a 24 MP phone photo passes; far below Pillow's own bomb limit (89 MP)
-WORK_SIZE = 400  # larger pictures are reduced to this (long side) before the numpy steps
+DECODE_SIZE = 400  # big JPEGs are decoded at 1/2, 1/4 or 1/8 scale, down to no less than this (long side)
+# The analysis (lighting, threshold, components, box) runs on the picture reduced to this long side, so its
+# cost hardly depends on the upload's size. A digit is fitted to 20x20 in the end: at this size strokes
+# drawn on a canvas are still several pixels wide.
+ANALYSIS_SIZE = 128
+# A digit whose box came out smaller than this at analysis size (a small digit on a big canvas) is looked
+# at again: its neighbourhood is cropped from the full-size picture and analysed on its own.
+REFINE_BELOW = 40
 LARGE = 64  # pictures at least this big (short side) get the uneven-light treatment
 MIN_CONTRAST = 24.0  # ink that stands out less than this (0..255) from the background: a blank picture
 
@@ -86,15 +93,20 @@ def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess
         raise UnsupportedMediaType("not a supported image: send a PNG, JPEG, GIF, BMP, WebP or TIFF picture")
     image, frames, mode = _decode(data, fmt, max_pixels)
     width, height = image.size
-    pixels = _pixels(image)
-    if min(pixels.shape[:2]) >= LARGE:
-        ink, inverted = imaging.lit_ink_map(pixels)
-        digit = _extract_digit(ink, smooth_radius=1)
-    else:
+    image = _normalised(image)
+    pixels, backdrop = _pixels(image)
+    if (width, height) == (imaging.MNIST_SIZE,) * 2:
         ink, inverted = imaging.ink_map(pixels)
-        digit = _already_mnist(ink) if (width, height) == (imaging.MNIST_SIZE,) * 2 else None
+        digit = _already_mnist(ink)
         if digit is None:
-            digit = _extract_digit(ink, smooth_radius=0)
+            digit = _extract_digit(ink, smooth_radius=0)[0]
+    else:
+        digit, inverted, box = _find_digit(pixels, large=min(width, height) >= LARGE)
+        region = _refine_region(box, pixels.shape, image.size)
+        if region is not None:
+            crop = image.crop(region)
+            pixels, _ = _pixels(crop, backdrop=backdrop)
+            digit, inverted, _ = _find_digit(pixels, large=min(crop.size) >= LARGE)
     return Preprocessed(
         image=imaging.to_uint8(digit),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -126,9 +138,9 @@ def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, s
     try:
         if frames > 1:
             image.seek(0)
-        if fmt == "JPEG" and max(image.size) > 2 * WORK_SIZE:
+        if fmt == "JPEG" and max(image.size) > 2 * DECODE_SIZE:
             # Let the JPEG decoder downscale by 1/2, 1/4 or 1/8: big photos decode several times faster.
-            scale = WORK_SIZE / max(image.size)
+            scale = DECODE_SIZE / max(image.size)
             image.draft(None, (int(image.width * scale) + 1, int(image.height * scale) + 1))
         image.load()
         image = ImageOps.exif_transpose(image)
@@ -139,36 +151,76 @@ def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, s
     return image, frames, mode
 
 
-def _pixels(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> float32 grey [H, W] or RGB [H, W, 3] on 0..255, transparency flattened, reduced to
-    WORK_SIZE on its long side."""
+def _normalised(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> L, RGB or RGBA (16-bit and float scaled to 8 bits, palettes and transparency
+    to RGBA)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         values = np.asarray(image, dtype=np.float32)
         if image.mode.startswith("I;16") or values.max() > 255:
             values = values / 257.0  # 16-bit range to 8-bit
         elif image.mode == "F" and values.max() <= 1.0:
             values = values * 255.0
-        image = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
-    elif image.mode == "1":
-        image = image.convert("L")
-    elif image.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    elif image.mode not in ("L", "RGB", "RGBA"):
-        image = image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
-    if max(image.size) > WORK_SIZE:
-        scale = WORK_SIZE / max(image.size)
+        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in image.info:
+        return image.convert("RGBA")
+    if image.mode not in ("L", "RGB", "RGBA"):
+        return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    return image
+
+
+def _pixels(image: Image.Image, *, backdrop: float | None = None) -> tuple[np.ndarray, float | None]:
+    """An L/RGB/RGBA image reduced to ANALYSIS_SIZE on its long side (box filter: every source pixel
+    counts, so thin strokes fade but never vanish) -> float32 grey [H, W] or RGB [H, W, 3] on 0..255 with
+    transparency flattened onto `backdrop` (chosen from the picture when None), and the backdrop used."""
+    if max(image.size) > ANALYSIS_SIZE:
+        scale = ANALYSIS_SIZE / max(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image = image.resize(size, Image.Resampling.BOX)
+        image = image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
     values = np.asarray(image, dtype=np.float32)
     if image.mode == "RGBA":
-        values = imaging.composite(values[..., :3], values[..., 3])
+        if backdrop is None:
+            backdrop = imaging.backdrop(values[..., :3], values[..., 3])
+        values = imaging.composite(values[..., :3], values[..., 3], backdrop)
     if (
         values.ndim == 3
         and np.array_equal(values[..., 0], values[..., 1])
         and np.array_equal(values[..., 1], values[..., 2])
     ):
         values = values[..., 0]  # grey stored as RGB
-    return values
+    return values, backdrop
+
+
+def _find_digit(pixels: np.ndarray, *, large: bool) -> tuple[np.ndarray, bool, tuple[int, int, int, int]]:
+    """(the digit fitted in 28x28, whether the picture was dark on light, the digit's box in `pixels`)."""
+    if large and min(pixels.shape[:2]) >= LARGE // 2:
+        ink, inverted = imaging.lit_ink_map(pixels)
+        digit, box = _extract_digit(ink, smooth_radius=1)
+    else:
+        ink, inverted = imaging.ink_map(pixels)
+        digit, box = _extract_digit(ink, smooth_radius=0)
+    return digit, inverted, box
+
+
+def _refine_region(
+    box: tuple[int, int, int, int], shape: tuple[int, ...], size: tuple[int, int]
+) -> tuple[int, int, int, int] | None:
+    """The part of the full picture (left, top, right, bottom) to analyse again when the digit found at
+    analysis size is too small to fit well, else None. Half the digit's size around it comes along, so the
+    crop's border is the paper around the digit."""
+    top, bottom, left, right = box
+    extent = max(bottom - top, right - left)
+    scale = size[0] / shape[1]
+    if extent >= REFINE_BELOW or scale <= 1.0:
+        return None
+    margin = extent / 2 + 1
+    return (
+        max(0, int((left - margin) * scale)),
+        max(0, int((top - margin) * scale)),
+        min(size[0], int(np.ceil((right + margin) * scale))),
+        min(size[1], int(np.ceil((bottom + margin) * scale))),
+    )
 
 
 def _already_mnist(ink: np.ndarray) -> np.ndarray | None:
@@ -193,7 +245,7 @@ def _already_mnist(ink: np.ndarray) -> np.ndarray | None:
     return field
 
 
-def _extract_digit(ink: np.ndarray, *, smooth_radius: int) -> np.ndarray:
+def _extract_digit(ink: np.ndarray, *, smooth_radius: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     smoothed = imaging.smooth(ink, smooth_radius)
     if imaging.quantile(smoothed, 0.9995) < MIN_CONTRAST:
         raise InvalidInput("no digit found: the picture looks blank")
@@ -211,4 +263,4 @@ def _extract_digit(ink: np.ndarray, *, smooth_radius: int) -> np.ndarray:
     if core <= floor + MIN_CONTRAST / 2:
         raise InvalidInput("no digit found: the picture looks blank")
     scaled = np.clip((ink - floor) * (255.0 / (core - floor)), 0, 255)
-    return imaging.centre_by_mass(imaging.fit_box(scaled, box))
+    return imaging.centre_by_mass(imaging.fit_box(scaled, box)), box
