@@ -8,7 +8,6 @@ record the prediction through the store (never waiting on Cassandra), answer.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import logging
 import re
@@ -48,6 +47,7 @@ class Answer:
     id: uuid.UUID
     created_at: datetime
     filename: str | None
+    image_sha256: str  # of the uploaded bytes (hashed once, by the preprocessing)
     digit: int
     probabilities: list[float]
     model_name: str
@@ -161,6 +161,7 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
         id=new_timeuuid(),
         created_at=datetime.now(UTC),
         filename=upload.filename,
+        image_sha256=pre.sha256,
         digit=int(np.asarray(result.digits)[0]),
         probabilities=probabilities,
         model_name=result.model_name,
@@ -200,7 +201,7 @@ def record(svc: Services, answer: Answer, upload: Upload) -> None:
             id=answer.id,
             created_at=answer.created_at,
             filename=answer.filename,
-            image_sha256=hashlib.sha256(upload.data).hexdigest(),
+            image_sha256=answer.image_sha256,
             input_image=answer.image.tobytes(),
             digit=answer.digit,
             probabilities=answer.probabilities,
