@@ -161,26 +161,26 @@ def otsu_threshold(values: np.ndarray) -> float:
 
 
 def _label_grid(occupied: np.ndarray) -> np.ndarray:
-    """8-connected component labels of a small boolean grid (0 = empty): a flood fill over the occupied
-    cells only (a few hundred on a digit), cheaper than any whole-grid iteration."""
+    """8-connected component labels of a small boolean grid (0 = empty), in numpy: every occupied cell
+    starts with its own number and repeatedly takes the largest among its neighbours' and the one its
+    current label's cell holds (pointer jumping, so long strokes converge in a few rounds). At the fixed
+    point each component carries one label."""
     h, w = occupied.shape
-    labels = np.zeros((h, w), dtype=np.int32)
-    cells = set(zip(*np.nonzero(occupied), strict=True))
-    label = 0
-    while cells:
-        label += 1
-        stack = [cells.pop()]
-        while stack:
-            y, x = stack.pop()
-            labels[y, x] = label
-            for neighbour in (
-                (y - 1, x - 1), (y - 1, x), (y - 1, x + 1), (y, x - 1),
-                (y, x + 1), (y + 1, x - 1), (y + 1, x), (y + 1, x + 1),
-            ):  # fmt: skip
-                if neighbour in cells:
-                    cells.remove(neighbour)
-                    stack.append(neighbour)
-    return labels
+    padded = np.zeros((h + 2, w + 2), dtype=np.int32)
+    inner = padded[1:-1, 1:-1]
+    inner[...] = np.where(occupied, np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w), 0)
+    by_cell = np.zeros(h * w + 1, dtype=np.int32)  # label held by the cell numbered i (0: none)
+    while True:
+        labels = inner.copy()
+        for dy in range(3):
+            for dx in range(3):
+                np.maximum(labels, padded[dy : dy + h, dx : dx + w], out=labels)
+        labels *= occupied
+        by_cell[1:] = labels.ravel()
+        np.maximum(labels, by_cell[labels], out=labels)
+        if np.array_equal(labels, inner):
+            return labels
+        inner[...] = labels
 
 
 def digit_mask(mask: np.ndarray, *, keep_fraction: float = 0.08) -> np.ndarray:
