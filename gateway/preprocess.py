@@ -91,8 +91,7 @@ def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedMediaType("not a supported image: send a PNG, JPEG, GIF, BMP, WebP or TIFF picture")
-    image, frames, mode = _decode(data, fmt, max_pixels)
-    width, height = image.size
+    image, frames, mode, (width, height) = _decode(data, fmt, max_pixels)
     image = _normalised(image)
     pixels, backdrop = _pixels(image)
     if (width, height) == (imaging.MNIST_SIZE,) * 2:
@@ -119,8 +118,9 @@ def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess
     )
 
 
-def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, str]:
-    """Open, check the size from the header, decode the first frame, apply EXIF orientation."""
+def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, str, tuple[int, int]]:
+    """Open, check the size from the header, decode the first frame, apply EXIF orientation. Also returns
+    the upload's size as displayed (a big JPEG is decoded smaller than it is)."""
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError:
@@ -134,6 +134,7 @@ def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, s
             f"the image is {image.width}x{image.height} pixels; the limit is {max_pixels:,} pixels"
         )
     mode = image.mode
+    size = image.size
     frames = getattr(image, "n_frames", 1)
     try:
         if frames > 1:
@@ -143,12 +144,15 @@ def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, s
             scale = DECODE_SIZE / max(image.size)
             image.draft(None, (int(image.width * scale) + 1, int(image.height * scale) + 1))
         image.load()
+        decoded = image.size
         image = ImageOps.exif_transpose(image)
+        if image.size != decoded:  # rotated by a quarter turn
+            size = size[::-1]
     except Image.DecompressionBombError:
         raise PayloadTooLarge("the image has too many pixels") from None
     except _DECODE_ERRORS:
         raise InvalidInput(f"the {fmt} image is corrupt or truncated") from None
-    return image, frames, mode
+    return image, frames, mode, size
 
 
 def _normalised(image: Image.Image) -> Image.Image:

@@ -79,6 +79,18 @@ def test_upload_metadata(mnist):
     assert out.mode == "RGB" and out.frames == 1
 
 
+def test_a_big_jpeg_reports_its_own_size_though_decoded_smaller(mnist):
+    """Big JPEGs are decoded at a fraction of their size (draft); the metadata still says what was sent,
+    as displayed (EXIF quarter turn applied)."""
+    big = Image.fromarray(mnist[0][3], "L").resize((1700, 900))
+    out = to_mnist(uploads.encode(big, "JPEG", quality=90))
+    assert (out.width, out.height) == (1700, 900)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed portrait
+    out = to_mnist(uploads.encode(big, "JPEG", quality=90, exif=exif.tobytes()))
+    assert (out.width, out.height) == (900, 1700)
+
+
 @pytest.mark.parametrize("name", list(uploads.EDGE_CASES))
 def test_awkward_encodings_are_read_correctly(mnist, name):
     digit = mnist[0][1]  # a 2: asymmetric, so a missed EXIF rotation or a flip shows
