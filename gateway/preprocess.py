@@ -7,9 +7,11 @@ signature, a pixel-count limit checked from the header before any pixel is decod
 decompression-bomb guard left on), EXIF orientation applied, the first frame of an animation, every Pillow
 mode (palette, 16-bit, CMYK, alpha...) flattened to grey (transparency composited on white).
 
-Then the MNIST recipe (docs/preprocessing.md): find the ink (dark on light is inverted), remove uneven
-lighting on large pictures, threshold (Otsu) to find the digit and drop specks, crop to the digit's box,
-scale it to fit 20x20 keeping its aspect ratio with anti-aliasing, and centre it by mass in 28x28. A
+Then the MNIST recipe (docs/preprocessing.md), on the picture box-reduced to ANALYSIS_SIZE so its cost
+hardly depends on the upload's size (a small digit on a big picture gets a second look at a crop of the
+full-size picture): find the ink (dark on light is inverted), remove uneven lighting on large pictures,
+threshold (Otsu) to find the digit and drop specks, crop to the digit's box, scale it to fit 20x20 keeping
+its aspect ratio with anti-aliasing, and centre it by mass in 28x28. A
 picture that already is an MNIST-style 28x28 goes through unchanged apart from a whole-pixel recentring.
 """
 
@@ -198,6 +200,7 @@ def _pixels(image: Image.Image, *, backdrop: float | None = None) -> tuple[np.nd
 
 def _find_digit(pixels: np.ndarray, *, large: bool) -> tuple[np.ndarray, bool, tuple[int, int, int, int]]:
     """(the digit fitted in 28x28, whether the picture was dark on light, the digit's box in `pixels`)."""
+    # A sliver (a very wide or tall picture) has too few rows or columns to fit the lighting to.
     if large and min(pixels.shape[:2]) >= LARGE // 2:
         ink, inverted = imaging.lit_ink_map(pixels)
         digit, box = _extract_digit(ink, smooth_radius=1)
