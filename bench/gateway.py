@@ -3,7 +3,7 @@
     python -m bench.gateway [--seconds 6] [--concurrency 1,8,32] [--model-base-path DIR] [--workers 1]
 
 Brings up what production runs, on free local ports: a real Cassandra node (migrated keyspace), `mnist-serve`
-with the model (`/work/models-default` when present, else `--model-base-path`, else a quick export by
+with the model (`--model-base-path`, else the default model found by bench/models.py, else a quick export by
 `mnist-train`), and `mnist-gateway` under gunicorn. At each concurrency it measures, for the same wall-clock
 duration:
 
@@ -39,8 +39,9 @@ import numpy as np
 import requests
 from PIL import Image
 
+from bench.models import default_model_base
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODELS = Path("/work/models-default")
 MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
 KEYSPACE = "mnist_bench"
 DIRECT = "direct gRPC (28x28 input)"
@@ -125,12 +126,12 @@ def canvas_png(image: np.ndarray) -> bytes:
 
 
 def resolve_models(arg: Path | None, scratch: Path) -> Path:
-    for candidate in (arg, DEFAULT_MODELS):
+    for candidate in (arg, default_model_base()):
         if candidate is not None and any((candidate / "mnist").glob("[0-9]*")):
             return candidate
     base = scratch / "models"
     print(
-        "no model given and /work/models-default absent: exporting a quick one with mnist-train ...",
+        "no model given and no default model found: exporting a quick one with mnist-train ...",
         flush=True,
     )
     subprocess.run(

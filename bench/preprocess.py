@@ -1,6 +1,6 @@
 """Accuracy of the default model on realistic uploads, and the cost of the gateway's preprocessing.
 
-    python -m bench.preprocess [--model-dir /work/models-default] [--per-kind 2000] [--kinds canvas,photo]
+    python -m bench.preprocess [--model-dir DIR] [--per-kind 2000] [--kinds canvas,photo]
 
 For each kind of upload in tests/uploads.py (MNIST test images drawn on canvases, photographed on paper, ...)
 the same first N test images are turned into uploads, run through `gateway.preprocess.to_mnist` and classified
@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL_DIR = Path(os.environ.get("MODEL_DIR", "/work/models-default"))
+from bench.models import default_model_base
+
+DEFAULT_MODEL_DIR = default_model_base()
 GOAL_OVERALL, GOAL_PER_KIND = 0.99, 0.985
 
 
@@ -127,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     from tests import uploads
 
     parser = argparse.ArgumentParser(prog="python -m bench.preprocess", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path")
+    parser.add_argument(
+        "--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path (default: bench/models.py)"
+    )
     parser.add_argument(
         "--mnist-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist"
     )
@@ -139,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown kind(s): {', '.join(sorted(set(args.kinds) - set(uploads.KINDS)))}")
     if not 1 <= args.per_kind <= 10000:
         parser.error("--per-kind must be between 1 and 10000")
+    if args.model_dir is None:
+        parser.error("no default model found: `make up` trains one; or set BENCH_MODEL_BASE_PATH, or --model-dir")
     try:
         find_saved_model(args.model_dir)
     except FileNotFoundError as exc:
