@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.preprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path (default: bench/models.py)"
+        "--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path"
     )
     parser.add_argument(
         "--mnist-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist"
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.per_kind <= 10000:
         parser.error("--per-kind must be between 1 and 10000")
     if args.model_dir is None:
-        parser.error("no default model found: `make up` trains one; or set BENCH_MODEL_BASE_PATH, or --model-dir")
+        parser.error("no default model found: `make up` trains one; or BENCH_MODEL_BASE_PATH, --model-dir")
     try:
         find_saved_model(args.model_dir)
     except FileNotFoundError as exc:
