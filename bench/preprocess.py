@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests import uploads
 
     parser = argparse.ArgumentParser(prog="python -m bench.preprocess", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path"
-    )
+    parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path")
     parser.add_argument(
         "--mnist-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist"
     )
