@@ -7,8 +7,12 @@ line per request (method, path, status, duration) replaces gunicorn's access log
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import os
+import queue
 import re
 import sys
 import time
@@ -44,6 +48,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class BackgroundStreamHandler(logging.handlers.QueueHandler):
+    """Formats on the calling thread (which has the request context), writes on a background thread.
+
+    Under load, request threads otherwise queue on the stream handler's lock behind each other's writes to a
+    pipe. The writer thread is started per process on first use, because gunicorn configures logging in the
+    master and threads do not survive its fork; it is stopped (and the queue drained) at exit.
+    """
+
+    def __init__(self, stream=None) -> None:
+        super().__init__(queue.SimpleQueue())
+        self._target = logging.StreamHandler(stream or sys.stderr)
+        self._pid: int | None = None
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        if self._pid != os.getpid():  # Handler.handle holds self.lock here: one start per process
+            self.queue = queue.SimpleQueue()
+            listener = logging.handlers.QueueListener(self.queue, self._target)
+            listener.start()
+            atexit.register(listener.stop)
+            self._pid = os.getpid()
+        super().enqueue(record)
 
 
 def configure_logging(level: str = "INFO", stream=None) -> None:

@@ -21,7 +21,7 @@ from gateway.settings import Settings, SettingsError
 
 def logging_config(level: str) -> dict:
     """gunicorn's logs and the app's as JSON lines on stderr (gunicorn's access log is off: the app logs)."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    handler = {"()": "gateway.logs.BackgroundStreamHandler", "formatter": "json"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
