@@ -19,6 +19,7 @@ from gateway.store.migrate import (
     load_migrations,
     split_statements,
 )
+from tests.fixtures.cassandra_node import qualified
 
 _names = itertools.count()
 
@@ -54,9 +55,8 @@ def test_fresh_apply_creates_keyspace_tables_and_records_checksums(
     assert {"predictions_by_day", "predictions_by_id", "feedback_by_id", "schema_migrations"} <= _tables(
         cassandra_session, keyspace
     )
-    recorded = {
-        r.name: r.checksum for r in cassandra_session.execute(f"SELECT * FROM {keyspace}.schema_migrations")
-    }
+    select_recorded = "SELECT * FROM " + qualified(keyspace, "schema_migrations")
+    recorded = {r.name: r.checksum for r in cassandra_session.execute(select_recorded)}
     assert recorded == {m.name: m.checksum for m in load_migrations(migrations_dir)}
     replication = (
         cassandra_session.execute(
@@ -79,10 +79,8 @@ def test_rerun_is_a_no_op_and_new_files_apply_in_order(cassandra_session, migrat
         "INSERT INTO extra (k, v) VALUES (1, 'semi;colon ''quoted''');\n"
     )
     assert migrator.migrate() == ["v900_extra.cql"]
-    assert (
-        cassandra_session.execute(f"SELECT v FROM {keyspace}.extra WHERE k = 1").one().v
-        == "semi;colon 'quoted'"
-    )
+    select_extra = "SELECT v FROM " + qualified(keyspace, "extra") + " WHERE k = %s"
+    assert cassandra_session.execute(select_extra, (1,)).one().v == "semi;colon 'quoted'"
     assert {s.state for s in migrator.status()} == {"applied"}
 
 
@@ -111,9 +109,11 @@ def test_concurrent_runs_apply_each_file_once(cassandra_node, migrations_dir, ke
             results = list(pool.map(lambda s: Migrator(s, keyspace, migrations_dir).migrate(), sessions))
         applied = [name for result in results for name in result]
         assert sorted(applied) == sorted(m.name for m in load_migrations(migrations_dir))
-        rows = list(sessions[0].execute(f"SELECT applied_by FROM {keyspace}.schema_migrations"))
+        select_applied_by = "SELECT applied_by FROM " + qualified(keyspace, "schema_migrations")
+        rows = list(sessions[0].execute(select_applied_by))
         assert len({r.applied_by for r in rows}) == 1  # one runner applied everything, the others waited
-        assert sessions[0].execute(f"SELECT * FROM {keyspace}.schema_migrations_lock").one() is None
+        select_lock = "SELECT * FROM " + qualified(keyspace, "schema_migrations_lock")
+        assert sessions[0].execute(select_lock).one() is None
     finally:
         for c in clusters:
             c.shutdown()
