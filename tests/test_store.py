@@ -21,7 +21,8 @@ from deploy.local.cassandra_node import free_port
 from gateway.errors import InvalidInput, NotFound, StoreUnavailable
 from gateway.store import PredictionRecord, PredictionStore
 from gateway.store.buckets import day_of
-from tests.fixtures.cassandra_node import wait_for_session
+from gateway.store.store import _BATCH_ROWS, _groups, _Write
+from tests.fixtures.cassandra_node import qualified, wait_for_session
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +60,7 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1) -> bool:
 
 
 def rows_by_id(session, keyspace, ids) -> set:
-    select = session.prepare(f"SELECT id FROM {keyspace}.predictions_by_id WHERE id IN ?")
+    select = session.prepare("SELECT id FROM " + qualified(keyspace, "predictions_by_id") + " WHERE id IN ?")
     found = set()
     for chunk in range(0, len(ids), 100):
         found |= {r.id for r in session.execute(select, [ids[chunk : chunk + 100]])}
@@ -166,7 +167,8 @@ def test_same_id_twice_lands_in_the_same_rows(store, cassandra_session, clean_ta
     assert wait_until(lambda: settled(store))
     rows = list(
         cassandra_session.execute(
-            f"SELECT id FROM {clean_tables}.predictions_by_day WHERE day = %s", (day_of(record.id),)
+            "SELECT id FROM " + qualified(clean_tables, "predictions_by_day") + " WHERE day = %s",
+            (day_of(record.id),),
         )
     )
     assert [r.id for r in rows] == [record.id]
@@ -286,3 +288,49 @@ def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_
     ids = [r.id for r in records]
     assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
     assert list((tmp_path / "spool").glob("spool-*.log")) == []  # nothing left over
+
+
+def test_a_burst_from_many_threads_is_written_whole(store, cassandra_session, clean_tables):
+    """Records arriving faster than a round trip go out several per request (batches never span two day
+    partitions); every row must still land in both tables with its own values."""
+    now = datetime.now(UTC)
+    records = [
+        make_record(i, when=now - timedelta(days=i % 2, microseconds=i)) for i in range(240)
+    ]  # under max_in_flight
+    assert store.ping()  # connected: records go to Cassandra directly, not through the spool
+    chunks = [records[i::8] for i in range(8)]
+    threads = [threading.Thread(target=lambda c=c: [store.record(r) for r in c]) for c in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wait_until(lambda: settled(store))
+    assert store.stats()["written"] == len(records) and store.stats()["spooled"] == 0
+    ids = [r.id for r in records]
+    assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
+    by_day = cassandra_session.prepare(
+        "SELECT id, digit, image_sha256 FROM "
+        + qualified(clean_tables, "predictions_by_day")
+        + " WHERE day = ?"
+    )
+    stored = {}
+    for day in {day_of(r.id) for r in records}:
+        stored |= {
+            row.id: (row.digit, row.image_sha256, day) for row in cassandra_session.execute(by_day, [day])
+        }
+    assert stored == {r.id: (r.digit, r.image_sha256, day_of(r.id)) for r in records}
+    for r in records[::47]:  # the by-id rows carry each record's own input
+        assert store.get(r.id).input_image == r.input_image
+
+
+def test_write_groups_stay_small_and_within_one_day():
+    now = datetime.now(UTC)
+    writes = [_Write(make_record(i, when=now - timedelta(days=i % 3, microseconds=i))) for i in range(50)]
+    by_day = _groups("write_by_day", writes)
+    assert sorted(w.record.id for g in by_day for w in g) == sorted(w.record.id for w in writes)
+    assert all(len({day_of(w.record.id) for w in g}) == 1 for g in by_day)
+    assert max(len(g) for g in by_day) == _BATCH_ROWS["write_by_day"]
+    by_id = _groups("write_by_id", writes)
+    assert [w for g in by_id for w in g] == writes
+    assert {len(g) for g in by_id} == {_BATCH_ROWS["write_by_id"], 50 % _BATCH_ROWS["write_by_id"]}
+    assert _groups("write_by_id", writes[:1]) == [writes[:1]]
