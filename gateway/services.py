@@ -65,6 +65,7 @@ class Services:
                         spool_dir=s.spool_dir,
                         ttl_seconds=s.cassandra_ttl_days * 86400,
                         local_dc=s.cassandra_local_dc or None,
+                        write_linger=s.cassandra_write_linger_ms / 1000,
                     )
                     self._owned.append(store)
                     self._store = store

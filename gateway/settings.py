@@ -19,6 +19,8 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
 - `CASSANDRA_LOCAL_DC` (empty: the driver picks): the data centre whose nodes the gateway talks to.
 - `CASSANDRA_TTL_DAYS` (`90`): how long prediction rows live (0: forever); feedback rows have no TTL.
+- `CASSANDRA_WRITE_LINGER_MS` (`50`): how long the store's writer waits for more predictions before sending
+  (fewer, larger requests: less CPU in the gateway and in Cassandra; 0 sends at once).
 - `OPS_TOKEN` (empty): bearer token of the `/ops/*` endpoints; empty disables them (refused in production).
 - `LOG_LEVEL` (`INFO`): level of the JSON logs on stderr.
 
@@ -68,6 +70,7 @@ class Settings:
     cassandra_keyspace: str = "mnist"
     cassandra_local_dc: str = ""
     cassandra_ttl_days: int = 90
+    cassandra_write_linger_ms: int = 50
     ops_token: str = ""
     log_level: str = "INFO"
 
@@ -120,6 +123,9 @@ class Settings:
             cassandra_keyspace=get("CASSANDRA_KEYSPACE", d["cassandra_keyspace"].default),
             cassandra_local_dc=env.get("CASSANDRA_LOCAL_DC", "").strip(),
             cassandra_ttl_days=integer("CASSANDRA_TTL_DAYS", d["cassandra_ttl_days"].default),
+            cassandra_write_linger_ms=integer(
+                "CASSANDRA_WRITE_LINGER_MS", d["cassandra_write_linger_ms"].default
+            ),
             ops_token=env.get("OPS_TOKEN", "").strip(),
             log_level=get("LOG_LEVEL", d["log_level"].default).upper(),
         )
@@ -164,6 +170,7 @@ class Settings:
             f"CASSANDRA_KEYSPACE is not a valid keyspace name: {self.cassandra_keyspace!r}",
         )
         check(0 <= self.cassandra_ttl_days <= 3650, "CASSANDRA_TTL_DAYS must be 0-3650 (0: keep forever)")
+        check(0 <= self.cassandra_write_linger_ms <= 1000, "CASSANDRA_WRITE_LINGER_MS must be 0-1000")
         check(self.log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.env == "production":
             check(bool(self.ops_token), "OPS_TOKEN must be set when GATEWAY_ENV=production")

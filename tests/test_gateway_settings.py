@@ -46,6 +46,7 @@ def test_every_variable_is_read():
             "CASSANDRA_KEYSPACE": "other",
             "CASSANDRA_LOCAL_DC": "dc2",
             "CASSANDRA_TTL_DAYS": "0",
+            "CASSANDRA_WRITE_LINGER_MS": "0",
             "OPS_TOKEN": "0123456789abcdef0123",
             "LOG_LEVEL": "debug",
         }
@@ -73,7 +74,7 @@ def test_every_variable_is_read():
         0,
     )
     assert (s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace) == (("a", "b", "c"), 9043, "other")
-    assert (s.cassandra_local_dc, s.cassandra_ttl_days) == ("dc2", 0)
+    assert (s.cassandra_local_dc, s.cassandra_ttl_days, s.cassandra_write_linger_ms) == ("dc2", 0, 0)
     assert s.ops_enabled and s.log_level == "DEBUG"
 
 
@@ -90,6 +91,7 @@ def test_every_variable_is_read():
         ({"CASSANDRA_HOSTS": " , "}, "CASSANDRA_HOSTS"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"CASSANDRA_TTL_DAYS": "-1"}, "CASSANDRA_TTL_DAYS"),
+        ({"CASSANDRA_WRITE_LINGER_MS": "5000"}, "CASSANDRA_WRITE_LINGER_MS"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
     ],

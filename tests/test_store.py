@@ -278,13 +278,18 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
     assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
 
 
-def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_session, tmp_path):
-    store = PredictionStore([cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool")
+@pytest.mark.parametrize("linger", [0.05, 30.0])
+def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_session, tmp_path, linger):
+    store = PredictionStore(
+        [cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool", write_linger=linger
+    )
     assert store.ping()
     records = [make_record(i) for i in range(300)]
     for r in records:
-        store.record(r)  # no waiting: most are still in flight when close() starts
+        store.record(r)  # no waiting: most are still queued or in flight when close() starts
+    started = time.monotonic()
     store.close(timeout=30)
+    assert time.monotonic() - started < 20  # a long linger does not hold the shutdown back
     ids = [r.id for r in records]
     assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
     assert list((tmp_path / "spool").glob("spool-*.log")) == []  # nothing left over
@@ -334,3 +339,23 @@ def test_write_groups_stay_small_and_within_one_day():
     assert [w for g in by_id for w in g] == writes
     assert {len(g) for g in by_id} == {_BATCH_ROWS["write_by_id"], 50 % _BATCH_ROWS["write_by_id"]}
     assert _groups("write_by_id", writes[:1]) == [writes[:1]]
+
+
+def test_reads_right_after_a_write_see_it_despite_the_linger(cassandra_node, clean_tables, tmp_path):
+    """The writer waits up to `write_linger` for company; a lookup of a prediction still held sends it now."""
+    store = PredictionStore(
+        [cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool", write_linger=30.0
+    )
+    try:
+        assert store.ping()
+        first, second = make_record(1), make_record(2)
+        store.record(first)
+        started = time.monotonic()
+        assert store.get(first.id).input_image == first.input_image
+        store.record(second)
+        store.add_feedback(second.id, 3)  # needs the prediction in Cassandra
+        assert [item.id for item in store.recent(5).items] == [second.id, first.id]
+        assert time.monotonic() - started < 10  # far below the 30 s linger
+        assert settled(store)
+    finally:
+        store.close()
