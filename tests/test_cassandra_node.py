@@ -14,7 +14,7 @@ import pytest
 
 from deploy.local import cassandra_node as launcher
 from gateway.store.cluster import build_cluster
-from tests.fixtures.cassandra_node import wait_for_session
+from tests.fixtures.cassandra_node import qualified, wait_for_session
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def test_a_clean_stop_and_start_keeps_the_data(cassandra_node, cassandra_session, cassandra_keyspace):
     key = uuid.uuid1()
     insert = cassandra_session.prepare(
-        f"INSERT INTO {cassandra_keyspace}.feedback_by_id (id, label) VALUES (?, ?)"
+        "INSERT INTO " + qualified(cassandra_keyspace, "feedback_by_id") + " (id, label) VALUES (?, ?)"
     )
     cassandra_session.execute(insert, [key, 7])
     port = cassandra_node.port
@@ -41,7 +41,9 @@ def test_a_clean_stop_and_start_keeps_the_data(cassandra_node, cassandra_session
         cassandra_node.start()
         wait_for_session(cassandra_session)
     assert cassandra_node.port == port  # clients reconnect to the same address
-    select = cassandra_session.prepare(f"SELECT label FROM {cassandra_keyspace}.feedback_by_id WHERE id = ?")
+    select = cassandra_session.prepare(
+        "SELECT label FROM " + qualified(cassandra_keyspace, "feedback_by_id") + " WHERE id = ?"
+    )
     assert cassandra_session.execute(select, [key], timeout=30).one().label == 7
     assert cassandra_node.startup_seconds is not None and cassandra_node.startup_seconds > 0
 

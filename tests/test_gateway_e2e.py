@@ -21,6 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.fixtures.cassandra_node import qualified
 from tests.fixtures.gateway_server import OPS_TOKEN
 
 
@@ -83,7 +84,8 @@ def predict(
 
 def stored_row(session, keyspace: str, prediction_id: str):
     return session.execute(
-        f"SELECT * FROM {keyspace}.predictions_by_id WHERE id = %s", [uuid.UUID(prediction_id)]
+        "SELECT * FROM " + qualified(keyspace, "predictions_by_id") + " WHERE id = %s",
+        [uuid.UUID(prediction_id)],
     ).one()
 
 
@@ -219,7 +221,8 @@ def test_feedback_round_trip(gateway_server, mnist_test_set, clean_tables, cassa
     assert r.status_code == 200 and r.json() == {"id": answer["id"], "label": int(labels[3])}
     assert requests.get(url).json()["feedback"] == int(labels[3])
     row = cassandra_session.execute(
-        f"SELECT label, digit FROM {clean_tables}.feedback_by_id WHERE id = %s", [uuid.UUID(answer["id"])]
+        "SELECT label, digit FROM " + qualified(clean_tables, "feedback_by_id") + " WHERE id = %s",
+        [uuid.UUID(answer["id"])],
     ).one()
     assert (row.label, row.digit) == (int(labels[3]), answer["digit"])
     listed = requests.get(f"{gateway_server.url}/v1/predictions").json()["items"]

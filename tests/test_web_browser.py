@@ -20,6 +20,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from tests.fixtures.cassandra_node import qualified
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -128,7 +130,8 @@ def test_draw_a_digit_get_the_answer_and_send_feedback(
     assert tag.inner_text() == ("✓ correct" if digit == 7 else "✗ was 7")
 
     row_in_db = cassandra_session.execute(
-        f"SELECT label, digit FROM {clean_tables}.feedback_by_id WHERE id = %s", [uuid.UUID(answer["id"])]
+        "SELECT label, digit FROM " + qualified(clean_tables, "feedback_by_id") + " WHERE id = %s",
+        [uuid.UUID(answer["id"])],
     ).one()
     assert (row_in_db.label, row_in_db.digit) == (7, digit)
 
