@@ -1,6 +1,7 @@
 """Gateway end to end against direct gRPC Predict to the same model server, measured in the same run.
 
-    python -m bench.gateway [--seconds 6] [--concurrency 1,8,32] [--model-base-path DIR] [--workers 1]
+    python -m bench.gateway [--seconds 6] [--warmup 30] [--concurrency 1,8,32] [--model-base-path DIR]
+                            [--workers 1] [--threads 16]
 
 Brings up what production runs, on free local ports: a real Cassandra node (migrated keyspace), `mnist-serve`
 with the model (`--model-base-path`, else the default model found by bench/models.py, else a quick export by
@@ -9,10 +10,14 @@ duration:
 
 - direct: the 28x28 input already preprocessed, `ModelClient.predict` over gRPC (one shared channel, as the
   gateway has): the baseline, what a client speaking TF Serving's API directly gets;
-- gateway: `POST /v1/predict` of a 280x280 PNG (what the web page's canvas sends) over HTTP keep-alive: upload
-  parsing, preprocessing, the same gRPC call, the Cassandra write (asynchronous), the JSON answer.
+- gateway: `POST /v1/predict` of a 28x28 PNG and of a 280x280 PNG (what the web page's canvas sends) over
+  HTTP keep-alive: upload parsing, preprocessing, the same gRPC call, the Cassandra write, the JSON answer.
 
-Load generators are threads in this process, on the same machine as the servers (the numbers include that).
+Load generators are threads in this process (http.client and the gRPC stub: both lean), on the same machine
+as the servers. Before measuring, the gateway path runs for `--warmup` seconds: a fresh Cassandra JVM spends
+its first minute compiling (it costs 2-3x more CPU per write then than once warm). Next to throughput and
+latency it prints the CPU time each tier spent per request (from /proc), which says where the time goes when
+every tier shares the same cores, and what each tier needs on its own.
 Goal: gateway throughput >= 50% of direct gRPC at concurrency 8, and < 5 ms median overhead.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import http.client
 import io
 import json
 import os
@@ -32,11 +38,10 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import requests
 from PIL import Image
 
 from bench.models import default_model_base
@@ -56,13 +61,41 @@ class Level:
     p50_ms: float
     p90_ms: float
     p99_ms: float
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU time per request, by tier
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
 
 
-def run_level(concurrency: int, seconds: float, make_call: Callable[[], Callable[[], bool]]) -> Level:
+class CpuMeter:
+    """CPU seconds (user + system) used by named processes, read from /proc, plus this process's own."""
+
+    def __init__(self, pids: Callable[[], dict[str, list[int]]]) -> None:
+        self.pids = pids
+
+    def sample(self) -> dict[str, float]:
+        tick = os.sysconf("SC_CLK_TCK")
+        used: dict[str, float] = {}
+        for tier, pids in self.pids().items():
+            used[tier] = 0.0
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                    used[tier] += (int(fields[11]) + int(fields[12])) / tick
+                except (OSError, IndexError, ValueError):
+                    pass
+        times = os.times()
+        used["load generator"] = times.user + times.system
+        return used
+
+
+def run_level(
+    concurrency: int,
+    seconds: float,
+    make_call: Callable[[], Callable[[], bool]],
+    cpu: CpuMeter | None = None,
+) -> Level:
     """`concurrency` threads each calling their own `make_call()` result in a loop for `seconds`."""
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -91,9 +124,11 @@ def run_level(concurrency: int, seconds: float, make_call: Callable[[], Callable
     start_gate.wait()
     began = time.perf_counter()
     stop_at[0] = began + seconds
+    before = cpu.sample() if cpu else {}
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
+    after = cpu.sample() if cpu else {}
     values = sorted(v for per in latencies for v in per)
     if not values:
         raise RuntimeError("no request succeeded")
@@ -101,8 +136,17 @@ def run_level(concurrency: int, seconds: float, make_call: Callable[[], Callable
     def pct(q: float) -> float:
         return values[min(len(values) - 1, int(q * len(values)))] * 1000
 
+    done = len(values) + sum(errors)
+    cpu_ms = {tier: (after[tier] - before[tier]) * 1000 / done for tier in before}
     return Level(
-        concurrency, len(values), sum(errors), elapsed, statistics.median(values) * 1000, pct(0.9), pct(0.99)
+        concurrency,
+        len(values),
+        sum(errors),
+        elapsed,
+        statistics.median(values) * 1000,
+        pct(0.9),
+        pct(0.99),
+        cpu_ms,
     )
 
 
@@ -174,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=6.0, help="measured duration per level (default 6)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
+    parser.add_argument(
+        "--warmup", type=float, default=30.0, help="seconds of gateway load before measuring (default 30)"
+    )
     parser.add_argument("--model-base-path", type=Path, help="base dir holding mnist/<version>/")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     parser.add_argument("--threads", type=int, default=16, help="threads per gateway worker (default 16)")
@@ -232,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         model_input = to_mnist(uploads["gateway, 280x280 canvas PNG"]).image[np.newaxis]
         client = ModelClient(server.grpc_address, timeout_s=10, model_name="mnist", retries=0)
         stack.callback(client.close)
-        url = f"{gateway.url}/v1/predict"
 
         def direct_call() -> Callable[[], bool]:
             def call() -> bool:
@@ -246,37 +292,53 @@ def main(argv: list[str] | None = None) -> int:
 
         def gateway_call(upload: bytes) -> Callable[[], Callable[[], bool]]:
             def make() -> Callable[[], bool]:
-                session = requests.Session()
+                connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+                headers = {"Content-Type": "image/png"}
 
                 def call() -> bool:
                     try:
-                        return session.post(
-                            url, data=upload, headers={"Content-Type": "image/png"}, timeout=30
-                        ).ok
-                    except requests.RequestException:
+                        connection.request("POST", "/v1/predict", body=upload, headers=headers)
+                        response = connection.getresponse()
+                        response.read()
+                        return response.status == 200
+                    except (OSError, http.client.HTTPException):
+                        connection.close()  # reconnects on the next request
                         return False
 
                 return call
 
             return make
 
+        cpu = CpuMeter(
+            lambda: {
+                "gateway": worker_pids(gateway.proc.pid),
+                "model server": [server.process.pid],
+                "Cassandra": [node.process.pid],
+            }
+        )
+        if args.warmup > 0:
+            print(f"warming up for {args.warmup:g} s (gateway load at concurrency 8) ...", flush=True)
+            run_level(8, args.warmup, gateway_call(uploads["gateway, 28x28 PNG"]))
+
         results: dict[int, dict[str, Level]] = {}
         for c in levels:
             print(f"concurrency {c}: direct gRPC ...", flush=True)
-            results[c] = {DIRECT: run_level(c, args.seconds, direct_call)}
+            results[c] = {DIRECT: run_level(c, args.seconds, direct_call, cpu)}
             for mode, upload in uploads.items():
                 print(f"concurrency {c}: {mode} ...", flush=True)
-                results[c][mode] = run_level(c, args.seconds, gateway_call(upload))
+                results[c][mode] = run_level(c, args.seconds, gateway_call(upload), cpu)
 
         worker_rss = [rss_mb(p) for p in worker_pids(gateway.proc.pid)]
-        scrape = requests.get(f"{gateway.url}/metrics").text
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+        connection.request("GET", "/metrics")
+        scrape = connection.getresponse().read().decode()
         depth = [line for line in scrape.splitlines() if line.startswith("gateway_spool_depth")]
 
     print()
     print(
         f"model: {models}/mnist/{version}; gateway: {args.workers} worker(s) x {args.threads} threads; "
         f"{args.seconds:g} s per level; {os.cpu_count()} CPUs shared by load generators and servers; "
-        f"load average {os.getloadavg()[0]:.1f} at the end"
+        f"load average {os.getloadavg()[0]:.1f} at the end; warm-up {args.warmup:g} s"
     )
     print("uploads: " + ", ".join(f"{m.split(', ')[1]} {len(u)} bytes" for m, u in uploads.items()))
     header = (
@@ -294,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c:>4}  {mode:<28} {level.rps:>7.0f} {level.p50_ms:>7.2f} {level.p90_ms:>7.2f} "
                 f"{level.p99_ms:>7.2f} {level.errors:>6} {ratio} {overhead}"
             )
+    tiers = ["gateway", "model server", "Cassandra", "load generator"]
+    print("\nCPU time per request (ms), by tier; all tiers share the same cores here")
+    header = f"{'conc':>4}  {'path':<28} " + " ".join(f"{t:>14}" for t in tiers) + f" {'total':>8}"
+    print(header)
+    print("-" * len(header))
+    for c, by_mode in results.items():
+        for mode, level in by_mode.items():
+            cells = " ".join(f"{level.cpu_ms.get(t, 0.0):>14.2f}" for t in tiers)
+            print(f"{c:>4}  {mode:<28} {cells} {sum(level.cpu_ms.values()):>8.2f}")
     print(
         f"\ngateway start to /healthz: {ready_s:.2f} s; worker RSS: "
         + ", ".join(f"{m:.0f} MB" for m in worker_rss)
