@@ -215,7 +215,12 @@ class PredictionStore:
                 if self._stopping.is_set():
                     return
                 records, self._queue = self._queue, []
-            self._issue([_Write(record) for record in records])
+            try:
+                self._issue([_Write(record) for record in records])
+            except Exception:  # a bug; the writer must live on, and these records must not vanish
+                log.exception("the store's writer failed on %d record(s); spooling them", len(records))
+                for record in records:
+                    self._spool_writer.submit(self._spool_and_release, record)
 
     def _issue(self, writes: list[_Write]) -> None:
         """Two writes per record (by day, by id), grouped into small batches; each settles when answered."""
@@ -451,7 +456,7 @@ class PredictionStore:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._idle.wait(remaining)
+                self._idle.wait(min(remaining, 0.05))  # and flush again: the writer may have just cleared it
                 waiting &= set(self._pending)
 
     def get(self, prediction_id: uuid.UUID) -> PredictionRecord | None:
