@@ -60,9 +60,12 @@ _STATEMENTS = {
     "ping": "SELECT release_version FROM system.local",
 }
 _IDEMPOTENT = {"write_by_day", "write_by_id", "write_feedback"}
-# Rows per write request. Cassandra warns about batches over 5 KiB (`batch_size_warn_threshold`) and about
-# unlogged batches over 10 partitions: a by-id row carries the 784-byte input, a by-day row ~200 bytes.
+# Rows per write request. A by-day batch holds one partition (one mutation; Cassandra does not size-check it).
+# A by-id batch spans partitions: Cassandra warns above 5 KiB (`batch_size_warn_threshold`), and a row weighs
+# ~1,272 bytes plus its filename's UTF-8 (measured on Cassandra 5.0), so those batches are cut by size.
 _BATCH_ROWS = {"write_by_day": 16, "write_by_id": 4}
+_BY_ID_ROW_BYTES = 1300
+_BY_ID_BATCH_BYTES = 4800
 _DAYS_PER_ROUND = 8  # day partitions read concurrently while looking for a page of recent predictions
 
 
@@ -168,7 +171,7 @@ class PredictionStore:
             self._stopping.set()
             self._flush.set()
             self._queued.notify()
-        self._writer.join(1.0)
+        self._writer.join(max(deadline - time.monotonic(), 1.0))
         for record in leftovers:  # they may still land too: the writes are idempotent
             self._to_spool(record)
         self._spool_writer.shutdown(wait=True)
@@ -191,13 +194,17 @@ class PredictionStore:
         Never raises."""
         self._ensure_started()
         with self._lock:
-            direct = not self._spooling and self._in_flight < self.max_in_flight
+            direct = (
+                not self._spooling and not self._draining.is_set() and self._in_flight < self.max_in_flight
+            )
             if direct:
                 self._in_flight += 1
                 self._pending[record.id] = record
                 self._queue.append(record)
                 if len(self._queue) == 1:
                     self._queued.notify()
+                elif len(self._queue) >= self.max_in_flight // 4:
+                    self._flush.set()  # a burst: no point lingering, send now
         if not direct:
             self._to_spool(record)
             self._wake.set()
@@ -224,22 +231,23 @@ class PredictionStore:
 
     def _issue(self, writes: list[_Write]) -> None:
         """Two writes per record (by day, by id), grouped into small batches; each settles when answered."""
-        for name in ("write_by_day", "write_by_id"):
-            for group in _groups(name, writes):
-                try:
-                    if len(group) == 1:
-                        statement = self._bind(name, group[0].record)
-                    else:
-                        statement = BatchStatement(BatchType.UNLOGGED)
-                        for write in group:
-                            statement.add(self._bind(name, write.record))
-                        statement.is_idempotent = True  # the same rows again: retrying is safe
-                    future = self._session.execute_async(statement)
-                    future.add_callbacks(
-                        self._settle, self._settle_error, callback_args=(group,), errback_args=(group,)
-                    )
-                except Exception as exc:  # e.g. the session shut down under us
-                    self._settle_error(exc, group)
+        plan = [(name, group) for name in ("write_by_day", "write_by_id") for group in _groups(name, writes)]
+        for name, group in plan:
+            try:
+                if len(group) == 1:
+                    statement = self._bind(name, group[0].record)
+                else:
+                    statement = BatchStatement(BatchType.UNLOGGED)
+                    for write in group:
+                        statement.add(self._bind(name, write.record))
+                    statement.is_idempotent = True  # the same rows again: retrying is safe
+                future = self._session.execute_async(statement)
+            except Exception as exc:  # e.g. the session shut down under us
+                self._settle_error(exc, group)
+                continue
+            future.add_callbacks(
+                self._settle, self._settle_error, callback_args=(group,), errback_args=(group,)
+            )
 
     def _bind(self, name: str, record: PredictionRecord):
         values = [
@@ -442,13 +450,13 @@ class PredictionStore:
         except (DriverException, NoHostAvailable, OSError) as exc:
             raise StoreUnavailable(f"reading from Cassandra failed: {_describe(exc)}") from exc
 
-    def _flush_pending(self, ids: list[uuid.UUID] | None = None, timeout: float = 2.0) -> None:
+    def _flush_pending(self, ids: list[uuid.UUID] | None = None) -> None:
         """Read your own writes: the predictions this process still holds (queued or in flight; `ids`, or
         all of them) are sent now and waited for until Cassandra has them or they went to the spool, so a
         lookup right after a predict (the web page's feedback and recent table) finds them."""
         if self._pid != os.getpid():
             return
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.write_linger + self.request_timeout
         with self._idle:
             waiting = set(self._pending) if ids is None else set(ids) & set(self._pending)
             while waiting:
@@ -544,17 +552,24 @@ class PredictionStore:
 
 
 def _groups(name: str, writes: list[_Write]) -> list[list[_Write]]:
-    """The writes for one table cut into requests of at most `_BATCH_ROWS[name]` rows; by-day batches
-    never span two day partitions (a single-partition batch is one mutation for Cassandra)."""
+    """The writes for one table cut into requests of at most `_BATCH_ROWS[name]` rows: by-day batches never
+    span two day partitions, by-id batches stay under Cassandra's batch-size warning."""
     size = _BATCH_ROWS[name]
     if name == "write_by_day":
         by_day: dict = {}
         for write in writes:
             by_day.setdefault(buckets.day_of(write.record.id), []).append(write)
-        runs = list(by_day.values())
-    else:
-        runs = [writes]
-    return [run[i : i + size] for run in runs for i in range(0, len(run), size)]
+        return [run[i : i + size] for run in by_day.values() for i in range(0, len(run), size)]
+    groups: list[list[_Write]] = []
+    used = _BY_ID_BATCH_BYTES
+    for write in writes:
+        weight = _BY_ID_ROW_BYTES + len((write.record.filename or "").encode())
+        if used + weight > _BY_ID_BATCH_BYTES or len(groups[-1]) >= size:
+            groups.append([])
+            used = 0
+        groups[-1].append(write)
+        used += weight
+    return groups
 
 
 def _record_from_row(row, input_image: bytes | None, label: int | None) -> PredictionRecord:
