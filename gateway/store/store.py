@@ -561,7 +561,7 @@ def _groups(name: str, writes: list[_Write]) -> list[list[_Write]]:
             by_day.setdefault(buckets.day_of(write.record.id), []).append(write)
         return [run[i : i + size] for run in by_day.values() for i in range(0, len(run), size)]
     groups: list[list[_Write]] = []
-    used = _BY_ID_BATCH_BYTES
+    used = _BY_ID_BATCH_BYTES  # "full", so the first row opens a group
     for write in writes:
         weight = _BY_ID_ROW_BYTES + len((write.record.filename or "").encode())
         if used + weight > _BY_ID_BATCH_BYTES or len(groups[-1]) >= size:
