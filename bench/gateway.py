@@ -332,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
         connection.request("GET", "/metrics")
         scrape = connection.getresponse().read().decode()
+        connection.close()
         depth = [line for line in scrape.splitlines() if line.startswith("gateway_spool_depth")]
 
     print()

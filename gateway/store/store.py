@@ -169,7 +169,6 @@ class PredictionStore:
             self._spooling = True
             self._queue.clear()  # not issued yet: spooled below with the other leftovers
             self._stopping.set()
-            self._flush.set()
             self._queued.notify()
         self._writer.join(max(deadline - time.monotonic(), 1.0))
         for record in leftovers:  # they may still land too: the writes are idempotent
