@@ -5,7 +5,7 @@
 
 Brings up what production runs, on free local ports: a real Cassandra node (migrated keyspace), `mnist-serve`
 with the model (`--model-base-path`, else the default model found by bench/models.py, else a quick export by
-`mnist-train`), and `mnist-gateway` under gunicorn. At each concurrency it measures, for the same wall-clock
+`mnist-train`), and `mnist-gateway` (Granian). At each concurrency it measures, for the same wall-clock
 duration:
 
 - direct: the 28x28 input already preprocessed, `ModelClient.predict` over gRPC (one shared channel, as the
@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench import profile
 from bench.models import default_model_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -225,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     parser.add_argument("--threads", type=int, default=16, help="threads per gateway worker (default 16)")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="sample the gateway worker with py-spy during each gateway level, write the samples in this "
+        "folder and print the top functions (costs CPU itself: read CPU figures from a run without it)",
+    )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
 
@@ -321,12 +329,26 @@ def main(argv: list[str] | None = None) -> int:
             run_level(8, args.warmup, gateway_call(uploads["gateway, 28x28 PNG"]))
 
         results: dict[int, dict[str, Level]] = {}
+        profiles: dict[tuple[int, str], Counter] = {}
+        if args.profile:
+            if not profile.available():
+                parser.error("--profile needs py-spy (pip install py-spy)")
+            args.profile.mkdir(parents=True, exist_ok=True)
         for c in levels:
             print(f"concurrency {c}: direct gRPC ...", flush=True)
             results[c] = {DIRECT: run_level(c, args.seconds, direct_call, cpu)}
             for mode, upload in uploads.items():
                 print(f"concurrency {c}: {mode} ...", flush=True)
-                results[c][mode] = run_level(c, args.seconds, gateway_call(upload), cpu)
+                with ExitStack() as sampling:
+                    if args.profile:
+                        name = f"c{c}-{mode.split(', ')[1].split()[0]}"
+                        pids = worker_pids(gateway.proc.pid)
+                        samples = [args.profile / f"{name}-{pid}.txt" for pid in pids]
+                        for pid, path in zip(pids, samples, strict=True):
+                            sampling.enter_context(profile.Sampler(pid, path))
+                    results[c][mode] = run_level(c, args.seconds, gateway_call(upload), cpu)
+                if args.profile:
+                    profiles[(c, mode)] = sum(map(profile.read_collapsed, samples), Counter())
 
         worker_rss = [rss_mb(p) for p in worker_pids(gateway.proc.pid)]
         connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
@@ -380,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 "(>= 0.50), "
                 f"median overhead {level.p50_ms - direct.p50_ms:.2f} ms (< 5 ms)"
             )
+    for (c, mode), stacks in profiles.items():
+        print(f"\nprofile of the gateway worker, concurrency {c}, {mode}:")
+        print(profile.top_table(stacks))
     if args.json:
         payload = {
             str(c): {mode: asdict(level) | {"rps": level.rps} for mode, level in by_mode.items()}

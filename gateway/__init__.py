@@ -1,6 +1,6 @@
 """The gateway: a thin Flask service in front of the model server, logging every prediction to Cassandra.
 
-`gateway.app.create_app()` builds it; `mnist-gateway` (gateway/server.py) runs it under gunicorn.
+`gateway.app.create_app()` builds it; `mnist-gateway` (gateway/server.py) runs it under Granian.
 It never imports tensorflow: the few TF Serving messages it needs are in gateway/tfs_protos/.
 """
 

@@ -2,7 +2,7 @@
 
 Defaults come from `Settings.from_env()`; tests pass their own `Settings` and may hand in a model client and a
 prediction store (real ones pointed at test servers, or small doubles when only the HTTP layer is under test).
-Whatever is not handed in is built lazily on first use, so gunicorn workers open their gRPC channel and their
+Whatever is not handed in is built lazily on first use, so server workers open their gRPC channel and their
 Cassandra session after the fork, never before.
 """
 

@@ -2,7 +2,7 @@
 
 The request id comes from the client's `X-Request-ID` (when it is a sane token) or is generated, is echoed in
 the response's `X-Request-ID` header, and lands in every log line written while the request runs. One access
-line per request (method, path, status, duration) replaces gunicorn's access log.
+line per request (method, path, status, duration) replaces the server's access log.
 """
 
 from __future__ import annotations
@@ -54,14 +54,15 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
     """Formats on the calling thread (which has the request context), writes on a background thread.
 
     Under load, request threads otherwise queue on the stream handler's lock behind each other's writes to a
-    pipe. The writer thread is started per process on first use, because gunicorn configures logging in the
-    master and threads do not survive its fork; it is stopped (and the queue drained) at exit.
+    pipe. The writer thread is started per process on first use, because the server configures logging in the
+    parent and threads do not survive its fork; it is stopped (and the queue drained) at exit.
     """
 
     def __init__(self, stream=None) -> None:
         super().__init__(queue.SimpleQueue())
         self._target = logging.StreamHandler(stream or sys.stderr)
         self._pid: int | None = None
+        self._listener: logging.handlers.QueueListener | None = None
 
     def enqueue(self, record: logging.LogRecord) -> None:
         if self._pid != os.getpid():  # Handler.handle holds self.lock here: one start per process
@@ -69,8 +70,14 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
             listener = logging.handlers.QueueListener(self.queue, self._target)
             listener.start()
             atexit.register(listener.stop)
-            self._pid = os.getpid()
+            self._listener, self._pid = listener, os.getpid()
         super().enqueue(record)
+
+    def close(self) -> None:
+        """Write what is queued (`logging.shutdown()` calls it where atexit does not run: forked workers)."""
+        if self._listener is not None and self._pid == os.getpid() and self._listener._thread is not None:
+            self._listener.stop()
+        super().close()
 
 
 def configure_logging(level: str = "INFO", stream=None) -> None:

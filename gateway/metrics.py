@@ -1,6 +1,6 @@
 """Prometheus metrics on a registry the app owns (a test builds a fresh app and sees fresh counters).
 
-With one gunicorn worker (the default: scale with threads and replicas) the app's registry is what `/metrics`
+With one worker (the default: scale with threads and replicas) the app's registry is what `/metrics`
 serves. With `GATEWAY_WORKERS` > 1, `mnist-gateway` sets `PROMETHEUS_MULTIPROC_DIR` before anything imports
 prometheus_client; every worker then writes its samples to files there and `/metrics` merges them.
 """

@@ -1,7 +1,7 @@
 """The gateway's one gRPC client of the model server (TF Serving or `mnist-serve`).
 
 Speaks the TF Serving wire protocol through the project's own protos (gateway/tfs_protos: no tensorflow
-import). One channel per client instance, created on first use and again in a forked child (gunicorn forks
+import). One channel per client instance, created on first use and again in a forked child (the server forks
 after the app is built, and a gRPC channel must not cross a fork). Every call carries a deadline; UNAVAILABLE
 (server down or restarting) is retried with exponential backoff and full jitter, always inside that deadline.
 gRPC failures become the gateway's errors: the model server can't answer -> ModelUnavailable (503), it

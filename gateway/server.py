@@ -1,26 +1,39 @@
-"""`mnist-gateway`: the gateway under gunicorn (threaded workers), on GATEWAY_HOST:GATEWAY_PORT.
+"""`mnist-gateway`: the gateway under Granian's WSGI server, on GATEWAY_HOST:GATEWAY_PORT.
 
-Each worker builds its own app after the fork, so its gRPC channel and Cassandra session are its own; a
-background warm-up opens both before the first request needs them. On SIGTERM/SIGINT gunicorn stops
-accepting, lets requests in flight finish (GATEWAY_GRACEFUL_TIMEOUT_S) and each worker closes its store, which
-flushes the writes still in flight (anything Cassandra cannot take stays in the durable spool).
+Granian parses HTTP in Rust and hands each request to one of GATEWAY_THREADS Python threads per worker
+process (GATEWAY_WORKERS): about a third of gunicorn `gthread`'s CPU per request here (docs/gateway.md).
+
+Each worker builds its own app after the fork (`worker_app`), so its gRPC channel and Cassandra session are
+its own; a background warm-up opens both before the first request needs them. On SIGTERM/SIGINT Granian
+stops accepting, lets requests in flight finish (up to GATEWAY_GRACEFUL_TIMEOUT_S, then the worker is killed)
+and each worker closes its store, which flushes the writes still in flight (anything Cassandra cannot take
+stays in the durable spool). SIGHUP replaces the workers one by one, gracefully; GATEWAY_WORKER_LIFETIME_S
+recycles them on a schedule, and a worker that dies is replaced.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import multiprocessing.util
 import os
+import re
 import sys
 import tempfile
 import threading
-
-from gunicorn.app.base import BaseApplication
+from pathlib import Path
 
 from gateway.settings import Settings, SettingsError
 
+log = logging.getLogger("gateway.server")
+
+# Granian's HTTP/1 read buffer: the request line and headers must fit (larger: 431/400 from Granian, as
+# gunicorn's 8190-byte line limit did); the body is the app's (MAX_CONTENT_LENGTH -> 413 JSON).
+HEADER_BUFFER_BYTES = 64 * 1024
+
 
 def logging_config(level: str) -> dict:
-    """gunicorn's logs and the app's as JSON lines on stderr (gunicorn's access log is off: the app logs)."""
+    """Granian's logs and the app's as JSON lines on stderr (Granian's access log is off: the app logs)."""
     handler = {"()": "gateway.logs.BackgroundStreamHandler", "formatter": "json"}
     return {
         "version": 1,
@@ -29,100 +42,115 @@ def logging_config(level: str) -> dict:
         "handlers": {"json": handler},
         "root": {"level": level, "handlers": ["json"]},
         "loggers": {
-            "gunicorn.error": {"level": level, "handlers": ["json"], "propagate": False},
-            "gunicorn.access": {"level": "WARNING", "handlers": ["json"], "propagate": False},
+            "_granian": {"level": level, "handlers": ["json"], "propagate": False},
+            "granian.access": {"level": "WARNING", "handlers": ["json"], "propagate": False},
             # The driver logs every failed reconnection with a traceback; the store says it once, plainly.
             "cassandra": {"level": "ERROR"},
         },
     }
 
 
-def _warm_up(worker) -> None:
+def worker_app():
+    """The app of one worker process (Granian calls this in the worker, after the fork)."""
+    from gateway.app import create_app
+    from gateway.services import EXTENSION
+
+    _forget_dead_workers()
+    app = create_app(Settings.from_env())
+    services = app.extensions[EXTENSION]
+    _warm_up(services)
+    # Granian's workers end through multiprocessing, which runs its finalizers (not atexit) on the way out.
+    multiprocessing.util.Finalize(services, _worker_exit, args=(services,), exitpriority=10)
+    return app
+
+
+def _warm_up(services) -> None:
     """Connect to the model server and Cassandra now rather than on the first request.
 
     Starting the store also starts its replay of spool files left by a previous process, so predictions
     spooled before a restart reach Cassandra even if no request comes.
     """
-    from gateway import services
-    from gateway.services import EXTENSION
-
-    svc: services.Services = worker.wsgi.extensions[EXTENSION]
-    settings = svc.settings
+    settings = services.settings
 
     def run() -> None:
         steps = {
-            "model server": lambda: svc.model_client.model_status(label=settings.model_label),
-            "Cassandra": lambda: svc.store.ping(),
+            "model server": lambda: services.model_client.model_status(label=settings.model_label),
+            "Cassandra": lambda: services.store.ping(),
         }
         for name, step in steps.items():
             try:
                 step()
             except Exception as exc:  # /readyz reports it; requests answer clear errors meanwhile
-                worker.log.warning("warm-up: %s not reachable yet: %s", name, exc)
+                log.warning("warm-up: %s not reachable yet: %s", name, exc)
 
     threading.Thread(target=run, name="warm-up", daemon=True).start()
 
 
-def _close(server, worker) -> None:
-    from gateway.services import EXTENSION
-
-    app = getattr(worker, "wsgi", None)
-    if app is not None and EXTENSION in getattr(app, "extensions", {}):
-        app.extensions[EXTENSION].close()
-
-
-def _child_exit(server, worker) -> None:
+def _worker_exit(services) -> None:
+    """Close the store (flushes its writes), drop this worker's live metrics, write the last log lines."""
+    services.close()
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(worker.pid, directory)
+        multiprocess.mark_process_dead(os.getpid(), directory)
+    logging.shutdown()
 
 
-class GatewayServer(BaseApplication):
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        super().__init__()
+def _forget_dead_workers() -> None:
+    """Live gauges of workers that died without cleaning up (killed) must not count in `/metrics`."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    from prometheus_client import multiprocess
 
-    def load_config(self) -> None:
-        s = self.settings
-        options = {
-            "bind": [f"{s.host}:{s.port}"],
-            "workers": s.workers,
-            "threads": s.threads,
-            "worker_class": "gthread",
-            "graceful_timeout": s.graceful_timeout_s,
-            "timeout": max(30, int(s.model_timeout_s * (s.model_retries + 1)) + 10),
-            "keepalive": 5,
-            "preload_app": False,
-            "proc_name": "mnist-gateway",
-            "accesslog": None,
-            "logconfig_dict": logging_config(s.log_level),
-            "post_worker_init": _warm_up,
-            "worker_exit": _close,
-            "child_exit": _child_exit,
-            # gunicorn's own header limits; the body limit is the app's (MAX_CONTENT_LENGTH -> 413 JSON).
-            "limit_request_line": 8190,
-            "limit_request_fields": 100,
-        }
-        # gunicorn >= 25.1 opens a control socket at one fixed path per user: several gateways on one host
-        # (tests, replicas) would fight over it, and nothing here uses gunicornc.
-        if "control_socket_disable" in self.cfg.settings:
-            options["control_socket_disable"] = True
-        for key, value in options.items():
-            self.cfg.set(key, value)
+    for path in Path(directory).glob("gauge_live*_*.db"):
+        match = re.search(r"_(\d+)\.db$", path.name)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)
 
-    def load(self):
-        from gateway.app import create_app
 
-        return create_app(self.settings)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_server(settings: Settings):
+    from granian.constants import Interfaces, Loops
+    from granian.http import HTTP1Settings
+    from granian.server import Server
+
+    return Server(
+        "gateway.server:worker_app",
+        factory=True,
+        interface=Interfaces.WSGI,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        blocking_threads=settings.threads,
+        loop=Loops.asyncio,
+        http1_settings=HTTP1Settings(max_buffer_size=HEADER_BUFFER_BYTES),
+        websockets=False,
+        log_dictconfig=logging_config(settings.log_level),
+        log_level=settings.log_level.lower(),
+        log_access=False,
+        workers_kill_timeout=settings.graceful_timeout_s,
+        workers_lifetime=settings.worker_lifetime_s or None,
+        respawn_failed_workers=True,
+        respawn_interval=1.0,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="mnist-gateway",
-        description="Run the MNIST gateway (Flask under gunicorn). Settings come from the environment "
-        "(see docs/gateway.md); the options below override them.",
+        description="Run the MNIST gateway (Flask under Granian's WSGI server). Settings come from the "
+        "environment (see docs/gateway.md); the options below override them.",
     )
     parser.add_argument("--host", help="address to bind (GATEWAY_HOST, default 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port to bind (GATEWAY_PORT, default 8080)")
@@ -133,7 +161,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    env = dict(os.environ)
     for flag, name in (
         ("host", "GATEWAY_HOST"),
         ("port", "GATEWAY_PORT"),
@@ -141,16 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         ("threads", "GATEWAY_THREADS"),
     ):
         if getattr(args, flag) is not None:
-            env[name] = str(getattr(args, flag))
+            os.environ[name] = str(getattr(args, flag))  # the workers read the same environment
     try:
-        settings = Settings.from_env(env)
+        settings = Settings.from_env()
     except SettingsError as exc:
         print(f"mnist-gateway: error: {exc}", file=sys.stderr)
         return 2
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Before anything imports prometheus_client: workers then share their samples through files here.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnist-gateway-metrics-")
-    GatewayServer(settings).run()
+    build_server(settings).serve()
     return 0
 
 

@@ -1,6 +1,6 @@
 """The app's resources in one object: settings, metrics, and the model client and store, made on first use.
 
-Made lazily so that gunicorn workers open their gRPC channel and Cassandra session after the fork.
+Made lazily so that server workers open their gRPC channel and Cassandra session after the fork.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 
 - `GATEWAY_ENV` (`development`): `development` or `production`; production refuses an empty or weak OPS_TOKEN.
 - `GATEWAY_HOST` (`0.0.0.0`), `GATEWAY_PORT` (`8080`): where `mnist-gateway` listens.
-- `GATEWAY_WORKERS` (`1`): gunicorn worker processes (metrics switch to multiprocess mode above 1).
+- `GATEWAY_WORKERS` (`1`): worker processes (metrics switch to multiprocess mode above 1).
 - `GATEWAY_THREADS` (`16`): threads per worker (requests mostly wait on gRPC, so threads go far).
 - `GATEWAY_GRACEFUL_TIMEOUT_S` (`20`): time a worker gets to finish requests and flush the store on shutdown.
+- `GATEWAY_WORKER_LIFETIME_S` (`0`): replace each worker gracefully after this long (0: never; else >= 60).
 - `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body; more is a 413.
 - `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413.
 - `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): durable local spool for predictions Cassandra cannot take yet.
@@ -55,6 +56,7 @@ class Settings:
     workers: int = 1
     threads: int = 16
     graceful_timeout_s: int = 20
+    worker_lifetime_s: int = 0
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     spool_dir: str = ".state/gateway-spool"
@@ -108,6 +110,7 @@ class Settings:
             workers=integer("GATEWAY_WORKERS", d["workers"].default),
             threads=integer("GATEWAY_THREADS", d["threads"].default),
             graceful_timeout_s=integer("GATEWAY_GRACEFUL_TIMEOUT_S", d["graceful_timeout_s"].default),
+            worker_lifetime_s=integer("GATEWAY_WORKER_LIFETIME_S", d["worker_lifetime_s"].default),
             max_upload_bytes=integer("GATEWAY_MAX_UPLOAD_BYTES", d["max_upload_bytes"].default),
             max_image_pixels=integer("GATEWAY_MAX_IMAGE_PIXELS", d["max_image_pixels"].default),
             spool_dir=get("GATEWAY_SPOOL_DIR", d["spool_dir"].default),
@@ -146,6 +149,10 @@ class Settings:
         check(1 <= self.workers <= 64, f"GATEWAY_WORKERS must be 1-64, got {self.workers}")
         check(1 <= self.threads <= 256, f"GATEWAY_THREADS must be 1-256, got {self.threads}")
         check(self.graceful_timeout_s >= 1, "GATEWAY_GRACEFUL_TIMEOUT_S must be at least 1")
+        check(
+            self.worker_lifetime_s == 0 or 60 <= self.worker_lifetime_s <= 30 * 86400,
+            "GATEWAY_WORKER_LIFETIME_S must be 0 (never) or 60-2592000",
+        )
         check(self.max_upload_bytes >= 1024, "GATEWAY_MAX_UPLOAD_BYTES must be at least 1024")
         check(self.max_image_pixels >= 28 * 28, "GATEWAY_MAX_IMAGE_PIXELS must be at least 784")
         check(bool(self.spool_dir), "GATEWAY_SPOOL_DIR must not be empty")

@@ -1,4 +1,4 @@
-"""The gateway end to end: the real `mnist-gateway` (gunicorn) over HTTP, a real `mnist-serve` with a model
+"""The gateway end to end: the real `mnist-gateway` (Granian) over HTTP, a real `mnist-serve` with a model
 exported by the training code, and a real Cassandra node.
 
 Writes to Cassandra are asynchronous by design: tests poll Cassandra (or the API reading it) until rows land.

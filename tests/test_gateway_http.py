@@ -6,6 +6,7 @@ the point here is how the gateway answers, not the model or Cassandra (tests/tes
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from PIL import Image
 from gateway.app import create_app
 from gateway.errors import ModelUnavailable, ModelVersionNotFound
 from gateway.model_client import Prediction, VersionStatus
+from gateway.routes.predict import png_base64
 from gateway.settings import Settings
 from tests.fixtures.gateway_server import LiveGateway
 
@@ -114,6 +116,14 @@ def test_a_good_upload_answers_json_and_is_recorded(make_gateway):
     seen = Image.open(io.BytesIO(__import__("base64").b64decode(body["input"]["png_base64"])))
     assert seen.size == (28, 28)
     assert len(store.records) == 1 and str(store.records[0].id) == body["id"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_answer_png_holds_exactly_the_model_input(seed):
+    image = np.random.default_rng(seed).integers(0, 256, (28, 56), dtype=np.uint8)[:, ::2]  # not contiguous
+    decoded = Image.open(io.BytesIO(base64.b64decode(png_base64(image))))
+    assert decoded.format == "PNG" and decoded.mode == "L" and decoded.size == (28, 28)
+    assert np.array_equal(np.asarray(decoded), image)
 
 
 def test_model_choice_by_query(make_gateway):

@@ -31,6 +31,7 @@ def test_every_variable_is_read():
             "GATEWAY_WORKERS": "3",
             "GATEWAY_THREADS": "4",
             "GATEWAY_GRACEFUL_TIMEOUT_S": "7",
+            "GATEWAY_WORKER_LIFETIME_S": "3600",
             "GATEWAY_MAX_UPLOAD_BYTES": "2048",
             "GATEWAY_MAX_IMAGE_PIXELS": "1000",
             "GATEWAY_SPOOL_DIR": "/tmp/spool",
@@ -59,6 +60,7 @@ def test_every_variable_is_read():
         4,
         7,
     )
+    assert s.worker_lifetime_s == 3600
     assert (s.max_upload_bytes, s.max_image_pixels, s.spool_dir, s.page_size, s.retry_after_s) == (
         2048,
         1000,
@@ -92,6 +94,8 @@ def test_every_variable_is_read():
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"CASSANDRA_TTL_DAYS": "-1"}, "CASSANDRA_TTL_DAYS"),
         ({"CASSANDRA_WRITE_LINGER_MS": "5000"}, "CASSANDRA_WRITE_LINGER_MS"),
+        ({"GATEWAY_WORKER_LIFETIME_S": "59"}, "GATEWAY_WORKER_LIFETIME_S"),
+        ({"GATEWAY_WORKER_LIFETIME_S": "-1"}, "GATEWAY_WORKER_LIFETIME_S"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
     ],

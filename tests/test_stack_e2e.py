@@ -149,7 +149,7 @@ def test_make_up_runs_the_whole_stack_and_stops_cleanly(
             assert any(line.startswith(part) for line in run.lines), part
         assert (state / "logs" / "gateway.log").stat().st_size > 0
         processes = run.descendants()
-        assert len(processes) >= 4  # three parts, Cassandra's JVM, gunicorn's worker
+        assert len(processes) >= 4  # three parts, Cassandra's JVM, the gateway's worker
     finally:
         if run.process.poll() is None:
             os.killpg(run.process.pid, signal.SIGINT)  # Ctrl-C in the terminal

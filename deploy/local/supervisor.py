@@ -1,7 +1,7 @@
 """Start, watch and stop the local stack's processes.
 
 Each part runs in its own process group (its own session), so stopping it reaches whatever it started too
-(Cassandra's JVM, gunicorn's workers), and a Ctrl-C in the terminal reaches only the runner, which then
+(Cassandra's JVM, the gateway's workers), and a Ctrl-C in the terminal reaches only the runner, which then
 stops the parts in reverse start order. Output is merged, prefixed with the part's name, and also kept in one
 log file per part. A part that exits on its own is an error the runner reports, never a silently
 half-running stack.
