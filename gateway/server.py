@@ -1,7 +1,7 @@
 """`mnist-gateway`: the gateway under Granian's WSGI server, on GATEWAY_HOST:GATEWAY_PORT.
 
 Granian parses HTTP in Rust and hands each request to one of GATEWAY_THREADS Python threads per worker
-process (GATEWAY_WORKERS): about a third of gunicorn `gthread`'s CPU per request here (docs/gateway.md).
+process (GATEWAY_WORKERS): 13-19% less CPU per request than gunicorn `gthread` here (docs/gateway.md).
 
 Each worker builds its own app after the fork (`worker_app`), so its gRPC channel and Cassandra session are
 its own; a background warm-up opens both before the first request needs them. On SIGTERM/SIGINT Granian
