@@ -32,6 +32,13 @@ log = logging.getLogger("gateway.server")
 HEADER_BUFFER_BYTES = 64 * 1024
 
 
+class ThreadAdviceFilter(logging.Filter):
+    """Drops Granian's start-up advice against more threads than cores: these threads wait on gRPC."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Python threads, which seems quite high" not in record.getMessage()
+
+
 def logging_config(level: str) -> dict:
     """Granian's logs and the app's as JSON lines on stderr (Granian's access log is off: the app logs)."""
     handler = {"()": "gateway.logs.BackgroundStreamHandler", "formatter": "json"}
@@ -39,10 +46,16 @@ def logging_config(level: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": "gateway.logs.JsonFormatter"}},
+        "filters": {"thread_advice": {"()": "gateway.server.ThreadAdviceFilter"}},
         "handlers": {"json": handler},
         "root": {"level": level, "handlers": ["json"]},
         "loggers": {
-            "_granian": {"level": level, "handlers": ["json"], "propagate": False},
+            "_granian": {
+                "level": level,
+                "handlers": ["json"],
+                "propagate": False,
+                "filters": ["thread_advice"],
+            },
             "granian.access": {"level": "WARNING", "handlers": ["json"], "propagate": False},
             # The driver logs every failed reconnection with a traceback; the store says it once, plainly.
             "cassandra": {"level": "ERROR"},
