@@ -167,9 +167,12 @@ def test_upload_by_file_picker_and_errors_are_shown(browser, gateway_server, mni
     page.locator("#clear-btn").click()
     page.locator("#predict-btn").click()
     assert page.locator("#status").inner_text() == "Draw a digit first."
-    assert seen == {"errors": [], "outside": []} or seen["errors"] == [
-        "Failed to load resource: the server responded with a status of 415 (UNSUPPORTED MEDIA TYPE)"
-    ]
+    # Chromium may log the 415 with the server's reason phrase (its case is the server's choice).
+    assert seen["outside"] == []
+    assert [e.lower() for e in seen["errors"]] in (
+        [],
+        ["failed to load resource: the server responded with a status of 415 (unsupported media type)"],
+    )
     page.close()
 
 
