@@ -19,15 +19,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
+import time
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from gateway import imaging
 from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_PIXELS = 25_000_000  # a 24 MP phone photo passes; far below Pillow's own bomb limit (89 MP)
+# Memory one decoding may take (the decoded first frame in Pillow's storage for its mode, plus what its
+# decoder holds beside it): a 16 MP RGB(A) PNG, a 32 MP 16-bit grey PNG, a 64 MP grey one. JPEGs are
+# drafted to about DECODE_SIZE while decoding, so phone photos cost a few MiB.
+DEFAULT_MAX_DECODE_BYTES = 64 * 2**20
+# CPU time (of the request's thread) decoding may take: a walk through millions of PNG chunks, JPEG markers,
+# GIF blocks or TIFF strips stops here. The steps after decoding work on ANALYSIS_SIZE pictures.
+DEFAULT_CPU_BUDGET_S = 0.5
+MAX_TIFF_STRIPS = 16_384  # Pillow lists a TIFF page's strips in Python when it opens the file
 DECODE_SIZE = 400  # big JPEGs are decoded at 1/2, 1/4 or 1/8 scale, down to no less than this (long side)
 # The analysis (lighting, threshold, components, box) runs on the picture reduced to this long side, so its
 # cost hardly depends on the upload's size. A digit is fitted to 20x20 in the end: at this size strokes
@@ -51,6 +61,29 @@ _SIGNATURES: tuple[tuple[str, bytes, int], ...] = (
     ("TIFF", b"MM\x00*", 0),
 )
 SUPPORTED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# Pillow stores these modes in 1 or 2 bytes a pixel, every other one in 4 (RGB included).
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Decoders that hold copies of the frame beside Pillow's: libwebp decodes into a canvas of its own and hands
+# Pillow a copy; Pillow's RLE BMP decoder builds the frame in a bytearray and copies it. Three at once.
+_DECODE_COPIES = {"WEBP": 3, "bmp_rle": 3}
+_BAND_BYTES = 2 * 2**20  # rows converted and reduced at a time (in 4-byte pixels)
+_ORIENTATION = 0x0112
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_QUARTER_TURNS = {
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+}
+_STRIP_OFFSETS, _TILE_OFFSETS = 273, 324
 _DECODE_ERRORS = (
     OSError,
     SyntaxError,
@@ -71,7 +104,6 @@ class Preprocessed:
     width: int  # of the upload, after EXIF rotation
     height: int
     mode: str  # Pillow's mode of the upload (RGB, RGBA, P, L, I;16, CMYK, ...)
-    frames: int  # > 1 for an animation: only the first frame is used
     inverted: bool  # dark ink on a light background was found (and turned into white on black)
 
 
@@ -85,7 +117,13 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocessed:
+def to_mnist(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    cpu_budget_s: float = DEFAULT_CPU_BUDGET_S,
+) -> Preprocessed:
     """The MNIST-style 28x28 input for an uploaded picture; raises InvalidInput, UnsupportedMediaType or
     PayloadTooLarge with a message fit for the client."""
     if not data:
@@ -93,8 +131,9 @@ def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess
     fmt = sniff_format(data)
     if fmt is None:
         raise UnsupportedMediaType("not a supported image: send a PNG, JPEG, GIF, BMP, WebP or TIFF picture")
-    image, frames, mode, (width, height) = _decode(data, fmt, max_pixels)
-    image = _normalised(image)
+    budget = _CpuBudget(cpu_budget_s)
+    decoded, mode, (width, height) = _decode(data, fmt, max_pixels, max_decode_bytes, budget)
+    image = _reduced(decoded, budget)
     pixels, backdrop = _pixels(image)
     if (width, height) == (imaging.MNIST_SIZE,) * 2:
         ink, inverted = imaging.ink_map(pixels)
@@ -103,11 +142,12 @@ def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess
             digit = _extract_digit(ink, smooth_radius=0)[0]
     else:
         digit, inverted, box = _find_digit(pixels, large=min(width, height) >= LARGE)
-        region = _refine_region(box, pixels.shape, image.size)
+        region = _refine_region(box, pixels.shape, decoded.size)
         if region is not None:
-            crop = image.crop(region)
+            crop = _reduced(decoded, budget, region)
             pixels, _ = _pixels(crop, backdrop=backdrop)
-            digit, inverted, _ = _find_digit(pixels, large=min(crop.size) >= LARGE)
+            large = min(region[2] - region[0], region[3] - region[1]) >= LARGE
+            digit, inverted, _ = _find_digit(pixels, large=large)
     return Preprocessed(
         image=imaging.to_uint8(digit),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -115,16 +155,67 @@ def to_mnist(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Preprocess
         width=width,
         height=height,
         mode=mode,
-        frames=frames,
         inverted=inverted,
     )
 
 
-def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, str, tuple[int, int]]:
-    """Open, check the size from the header, decode the first frame, apply EXIF orientation. Also returns
-    the upload's size as displayed (a big JPEG is decoded smaller than it is)."""
+class _CpuBudget:
+    """The CPU time (of this thread) a decoding may still use; `check()` raises once it is spent."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._deadline = time.thread_time() + seconds
+
+    def check(self) -> None:
+        if time.thread_time() > self._deadline:
+            raise PayloadTooLarge(
+                f"the image takes more than {self.seconds:g} s of CPU to decode; send a simpler picture"
+            )
+
+
+class _BudgetedFile(io.BytesIO):
+    """The upload as the file Pillow reads. Every walk through a file's structure (PNG chunks, JPEG
+    markers, GIF blocks, TIFF strips) and every block fed to a decoder is a read or a seek, so checking
+    the budget there stops any of them, however the file is built."""
+
+    def __init__(self, data: bytes, budget: _CpuBudget) -> None:
+        super().__init__(data)
+        self._budget = budget
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        self._budget.check()
+        return super().read(size)
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        self._budget.check()
+        return super().seek(offset, whence)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """The first frame as decoded (stored orientation; a big JPEG drafted smaller) and how to show it."""
+
+    image: Image.Image
+    transpose: Image.Transpose | None  # EXIF orientation, applied to what is cut from `image`
+    grey_scale: float  # 16-bit and float pixels times this give 0..255
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The decoded size as displayed."""
+        w, h = self.image.size
+        return (h, w) if self.transpose in _QUARTER_TURNS else (w, h)
+
+
+def _decode(
+    data: bytes, fmt: str, max_pixels: int, max_bytes: int, budget: _CpuBudget
+) -> tuple[_Decoded, str, tuple[int, int]]:
+    """Open, check the size and the memory decoding will take from the header, decode the first frame and
+    nothing else (never counting frames or pages). Also returns the upload's mode and its size as
+    displayed (a big JPEG is decoded smaller than it is)."""
+    if fmt == "TIFF" and _tiff_strips(data) > MAX_TIFF_STRIPS:
+        raise InvalidInput(f"the TIFF image is cut into more than {MAX_TIFF_STRIPS:,} strips or tiles")
     try:
-        image = Image.open(io.BytesIO(data), formats=[fmt])
+        image = Image.open(_BudgetedFile(data, budget), formats=[fmt])
     except Image.DecompressionBombError:
         raise PayloadTooLarge("the image has too many pixels") from None
     except (UnidentifiedImageError, *_DECODE_ERRORS):
@@ -135,37 +226,125 @@ def _decode(data: bytes, fmt: str, max_pixels: int) -> tuple[Image.Image, int, s
         raise PayloadTooLarge(
             f"the image is {image.width}x{image.height} pixels; the limit is {max_pixels:,} pixels"
         )
-    mode = image.mode
-    size = image.size
-    frames = getattr(image, "n_frames", 1)
+    mode, size = image.mode, image.size
     try:
-        if frames > 1:
-            image.seek(0)
         if fmt == "JPEG" and max(image.size) > 2 * DECODE_SIZE:
             # Let the JPEG decoder downscale by 1/2, 1/4 or 1/8: big photos decode several times faster.
             scale = DECODE_SIZE / max(image.size)
             image.draft(None, (int(image.width * scale) + 1, int(image.height * scale) + 1))
+        cost = decode_bytes(image, fmt, size)
+        if cost > max_bytes:
+            raise PayloadTooLarge(
+                f"decoding this {size[0]}x{size[1]} {mode} image takes {cost / 2**20:.0f} MiB; "
+                f"the limit is {max_bytes / 2**20:.0f} MiB"
+            )
         image.load()
-        decoded = image.size
-        image = ImageOps.exif_transpose(image)
-        if image.size != decoded:  # rotated by a quarter turn
-            size = size[::-1]
+        transpose = _TRANSPOSES.get(image.getexif().get(_ORIENTATION, 1))
+        grey_scale = _grey_scale(image)
     except Image.DecompressionBombError:
         raise PayloadTooLarge("the image has too many pixels") from None
     except _DECODE_ERRORS:
         raise InvalidInput(f"the {fmt} image is corrupt or truncated") from None
-    return image, frames, mode, size
+    if transpose in _QUARTER_TURNS:
+        size = size[::-1]
+    return _Decoded(image, transpose, grey_scale), mode, size
 
 
-def _normalised(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> L, RGB or RGBA (16-bit and float scaled to 8 bits, palettes and transparency
-    to RGBA)."""
+def decode_bytes(image: Image.Image, fmt: str, size: tuple[int, int]) -> int:
+    """The memory decoding an opened image takes, from its header: the decoded frame in Pillow's storage
+    for its mode, the copies some decoders hold beside it, and a progressive JPEG's coefficients (kept at
+    full size however small the JPEG is drafted)."""
+    decoder = image.tile[0][0] if image.tile else ""
+    copies = max(_DECODE_COPIES.get(fmt, 1), _DECODE_COPIES.get(decoder, 1))
+    cost = image.width * image.height * _BYTES_PER_PIXEL.get(image.mode, 4) * copies
+    if fmt == "JPEG" and image.info.get("progressive"):
+        layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+        h_max = max(layer[1] for layer in layers)
+        v_max = max(layer[2] for layer in layers)
+        area = sum(layer[1] * layer[2] for layer in layers) / (h_max * v_max)
+        cost += int(size[0] * size[1] * area * 2)  # 16-bit coefficients per sample
+    return cost
+
+
+def _tiff_strips(data: bytes) -> int:
+    """How many strips or tiles the first page of a TIFF has, from its first directory (0 if unreadable:
+    Pillow then says what is wrong). Pillow lists them all when it opens the file."""
+    order = "<" if data[:2] == b"II" else ">"
+    try:
+        (offset,) = struct.unpack_from(order + "I", data, 4)
+        (entries,) = struct.unpack_from(order + "H", data, offset)
+        for i in range(entries):
+            tag, _, count = struct.unpack_from(order + "HHI", data, offset + 2 + 12 * i)
+            if tag in (_STRIP_OFFSETS, _TILE_OFFSETS):
+                return count
+    except struct.error:
+        return 0
+    return 0
+
+
+def _grey_scale(image: Image.Image) -> float:
+    """What 16-bit, 32-bit and float pixels are multiplied by to land on 0..255 (decided on the whole
+    picture, so that every band of it is scaled alike)."""
+    if image.mode.startswith("I;16"):
+        return 1 / 257
+    if image.mode not in ("I", "F"):
+        return 1.0
+    low, high = image.getextrema()
+    if high > 255:
+        return 1 / 257
+    return 255.0 if image.mode == "F" and high <= 1.0 else 1.0
+
+
+def _reduced(
+    decoded: _Decoded, budget: _CpuBudget, region: tuple[int, int, int, int] | None = None
+) -> Image.Image:
+    """The picture (or `region` of it, in displayed coordinates) as L, RGB or RGBA, as displayed, reduced
+    by a whole factor towards ANALYSIS_SIZE. Converted and reduced a band of rows at a time: whatever the
+    mode (a palette or 16-bit picture grows fourfold when converted), only the decoded frame itself is
+    ever held at full size."""
+    image = decoded.image
+    box = (0, 0, *image.size) if region is None else _stored_box(region, decoded.transpose, image.size)
+    width, height = box[2] - box[0], box[3] - box[1]
+    # Reduced to at least twice ANALYSIS_SIZE, as Pillow's resize(reducing_gap=2.0) would: _pixels finishes.
+    factor = max(1, int(max(width, height) / ANALYSIS_SIZE / 2.0))
+    rows = factor * max(1, _BAND_BYTES // (width * 4 * factor))
+    reduced: Image.Image | None = None
+    for top in range(box[1], box[3], rows):
+        budget.check()
+        band = _normalised(image.crop((box[0], top, box[2], min(top + rows, box[3]))), decoded.grey_scale)
+        if factor > 1:
+            band = band.reduce(factor)
+        if reduced is None:
+            reduced = Image.new(band.mode, (-(-width // factor), -(-height // factor)))
+        reduced.paste(band, (0, (top - box[1]) // factor))
+    assert reduced is not None
+    return reduced if decoded.transpose is None else reduced.transpose(decoded.transpose)
+
+
+def _stored_box(
+    box: tuple[int, int, int, int], transpose: Image.Transpose | None, size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """A box (left, top, right, bottom) of the picture as displayed, in the stored picture's coordinates."""
+    left, top, right, bottom = box
+    w, h = size
+    T = Image.Transpose
+    return {
+        None: (left, top, right, bottom),
+        T.FLIP_LEFT_RIGHT: (w - right, top, w - left, bottom),
+        T.ROTATE_180: (w - right, h - bottom, w - left, h - top),
+        T.FLIP_TOP_BOTTOM: (left, h - bottom, right, h - top),
+        T.TRANSPOSE: (top, left, bottom, right),
+        T.ROTATE_270: (top, h - right, bottom, h - left),
+        T.TRANSVERSE: (w - bottom, h - right, w - top, h - left),
+        T.ROTATE_90: (w - bottom, left, w - top, right),
+    }[transpose]
+
+
+def _normalised(image: Image.Image, grey_scale: float = 1.0) -> Image.Image:
+    """Any Pillow mode -> L, RGB or RGBA (16-bit and float scaled by `grey_scale`, palettes and
+    transparency to RGBA)."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float32)
-        if image.mode.startswith("I;16") or values.max() > 255:
-            values = values / 257.0  # 16-bit range to 8-bit
-        elif image.mode == "F" and values.max() <= 1.0:
-            values = values * 255.0
+        values = np.asarray(image, dtype=np.float32) * np.float32(grey_scale)
         return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), "L")
     if image.mode == "1":
         return image.convert("L")

