@@ -46,6 +46,16 @@ LATENCY_BUCKETS = (
 )
 
 
+# Label values come from a closed set: a client choosing them could make a new time series per request.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
@@ -136,9 +146,9 @@ def init_app(app: Flask, metrics: GatewayMetrics, spool_depth: Callable[[], int]
 
     @app.after_request
     def _count(response: Response) -> Response:
-        # Route templates, not raw paths: unknown URLs must not make new time series.
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        # Route templates, not raw paths, and known methods: unknown ones must not make new time series.
+        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
+        metrics.requests.labels(route, method_label(request.method), str(response.status_code)).inc()
         started = g.get("started")
         if started is not None:
             metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
