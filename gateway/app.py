@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import http_errors, logs, metrics, ops, routes
+from gateway import http_errors, logs, metrics, ops, ratelimit, routes
 from gateway.services import EXTENSION, Services
 from gateway.settings import Settings
 
@@ -38,5 +38,6 @@ def create_app(settings: Settings | None = None, *, model_client: Any = None, st
     metrics.init_app(app, app_metrics, spool_depth=lambda: services_.store.spool_depth())
     http_errors.init_app(app, retry_after_s=settings.retry_after_s)
     routes.init_app(app)
+    ratelimit.init_app(app, rate_limit=settings.rate_limit)
     ops.init_app(app)
     return app

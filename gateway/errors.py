@@ -45,6 +45,20 @@ class ModelVersionNotFound(NotFound):
     code = "model_version_not_found"
 
 
+class Conflict(GatewayError):
+    """The request contradicts what is already recorded (a second, different feedback label)."""
+
+    status = 409
+    code = "conflict"
+
+
+class TooManyRequests(GatewayError):
+    """A client sent more requests to a write route than its rate limit allows; retry after `retry_after`."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class PayloadTooLarge(GatewayError):
     """The body, or the image's pixel count, is over the configured limit."""
 

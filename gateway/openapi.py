@@ -69,11 +69,18 @@ _UPLOAD_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
+_RATE_LIMITED = _error(
+    "this client sent more write requests than `GATEWAY_RATE_LIMIT` allows; retry after `Retry-After` s",
+    retry_after=True,
+)
 _UPLOAD_ERRORS = {
     "400": _error("the upload is missing, empty, corrupt or a parameter is wrong"),
     "404": _error("the label or version asked for is not served"),
-    "413": _error("the body or the decoded image is over the size limit"),
+    "413": _error(
+        "the body, the decoded image's pixels or the memory or CPU time decoding it takes is over its limit"
+    ),
     "415": _error("the upload is not an image format the gateway reads"),
+    "429": _RATE_LIMITED,
     "502": _error("the model server rejected the request (a contract problem, not the client's)"),
     "503": _error("the model server is unavailable; retry after `Retry-After` seconds", retry_after=True),
 }
@@ -228,7 +235,8 @@ def openapi_spec() -> dict:
                         "name": "cursor",
                         "in": "query",
                         "required": False,
-                        "description": "opaque `next_cursor` of the previous page",
+                        "description": "opaque `next_cursor` of the previous page (a page may come back "
+                        "short, even empty, with a `next_cursor`: keep following it until it is null)",
                         "schema": {"type": "string"},
                     },
                 ],
@@ -256,7 +264,10 @@ def openapi_spec() -> dict:
             "post": {
                 "operationId": "addFeedback",
                 "summary": "Record the true digit of a prediction",
+                "description": "The first label wins: the same label again is a 200, a different one a 409. "
+                "With the ops token (`Authorization: Bearer <OPS_TOKEN>`) an operator replaces the label.",
                 "parameters": [_ID_PARAM],
+                "security": [{}, {"opsToken": []}],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": _ref("Feedback")}},
@@ -264,7 +275,11 @@ def openapi_spec() -> dict:
                 "responses": {
                     "200": _json(_ref("FeedbackAck"), "recorded"),
                     "400": _error("not a prediction id, or the label is not 0-9"),
+                    "401": _error("an Authorization header without the right ops token"),
+                    "403": _error("an Authorization header while operator access is disabled (no OPS_TOKEN)"),
                     "404": _error("no such prediction"),
+                    "409": _error("the prediction already has another label (only an operator changes it)"),
+                    "429": _RATE_LIMITED,
                     "503": _error("Cassandra is unavailable", retry_after=True),
                 },
             }

@@ -23,13 +23,25 @@ bp = Blueprint("ops", __name__, url_prefix="/ops")
 log = logging.getLogger("gateway.ops")
 
 
-@bp.before_request
-def _require_token() -> None:
+def is_operator() -> bool:
+    """Whether the request carries the ops token. A wrong or unusable one is a 401, never a silent
+    downgrade to an anonymous caller; no Authorization header at all is simply not an operator."""
+    if "Authorization" not in request.headers:
+        return False
     token = services.current().settings.ops_token
     if not token:
-        raise Forbidden("ops endpoints are disabled: set OPS_TOKEN to enable them")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        raise Forbidden("operator access is disabled: set OPS_TOKEN to enable it")
+    scheme, _, given = request.headers["Authorization"].partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("send 'Authorization: Bearer <OPS_TOKEN>'")
+    return True
+
+
+@bp.before_request
+def _require_token() -> None:
+    if not services.current().settings.ops_token:
+        raise Forbidden("ops endpoints are disabled: set OPS_TOKEN to enable them")
+    if not is_operator():
         raise Unauthorized("send 'Authorization: Bearer <OPS_TOKEN>'")
 
 

@@ -14,6 +14,8 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): durable local spool for predictions Cassandra cannot take yet.
 - `GATEWAY_PAGE_SIZE` (`20`): default page size of `GET /v1/predictions` (at most 100).
 - `GATEWAY_RETRY_AFTER_S` (`5`): `Retry-After` seconds sent with 503 answers.
+- `GATEWAY_RATE_LIMIT` (`20000/minute`): requests per client address to the write routes (predictions,
+  feedback), per worker, as `N/second|minute|hour|day` (several separated by `;`); more is a 429.
 - `MODEL_SERVER_GRPC` (`localhost:8500`): TF Serving (or `mnist-serve`) gRPC address.
 - `MODEL_NAME` (`mnist`), `MODEL_LABEL` (`stable`): the model asked, and the label used unless a request asks.
 - `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
@@ -36,6 +38,8 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from limits import parse_many
 
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -62,6 +66,7 @@ class Settings:
     spool_dir: str = ".state/gateway-spool"
     page_size: int = 20
     retry_after_s: int = 5
+    rate_limit: str = "20000/minute"
     model_server_grpc: str = "localhost:8500"
     model_name: str = "mnist"
     model_label: str = "stable"
@@ -116,6 +121,7 @@ class Settings:
             spool_dir=get("GATEWAY_SPOOL_DIR", d["spool_dir"].default),
             page_size=integer("GATEWAY_PAGE_SIZE", d["page_size"].default),
             retry_after_s=integer("GATEWAY_RETRY_AFTER_S", d["retry_after_s"].default),
+            rate_limit=get("GATEWAY_RATE_LIMIT", d["rate_limit"].default),
             model_server_grpc=get("MODEL_SERVER_GRPC", d["model_server_grpc"].default),
             model_name=get("MODEL_NAME", d["model_name"].default),
             model_label=get("MODEL_LABEL", d["model_label"].default),
@@ -159,6 +165,10 @@ class Settings:
         check(1 <= self.page_size <= MAX_PAGE_SIZE, f"GATEWAY_PAGE_SIZE must be 1-{MAX_PAGE_SIZE}")
         check(self.retry_after_s >= 1, "GATEWAY_RETRY_AFTER_S must be at least 1")
         check(
+            _is_rate_limit(self.rate_limit),
+            f"GATEWAY_RATE_LIMIT must be like 600/minute (several separated by ';'), got {self.rate_limit!r}",
+        )
+        check(
             _is_host_port(self.model_server_grpc),
             f"MODEL_SERVER_GRPC must be host:port, got {self.model_server_grpc!r}",
         )
@@ -189,6 +199,13 @@ class Settings:
     @property
     def ops_enabled(self) -> bool:
         return bool(self.ops_token)
+
+
+def _is_rate_limit(value: str) -> bool:
+    try:
+        return bool(parse_many(value))
+    except ValueError:
+        return False
 
 
 def _is_host_port(value: str) -> bool:

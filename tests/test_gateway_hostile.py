@@ -4,13 +4,24 @@ tests/test_gateway_http.py (tests/test_gateway_e2e.py covers the reads and feedb
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
+import uuid
 
 import pytest
 import requests
 
+from gateway import ratelimit
+from gateway.errors import Conflict
 from tests import hostile_uploads
-from tests.test_gateway_http import error_of, make_gateway, png  # noqa: F401 - make_gateway: a fixture
+from tests.fixtures.gateway_server import OPS_TOKEN
+from tests.test_gateway_http import (  # noqa: F401 - make_gateway: a fixture
+    StoreDouble,
+    error_of,
+    make_gateway,
+    png,
+)
 
 
 @pytest.fixture
@@ -61,3 +72,63 @@ def test_a_broken_second_page_is_not_a_500(serve):
     gw, _, _ = serve()
     r = requests.post(f"{gw.url}/v1/predict", data=hostile_uploads.tiff_pages(3, broken_second=True))
     assert r.status_code == 200, r.text
+
+
+class FeedbackStore(StoreDouble):
+    """Feedback as the real store keeps it: the first label wins unless an operator corrects it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.labels: dict = {}
+
+    def add_feedback(self, prediction_id, label, *, correct=False) -> None:
+        known = self.labels.setdefault(prediction_id, label)
+        if known != label and not correct:
+            raise Conflict(f"this prediction already has feedback (label {known})")
+        self.labels[prediction_id] = label
+
+
+def post_from(url: str, path: str, body: bytes, source: str) -> tuple[int, dict, bytes]:
+    """POST from a chosen loopback address (each one is another client to the rate limit)."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30, source_address=(source, 0))
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/octet-stream"})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_write_routes_are_rate_limited_per_client_just_under_and_over(serve):
+    gw, model, _ = serve(rate_limit="5/minute")
+    for _ in range(5):
+        assert post_from(gw.url, "/v1/predict", png(), "127.0.0.1")[0] == 200
+    status, headers, body = post_from(gw.url, "/v1/predict", png(), "127.0.0.1")
+    assert status == 429
+    assert 1 <= int(headers["Retry-After"]) <= 61  # the window, rounded up to whole seconds
+    assert json.loads(body)["error"]["code"] == "too_many_requests"
+    assert len(model.calls) == 5  # the sixth never reached the model
+    # The budget is shared by every write route, and belongs to one client address.
+    assert post_from(gw.url, "/mnist", png(), "127.0.0.1")[0] == 429
+    assert post_from(gw.url, "/v1/predict", png(), "127.0.0.2")[0] == 200
+    assert requests.get(f"{gw.url}/v1/predictions/{uuid.uuid1()}").status_code != 429  # reads are not limited
+
+
+def test_every_write_route_is_rate_limited(serve):
+    gw, _, _ = serve()
+    posts = {rule.endpoint for rule in gw.app.url_map.iter_rules() if "POST" in (rule.methods or ())}
+    assert posts - {e for e in posts if e.startswith("ops.")} == set(ratelimit.WRITE_ENDPOINTS)
+
+
+def test_feedback_first_label_wins_and_only_an_operator_corrects_it(serve):
+    gw, _, store = serve(store=FeedbackStore(), ops_token=OPS_TOKEN)
+    url = f"{gw.url}/v1/predictions/{uuid.uuid1()}/feedback"
+    assert requests.post(url, json={"label": 3}).status_code == 200
+    assert requests.post(url, json={"label": 3}).status_code == 200  # the same again: nothing changes
+    r = requests.post(url, json={"label": 5})
+    assert r.status_code == 409 and error_of(r)["code"] == "conflict" and "label 3" in error_of(r)["message"]
+    r = requests.post(url, json={"label": 5}, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+    r = requests.post(url, json={"label": 5}, headers={"Authorization": f"Bearer {OPS_TOKEN}"})
+    assert r.status_code == 200 and list(store.labels.values()) == [5]

@@ -142,7 +142,7 @@ def test_feedback_is_checked_and_read_back(store):
     store.record(record)
     assert wait_until(lambda: settled(store) and store.get(record.id) is not None)
     store.add_feedback(record.id, 5)
-    store.add_feedback(record.id, 4)  # the latest label wins
+    store.add_feedback(record.id, 4, correct=True)  # an operator's correction replaces the first label
     assert store.get(record.id).feedback_label == 4
     assert store.recent(1).items[0].feedback_label == 4
     for bad in (-1, 10, True, "3", 3.0):

@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 from flask import Blueprint, jsonify, request
 
-from gateway import services
+from gateway import ops, services
 from gateway.errors import InvalidInput, NotFound
 from gateway.logs import add_log_fields
 from gateway.routes.predict import png_base64
@@ -85,14 +85,13 @@ def get_prediction(raw_id: str):
 
 @bp.post("/v1/predictions/<raw_id>/feedback")
 def feedback(raw_id: str):
+    """The first label wins; a different one is a 409, unless an operator (the ops token) corrects it."""
     prediction_id = parse_id(raw_id)
     body = request.get_json(silent=True)
     label = body.get("label") if isinstance(body, dict) else None
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
         raise InvalidInput('send JSON {"label": N} with the true digit N from 0 to 9')
-    store = services.current().store
-    if store.get(prediction_id) is None:
-        raise NotFound("no prediction with this id")
-    store.add_feedback(prediction_id, label)
-    add_log_fields(prediction_id=str(prediction_id), feedback_label=label)
+    correct = ops.is_operator()
+    services.current().store.add_feedback(prediction_id, label, correct=correct)
+    add_log_fields(prediction_id=str(prediction_id), feedback_label=label, feedback_by_operator=correct)
     return jsonify({"id": str(prediction_id), "label": label})

@@ -10,6 +10,8 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
+from cassandra.util import min_uuid_from_time
+
 # 100-ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
 _UUID_EPOCH_OFFSET = 0x01B21DD213814000
 
@@ -39,7 +41,16 @@ def days_newest_first(start: date, oldest: date) -> Iterator[date]:
 
 def scan_window(now: datetime, retention_days: int, cursor_id: uuid.UUID | None = None) -> tuple[date, date]:
     """(first day to read, oldest day to read) for a page: from the cursor's day (or today, plus one day of
-    clock skew between hosts) back to the oldest day whose rows have not expired."""
+    clock skew between hosts; a cursor from the future is clamped to that) back to the oldest day whose
+    rows have not expired."""
     today = day_of(now)
-    start = day_of(cursor_id) if cursor_id is not None else today + timedelta(days=1)
+    latest = today + timedelta(days=1)
+    start = min(day_of(cursor_id), latest) if cursor_id is not None else latest
     return start, today - timedelta(days=max(retention_days, 0))
+
+
+def start_of_day_cursor(day: date) -> uuid.UUID:
+    """The smallest time UUID of `day`: as a cursor, it continues a scan with the day before (every
+    prediction of `day` sorts after it)."""
+    midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return min_uuid_from_time(midnight)

@@ -18,6 +18,7 @@ a fork."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ from cassandra import DriverException
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
-from gateway.errors import InvalidInput, NotFound, StoreUnavailable
+from gateway.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from gateway.store import buckets
 from gateway.store.cluster import build_cluster, parse_hosts
 from gateway.store.migrate import validate_keyspace
@@ -55,11 +56,14 @@ _STATEMENTS = {
     "WHERE day = ? AND id < ? LIMIT ?",
     "read_id": f"SELECT id, input, {_COLUMNS} FROM {{ks}}.predictions_by_id WHERE id = ?",
     "read_labels": "SELECT id, label FROM {ks}.feedback_by_id WHERE id IN ?",
-    "write_feedback": "INSERT INTO {ks}.feedback_by_id (id, label, digit, input, model_name, model_version, "
-    "predicted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, toTimestamp(now()))",
+    # Lightweight transactions: the first label wins, and only an operator's correction replaces it.
+    "write_feedback_first": "INSERT INTO {ks}.feedback_by_id (id, label, digit, input, model_name, "
+    "model_version, predicted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, toTimestamp(now())) IF NOT EXISTS",
+    "correct_feedback": "UPDATE {ks}.feedback_by_id SET label = ?, updated_at = toTimestamp(now()) "
+    "WHERE id = ? IF EXISTS",
     "ping": "SELECT release_version FROM system.local",
 }
-_IDEMPOTENT = {"write_by_day", "write_by_id", "write_feedback"}
+_IDEMPOTENT = {"write_by_day", "write_by_id"}
 # Rows per write request. A by-day batch holds one partition (one mutation; Cassandra does not size-check it).
 # A by-id batch spans partitions: Cassandra warns above 5 KiB (`batch_size_warn_threshold`), and a row weighs
 # ~1,272 bytes plus its filename's UTF-8 (measured on Cassandra 5.0), so those batches are cut by size.
@@ -67,6 +71,8 @@ _BATCH_ROWS = {"write_by_day": 16, "write_by_id": 4}
 _BY_ID_ROW_BYTES = 1300
 _BY_ID_BATCH_BYTES = 4800
 _DAYS_PER_ROUND = 8  # day partitions read concurrently while looking for a page of recent predictions
+MAX_DAYS_PER_PAGE = 120  # day partitions one page may read (the default 90-day retention fits in one)
+SCAN_SECONDS = 3.0  # after this, a page stops reading partitions and comes back short, with a cursor
 
 
 @dataclass(frozen=True)
@@ -475,7 +481,9 @@ class PredictionStore:
         return _record_from_row(row, row.input, labels.get(prediction_id))
 
     def recent(self, limit: int = 20, cursor: bytes | None = None) -> Page:
-        """The newest predictions first, across day partitions; `cursor` continues a previous page."""
+        """The newest predictions first, across day partitions; `cursor` continues a previous page. A page
+        reads at most MAX_DAYS_PER_PAGE partitions for at most SCAN_SECONDS: it may come back short (even
+        empty) with a cursor that continues the scan."""
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit must be from 1 to 1000")
         after = _decode_cursor(cursor)
@@ -484,12 +492,16 @@ class PredictionStore:
         start, oldest = buckets.scan_window(datetime.now(UTC), retention_days, after)
         session = self._ready_session()
         rows: list = []
-        days = list(buckets.days_newest_first(start, oldest))
-        for first in range(0, len(days), _DAYS_PER_ROUND):
-            chunk = days[first : first + _DAYS_PER_ROUND]
+        days = list(itertools.islice(buckets.days_newest_first(start, oldest), MAX_DAYS_PER_PAGE + 1))
+        deadline = time.monotonic() + SCAN_SECONDS
+        scanned = 0
+        while scanned < min(len(days), MAX_DAYS_PER_PAGE) and len(rows) <= limit:
+            if scanned and time.monotonic() > deadline:
+                break
+            chunk = days[scanned : min(scanned + _DAYS_PER_ROUND, MAX_DAYS_PER_PAGE)]
             futures = []
             for day in chunk:  # one page can need at most limit + 1 rows from any day
-                if after is not None and day == start:
+                if after is not None and day == buckets.day_of(after):
                     bound = self._prepared["read_day_before"].bind([day, after, limit + 1])
                 else:
                     bound = self._prepared["read_day"].bind([day, limit + 1])
@@ -501,30 +513,40 @@ class PredictionStore:
                         break
             except (DriverException, NoHostAvailable, OSError) as exc:
                 raise StoreUnavailable(f"reading from Cassandra failed: {_describe(exc)}") from exc
-            if len(rows) > limit:
-                break
-        page, more = rows[:limit], len(rows) > limit
+            scanned += len(chunk)
+        page = rows[:limit]
         labels = self._labels([row.id for row in page])
         items = [_record_from_row(row, b"", labels.get(row.id)) for row in page]
-        return Page(items, page[-1].id.bytes if more else None)
+        if len(rows) > limit:
+            return Page(items, page[-1].id.bytes)
+        if scanned < len(days):  # out of partitions or time: continue below the last day read
+            return Page(items, buckets.start_of_day_cursor(days[scanned - 1]).bytes)
+        return Page(items, None)
 
     def _labels(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
         if not ids:
             return {}
         return {row.id: row.label for row in self._read("read_labels", [ids])}
 
-    def add_feedback(self, prediction_id: uuid.UUID, label: int) -> None:
-        """Record the true digit for a prediction (the latest label wins)."""
+    def add_feedback(self, prediction_id: uuid.UUID, label: int, *, correct: bool = False) -> None:
+        """Record the true digit for a prediction. The first label wins (a lightweight transaction): the
+        same label again is a no-op, a different one is a Conflict unless `correct` (an operator's fix)."""
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
             raise InvalidInput("a label is an integer from 0 to 9")
         self._flush_pending([prediction_id])
         row = self._read("read_id", [prediction_id]).one()
         if row is None:
             raise NotFound("no prediction with this id")
-        self._read(
-            "write_feedback",
-            [prediction_id, label, row.digit, row.input, row.model_name, row.model_version, row.created_at],
-        )
+        copied = [row.digit, row.input, row.model_name, row.model_version, row.created_at]
+        first = self._read("write_feedback_first", [prediction_id, label, *copied])
+        if first.was_applied or first.one().label == label:
+            return
+        if not correct:
+            raise Conflict(
+                f"this prediction already has feedback (label {first.one().label}); "
+                "only an operator can change it"
+            )
+        self._read("correct_feedback", [label, prediction_id])
 
     def ping(self) -> bool:
         """True when Cassandra answers a query now (for /readyz)."""
