@@ -64,11 +64,55 @@ def run_one(path: Path, timeout: float) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def normal_upload_latency(attack: bytes | None, attackers: int, seconds: float) -> list[float]:
+    """Wall-clock seconds of normal uploads sent one after another to an app over HTTP (model and store
+    doubles) while `attackers` threads keep posting `attack`."""
+    import logging
+    import threading
+    import time
+
+    import requests
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+    from tests.fixtures.gateway_server import LiveGateway
+    from tests.hostile_uploads import _encode, digit_picture
+    from tests.test_gateway_http import ModelDouble, StoreDouble
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the table
+    app = create_app(Settings(), model_client=ModelDouble(), store=StoreDouble())
+    normal = _encode(digit_picture(), "PNG")
+    stop = threading.Event()
+    with LiveGateway(app) as gateway:
+
+        def attack_loop() -> None:
+            with requests.Session() as session:
+                while not stop.is_set():
+                    session.post(f"{gateway.url}/v1/predict", data=attack, timeout=60)
+
+        threads = [threading.Thread(target=attack_loop) for _ in range(attackers if attack else 0)]
+        for thread in threads:
+            thread.start()
+        latencies = []
+        with requests.Session() as session:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                assert session.post(f"{gateway.url}/v1/predict", data=normal, timeout=60).status_code == 200
+                latencies.append(time.perf_counter() - started)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return latencies
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hostile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--only", help="comma-separated attack names")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before a child is killed")
+    parser.add_argument("--attackers", type=int, default=4, help="concurrent attack clients in the HTTP part")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each HTTP part")
     args = parser.parse_args(argv)
 
     from gateway.preprocess import DEFAULT_MAX_DECODE_BYTES
@@ -100,6 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             if not ok or not rss <= budget_mib + 16:
                 failed.append(name)
+    print(f"\nnormal 60x60 PNG uploads over HTTP, alone and while {args.attackers} clients post each attack:")
+    print(f"{'while':<26} {'uploads':>8} {'p50 ms':>8} {'p90 ms':>8} {'max ms':>8}")
+    for name in (None, "png_700k_chunks", "jpeg_2m_markers", "png16_at_budget", "tiff_150k_pages"):
+        attack = ATTACKS[name]() if name else None
+        lat = sorted(x * 1000 for x in normal_upload_latency(attack, args.attackers, args.seconds))
+        p50, p90 = lat[len(lat) // 2], lat[int(len(lat) * 0.9)]
+        label = name or "alone (baseline)"
+        print(f"{label:<26} {len(lat):>8} {p50:>8.1f} {p90:>8.1f} {lat[-1]:>8.1f}", flush=True)
     goal_ms = GOAL_CPU_S * 1000
     print(f"\ngoal: status 200 or 4xx, CPU <= {goal_ms:.0f} ms, RSS growth <= {budget_mib:.0f} + 16 MiB")
     if failed:

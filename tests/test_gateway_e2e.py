@@ -6,6 +6,7 @@ Writes to Cassandra are asynchronous by design: tests poll Cassandra (or the API
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import re
@@ -240,6 +241,41 @@ def test_feedback_round_trip(gateway_server, mnist_test_set, clean_tables, cassa
     unknown = f"{gateway_server.url}/v1/predictions/{uuid.uuid1()}"
     assert requests.get(unknown).status_code == 404
     assert requests.post(f"{unknown}/feedback", json={"label": 1}).status_code == 404
+
+
+def test_feedback_first_label_wins_and_the_ops_token_corrects_it(
+    gateway_server, mnist_test_set, clean_tables
+):
+    images, _ = mnist_test_set
+    answer = predict(gateway_server.url, as_upload(images[5])).json()
+    url = f"{gateway_server.url}/v1/predictions/{answer['id']}"
+    eventually(lambda: requests.get(url).status_code == 200, what="the prediction to be readable")
+    assert requests.post(f"{url}/feedback", json={"label": 2}).status_code == 200
+    assert requests.post(f"{url}/feedback", json={"label": 2}).status_code == 200  # idempotent
+    r = requests.post(f"{url}/feedback", json={"label": 7})
+    assert r.status_code == 409 and "label 2" in r.json()["error"]["message"]
+    r = requests.post(f"{url}/feedback", json={"label": 7}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401
+    ops = {"Authorization": f"Bearer {OPS_TOKEN}"}
+    assert requests.post(f"{url}/feedback", json={"label": 7}, headers=ops).status_code == 200
+    assert requests.get(url).json()["feedback"] == 7
+    forged = f"{gateway_server.url}/v1/predictions/{uuid.uuid4()}"  # not a time UUID
+    assert requests.get(forged).status_code == 400
+    assert requests.post(f"{forged}/feedback", json={"label": 1}, headers=ops).status_code == 400
+
+
+def test_a_far_future_cursor_is_answered_from_now(gateway_server, mnist_test_set, clean_tables):
+    images, _ = mnist_test_set
+    answer = predict(gateway_server.url, as_upload(images[6])).json()
+    far = uuid.UUID(fields=(0xFFFFFFFF, 0xFFFF, 0x1FFF, 0x80, 0x80, 0x808080808080))  # the year 5236
+    cursor = base64.urlsafe_b64encode(far.bytes).decode().rstrip("=")
+    ids: list[str] = []
+    while cursor:  # a page may come back short under load; following the cursors must end
+        page = requests.get(f"{gateway_server.url}/v1/predictions", params={"cursor": cursor}, timeout=30)
+        assert page.status_code == 200
+        ids += [item["id"] for item in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+    assert answer["id"] in ids
 
 
 # --- operations -----------------------------------------------------------------------------------
