@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-ORDER = ["startup", "store", "serving", "preprocess", "gateway"]
+ORDER = ["startup", "store", "serving", "preprocess", "hostile", "gateway"]
 
 
 def main(argv: list[str] | None = None) -> int:
