@@ -84,6 +84,16 @@ class ModelUnavailable(GatewayError):
         super().__init__(message, retry_after=retry_after)
 
 
+class Overloaded(GatewayError):
+    """The gateway is busy with other costly work (decoding large pictures) and cannot take this now."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int | None = 1) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
 class StoreUnavailable(GatewayError):
     """A read from Cassandra failed (writes never raise this: they are spooled)."""
 

@@ -82,7 +82,11 @@ _UPLOAD_ERRORS = {
     "415": _error("the upload is not an image format the gateway reads"),
     "429": _RATE_LIMITED,
     "502": _error("the model server rejected the request (a contract problem, not the client's)"),
-    "503": _error("the model server is unavailable; retry after `Retry-After` seconds", retry_after=True),
+    "503": _error(
+        "the model server is unavailable, or the gateway is busy decoding other large pictures; retry after "
+        "`Retry-After` seconds",
+        retry_after=True,
+    ),
 }
 
 SCHEMAS: dict[str, dict] = {

@@ -17,17 +17,20 @@ picture that already is an MNIST-style 28x28 goes through unchanged apart from a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import struct
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gateway import imaging
-from gateway.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import InvalidInput, Overloaded, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_PIXELS = 25_000_000  # a 24 MP phone photo passes; far below Pillow's own bomb limit (89 MP)
 # Memory one decoding may take (the decoded first frame in Pillow's storage for its mode, plus what its
@@ -132,22 +135,23 @@ def to_mnist(
     if fmt is None:
         raise UnsupportedMediaType("not a supported image: send a PNG, JPEG, GIF, BMP, WebP or TIFF picture")
     budget = _CpuBudget(cpu_budget_s)
-    decoded, mode, (width, height) = _decode(data, fmt, max_pixels, max_decode_bytes, budget)
-    image = _reduced(decoded, budget)
-    pixels, backdrop = _pixels(image)
-    if (width, height) == (imaging.MNIST_SIZE,) * 2:
-        ink, inverted = imaging.ink_map(pixels)
-        digit = _already_mnist(ink)
-        if digit is None:
-            digit = _extract_digit(ink, smooth_radius=0)[0]
-    else:
-        digit, inverted, box = _find_digit(pixels, large=min(width, height) >= LARGE)
-        region = _refine_region(box, pixels.shape, decoded.size)
-        if region is not None:
-            crop = _reduced(decoded, budget, region)
-            pixels, _ = _pixels(crop, backdrop=backdrop)
-            large = min(region[2] - region[0], region[3] - region[1]) >= LARGE
-            digit, inverted, _ = _find_digit(pixels, large=large)
+    with contextlib.ExitStack() as held:  # the decoded frame's memory, until the digit is made
+        decoded, mode, (width, height) = _decode(data, fmt, max_pixels, max_decode_bytes, budget, held)
+        image = _reduced(decoded, budget)
+        pixels, backdrop = _pixels(image)
+        if (width, height) == (imaging.MNIST_SIZE,) * 2:
+            ink, inverted = imaging.ink_map(pixels)
+            digit = _already_mnist(ink)
+            if digit is None:
+                digit = _extract_digit(ink, smooth_radius=0)[0]
+        else:
+            digit, inverted, box = _find_digit(pixels, large=min(width, height) >= LARGE)
+            region = _refine_region(box, pixels.shape, decoded.size)
+            if region is not None:
+                crop = _reduced(decoded, budget, region)
+                pixels, _ = _pixels(crop, backdrop=backdrop)
+                large = min(region[2] - region[0], region[3] - region[1]) >= LARGE
+                digit, inverted, _ = _find_digit(pixels, large=large)
     return Preprocessed(
         image=imaging.to_uint8(digit),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -157,6 +161,38 @@ def to_mnist(
         mode=mode,
         inverted=inverted,
     )
+
+
+class DecodingMemory:
+    """The memory a process lets decoded pictures take at once. Each decoding holds its cost from the header
+    until its digit is made; one that would go over waits for others to finish, and is a 503 after
+    `wait_s`. Small pictures (at most `small_bytes`) go straight through: the threads bound those, and an
+    ordinary upload never queues behind a big one."""
+
+    def __init__(self, capacity: int, *, small_bytes: int, wait_s: float) -> None:
+        self.capacity, self.small_bytes, self.wait_s = capacity, small_bytes, wait_s
+        self._free = capacity
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, cost: int) -> Iterator[None]:
+        if cost <= self.small_bytes:
+            yield
+            return
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._free >= cost, timeout=self.wait_s):
+                raise Overloaded("the server is decoding other large pictures; retry shortly", retry_after=1)
+            self._free -= cost
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += cost
+                self._changed.notify_all()
+
+
+# Two budget-sized decodings at once per process; pictures up to 4 MiB decoded (a 1 MP RGBA) never wait.
+DECODING_MEMORY = DecodingMemory(2 * DEFAULT_MAX_DECODE_BYTES, small_bytes=4 * 2**20, wait_s=2.0)
 
 
 class _CpuBudget:
@@ -207,7 +243,7 @@ class _Decoded:
 
 
 def _decode(
-    data: bytes, fmt: str, max_pixels: int, max_bytes: int, budget: _CpuBudget
+    data: bytes, fmt: str, max_pixels: int, max_bytes: int, budget: _CpuBudget, held: contextlib.ExitStack
 ) -> tuple[_Decoded, str, tuple[int, int]]:
     """Open, check the size and the memory decoding will take from the header, decode the first frame and
     nothing else (never counting frames or pages). Also returns the upload's mode and its size as
@@ -238,6 +274,7 @@ def _decode(
                 f"decoding this {size[0]}x{size[1]} {mode} image takes {cost / 2**20:.0f} MiB; "
                 f"the limit is {max_bytes / 2**20:.0f} MiB"
             )
+        held.enter_context(DECODING_MEMORY.hold(cost))
         image.load()
         transpose = _TRANSPOSES.get(image.getexif().get(_ORIENTATION, 1))
         grey_scale = _grey_scale(image)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from gateway import preprocess
-from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge
+from gateway.errors import GatewayError, InvalidInput, Overloaded, PayloadTooLarge
 from gateway.preprocess import to_mnist
 from gateway.settings import Settings
 from tests import hostile_uploads
@@ -178,3 +178,15 @@ def test_decoding_never_takes_more_memory_than_its_budget(tmp_path):
     over = {name: f"{grown / 2**20:.0f} MiB" for name, grown in growth.items() if grown > allowed}
     assert not over, (over, out.stderr)
     assert growth["png_rgba_at_budget"] > preprocess.DEFAULT_MAX_DECODE_BYTES / 2, out.stderr
+
+
+def test_a_process_holds_at_most_its_decoding_memory_at_once():
+    memory = preprocess.DecodingMemory(100, small_bytes=10, wait_s=0.2)
+    with memory.hold(60), memory.hold(40):  # just within: both at once
+        with memory.hold(10):  # a small picture never waits
+            pass
+        with pytest.raises(Overloaded) as info, memory.hold(11):  # just over: waits, then a 503
+            pass
+        assert info.value.status == 503 and info.value.retry_after
+    with memory.hold(100):  # everything was given back
+        pass
