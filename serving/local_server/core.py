@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
+from serving.local_server import tensors
 from serving.local_server.errors import invalid_argument
 from serving.local_server.model_manager import ModelManager
-from serving.local_server.servable import DEFAULT_SIGNATURE, Servable, Signature
+from serving.local_server.servable import DEFAULT_SIGNATURE, Servable, Signature, check_declared
 
 SIGNATURE_DEF_FIELD = "signature_def"
 _STATE = get_model_status_pb2.ModelVersionStatus.State
@@ -54,8 +55,9 @@ class Prediction:
 
 
 class ServingCore:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, *, max_tensor_bytes: int) -> None:
         self.manager = manager
+        self.max_tensor_bytes = max_tensor_bytes
 
     def servable(self, ref: ModelRef) -> Servable:
         return self.manager.resolve(ref.name, version=ref.version, label=ref.label)  # type: ignore[return-value]
@@ -63,6 +65,17 @@ class ServingCore:
     def signature(self, ref: ModelRef) -> tuple[Servable, Signature]:
         servable = self.servable(ref)
         return servable, servable.signature(ref.signature_name)
+
+    def decode_inputs(
+        self, signature: Signature, protos: Mapping[str, tensors.TensorProto]
+    ) -> dict[str, np.ndarray]:
+        """TensorProtos as arrays, once what they declare (dtype, shape, size) fits the signature and the
+        limit: a proto with one value can declare billions of elements, so nothing is allocated before."""
+        declared = {alias: tensors.declared(proto, alias) for alias, proto in protos.items()}
+        check_declared(signature, declared)
+        for alias, (dtype, shape) in declared.items():
+            tensors.check_size(alias, dtype, shape, self.max_tensor_bytes)
+        return {alias: tensors.to_numpy(proto, alias) for alias, proto in protos.items()}
 
     def predict(
         self,
@@ -73,6 +86,8 @@ class ServingCore:
     ) -> Prediction:
         servable = servable or self.servable(ref)
         key = ref.signature_name or DEFAULT_SIGNATURE
+        for alias, array in inputs.items():
+            tensors.check_size(alias, tensors.dtype_enum(array), array.shape, self.max_tensor_bytes)
         outputs = servable.predict(key, inputs, output_filter)
         return Prediction(ref.name, servable.version, key, outputs)
 

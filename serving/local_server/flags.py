@@ -27,6 +27,10 @@ class ServerFlags:
     bind_address: str = "127.0.0.1"
     rest_api_num_threads: int = 16
     rest_api_max_body_bytes: int = 16 * 1024 * 1024
+    rest_api_max_connections: int = 256
+    rest_api_timeout_in_ms: int = 30_000
+    # The gRPC message limit: no input decodes to more than a client could have sent value by value.
+    max_tensor_bytes: int = 64 * 1024 * 1024
     grpc_max_threads: int = 32
     model_name: str = "default"
     model_base_path: str | None = None
@@ -108,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=defaults.rest_api_max_body_bytes,
         help="Largest REST request body accepted (413 above). Not a TF flag.",
+    )
+    add(
+        "--rest_api_max_connections",
+        type=_positive,
+        default=defaults.rest_api_max_connections,
+        help="Open REST connections (a thread each); past it, the one waiting longest for its request is "
+        "closed. Not a TF flag.",
+    )
+    add(
+        "--rest_api_timeout_in_ms",
+        type=_positive,
+        default=defaults.rest_api_timeout_in_ms,
+        help="Time a REST request (line, headers, body) has to arrive, and its answer to be taken "
+        "(default 30000).",
+    )
+    add(
+        "--max_tensor_bytes",
+        type=_positive,
+        default=defaults.max_tensor_bytes,
+        help="Largest input tensor once decoded (INVALID_ARGUMENT above, checked before allocating). "
+        "Not a TF flag.",
     )
     add(
         "--grpc_max_threads",

@@ -64,8 +64,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if not request.HasField("model_spec"):
                 raise invalid_argument("Missing ModelSpec")
             ref = ModelRef.from_spec(request.model_spec)
-            servable = self._core.servable(ref)
-            inputs = {alias: tensors.to_numpy(proto, alias) for alias, proto in request.inputs.items()}
+            servable, signature = self._core.signature(ref)
+            inputs = self._core.decode_inputs(signature, request.inputs)
             result = self._core.predict(ref, inputs, list(request.output_filter), servable=servable)
             response = predict_pb2.PredictResponse(model_spec=result.model_spec())
             for alias, array in result.outputs.items():

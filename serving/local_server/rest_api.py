@@ -7,9 +7,11 @@ is handled, ``{"error": "..."}`` bodies, statuses from errors.HTTP_STATUS.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from google.protobuf import json_format
 
 from serving.local_server import tensors
 from serving.local_server.config import MonitoringOptions
+from serving.local_server.connections import ConnectionTable
 from serving.local_server.core import SIGNATURE_DEF_FIELD, ModelRef, Prediction, ServingCore
 from serving.local_server.errors import ServingError, invalid_argument
 from serving.local_server.metrics import ServerMetrics
@@ -37,6 +40,13 @@ _PREDICT_PATH = re.compile(
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I
 )
+
+# A tensor needs one level per dimension plus the request object, "instances" and a named-input object; TF's
+# tensors rarely exceed rank 8. Deeper bodies are refused before parsing.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # possessive: linear on any input
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
 
 
 class RestApi:
@@ -98,10 +108,7 @@ class RestApi:
         raise malformed
 
     def _predict(self, ref: ModelRef, body: bytes) -> bytes:
-        try:
-            request = json.loads(body or b"")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise invalid_argument(f"JSON Parse error: {exc}") from None
+        request = parse_json(body)
         if not isinstance(request, dict):
             raise invalid_argument("JSON Value: request body must be a JSON object")
         signature_name = request.get("signature_name", "")
@@ -124,6 +131,26 @@ class RestApi:
         if has_rows:
             return _dumps({"predictions": _outputs_to_rows(result)})
         return _dumps({"outputs": _outputs_to_columns(result)})
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, nesting checked first (the parser recurses: 100,000 brackets would overflow it)."""
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise invalid_argument(f"JSON Parse error: nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(body or b"")
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also integers of over 4300 digits
+        raise invalid_argument(f"JSON Parse error: {exc}") from None
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply ``[`` and ``{`` nest outside strings, in one pass of C loops (no Python loop per byte)."""
+    structure = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
+    if not structure.size:
+        return 0
+    steps = np.isin(structure, _OPENERS).astype(np.int32) - np.isin(structure, _CLOSERS).astype(np.int32)
+    return int(np.cumsum(steps).max())
 
 
 def _ref(name: str, version: str | None, label: str | None) -> ModelRef:
@@ -230,19 +257,51 @@ def _json_error(status: int, message: str) -> tuple[int, str, bytes]:
     return int(status), "application/json", _dumps({"error": message})
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Socket reads that fail once the handler's ``deadline`` has passed, however slowly the bytes trickle in
+    (a per-read timeout alone lets a client hold a connection by sending a byte just before each timeout)."""
+
+    def __init__(self, sock: socket.socket, handler: _Handler) -> None:
+        self._sock = sock
+        self._handler = handler
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 (a writable buffer)
+        remaining = self._handler.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "mnist-serve"
     api: RestApi
     max_body_bytes: int
+    request_timeout: float
     slots: threading.Semaphore
+    connections: ConnectionTable
+    deadline: float = 0.0
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, self))
+
+    def handle_one_request(self) -> None:
+        # Each request (its line, headers and body) must arrive within the timeout of the previous answer.
+        self.deadline = time.monotonic() + self.request_timeout
+        self.connections.waiting(self.connection)
+        super().handle_one_request()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._serve(b"")
 
     def do_POST(self) -> None:  # noqa: N802
         length_header = self.headers.get("Content-Length")
-        if length_header is None:
+        if self.headers.get("Transfer-Encoding") is not None or length_header is None:
             self._reply(*_json_error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required"), close=True)
             return
         try:
@@ -259,24 +318,38 @@ class _Handler(BaseHTTPRequestHandler):
                 close=True,
             )
             return
-        self._serve(self.rfile.read(length))
+        body = self.rfile.read(length)
+        if len(body) < length:  # the client hung up (or was hung up on) mid-body: nobody to answer
+            self.close_connection = True
+            return
+        self._serve(body)
 
     def _method_not_allowed(self) -> None:
-        self._reply(
-            *_json_error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported"), close=True
+        status, content_type, payload = _json_error(
+            HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported: use GET or POST"
         )
+        self._reply(status, content_type, b"" if self.command == "HEAD" else payload, close=True)
 
-    do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
+    # Methods HTTP defines but this API does not use: 405 (an unknown one is 501 from http.server).
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed  # noqa: N815
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, headers too long, unknown method) as JSON."""
+        self._reply(*_json_error(code, message or HTTPStatus(code).phrase), close=True)
 
     def _serve(self, body: bytes) -> None:
+        self.connections.busy(self.connection)
         with self.slots:
             status, content_type, payload = self.api.handle(self.command, self.path, body)
         self._reply(status, content_type, payload)
 
     def _reply(self, status: int, content_type: str, payload: bytes, *, close: bool = False) -> None:
+        self.connection.settimeout(self.request_timeout)  # a client that does not read cannot hold us
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET, POST")
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -287,23 +360,69 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http " + format % args)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    connections: ConnectionTable
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        if not self.connections.admit(request):
+            _refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        self.connections.closed(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up or times out is routine; anything else is a bug worth a traceback.
+        log.debug("REST connection ended with an error", exc_info=True)
+
+
+def _refuse(request: socket.socket) -> None:
+    """Every connection is busy answering: a 503 without a thread (one small non-blocking write)."""
+    status, _, payload = _json_error(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections, retry later")
+    head = (
+        f"HTTP/1.1 {status} Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        request.setblocking(False)
+        request.send(head.encode() + payload)
+    except OSError:
+        pass
+    request.close()
+
+
 class RestServer:
     """The REST API on a threading HTTP server; ``port`` 0 picks a free port (see ``.port``)."""
 
     def __init__(
-        self, api: RestApi, *, address: str, port: int, num_threads: int, max_body_bytes: int
+        self,
+        api: RestApi,
+        *,
+        address: str,
+        port: int,
+        num_threads: int,
+        max_body_bytes: int,
+        max_connections: int,
+        request_timeout: float,
     ) -> None:
+        connections = ConnectionTable(max_connections)
         handler = type(
             "Handler",
             (_Handler,),
             {
                 "api": api,
                 "max_body_bytes": max_body_bytes,
+                "request_timeout": request_timeout,
                 "slots": threading.Semaphore(num_threads),
+                "connections": connections,
             },
         )
-        self._server = ThreadingHTTPServer((address, port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((address, port), handler)
+        self._server.connections = connections
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="rest", daemon=True)
 

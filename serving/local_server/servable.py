@@ -84,8 +84,17 @@ class Servable:
 
 def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None:
     """TF Serving's checks (predict_util.cc) plus dtype and shape; all INVALID_ARGUMENT."""
+    check_declared(signature, {alias: (tensors.dtype_enum(a), a.shape) for alias, a in inputs.items()})
+    batch_sizes = {array.shape[0] for array in inputs.values() if array.ndim}
+    if signature.batchable and len(batch_sizes) > 1:
+        raise invalid_argument(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
+
+
+def check_declared(signature: Signature, declared: Mapping[str, tuple[int, tuple[int, ...]]]) -> None:
+    """Input aliases, dtypes and shapes ({alias: (dtype enum, shape)}) against the signature: the same rules
+    for decoded arrays and for what a TensorProto declares before it is decoded."""
     expected = set(signature.inputs)
-    sent = set(inputs)
+    sent = set(declared)
     if sent != expected:
         if len(sent) == len(expected):
             alias = sorted(sent - expected)[0]
@@ -99,29 +108,22 @@ def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> None
             f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
             f"Missing but required: {{{','.join(sorted(expected - sent))}}}."
         )
-    batch_sizes = set()
-    for alias, array in inputs.items():
+    for alias, (dtype, shape) in declared.items():
         spec = signature.inputs[alias]
-        want = tensors.numpy_dtype(spec.dtype)
-        if array.dtype != want and not (want.kind == "O" and array.dtype.kind in "OSU"):
-            got = tensors.dtype_name(tensors.dtype_enum(array))
+        if dtype != spec.dtype:
             index = sorted(signature.inputs).index(alias)
             raise invalid_argument(
-                f"Expects arg[{index}] to be {tensors.dtype_name(spec.dtype)} but {got} is provided "
-                f"(input '{alias}')"
+                f"Expects arg[{index}] to be {tensors.dtype_name(spec.dtype)} but "
+                f"{tensors.dtype_name(dtype)} is provided (input '{alias}')"
             )
         if spec.shape is not None and (
-            len(spec.shape) != array.ndim
-            or any(w not in (-1, g) for w, g in zip(spec.shape, array.shape, strict=True))
+            len(spec.shape) != len(shape)
+            or any(w not in (-1, g) for w, g in zip(spec.shape, shape, strict=True))
         ):
             raise invalid_argument(
-                f"input '{alias}' has shape [{','.join(map(str, array.shape))}] but the signature expects "
+                f"input '{alias}' has shape [{','.join(map(str, shape))}] but the signature expects "
                 f"[{','.join(map(str, spec.shape))}] (-1: any size)"
             )
-        if array.ndim:
-            batch_sizes.add(array.shape[0])
-    if signature.batchable and len(batch_sizes) > 1:
-        raise invalid_argument(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
 
 
 def check_output_filter(signature: Signature, output_filter: Sequence[str]) -> list[str]:

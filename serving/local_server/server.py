@@ -141,7 +141,7 @@ class ModelServer:
             allow_version_labels_for_unavailable_models=flags.allow_version_labels_for_unavailable_models,
             metrics=self.metrics,
         )
-        self.core = ServingCore(self.manager)
+        self.core = ServingCore(self.manager, max_tensor_bytes=flags.max_tensor_bytes)
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc = None
@@ -170,6 +170,8 @@ class ModelServer:
                     port=self.flags.rest_api_port,
                     num_threads=self.flags.rest_api_num_threads,
                     max_body_bytes=self.flags.rest_api_max_body_bytes,
+                    max_connections=self.flags.rest_api_max_connections,
+                    request_timeout=self.flags.rest_api_timeout_in_ms / 1000,
                 )
                 self._rest.start()
                 self.rest_port = self._rest.port

@@ -7,6 +7,7 @@ not ``tensor_content``); inputs are read in either form.
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,8 @@ _DTYPES: dict[int, tuple[np.dtype, str]] = {
     types_pb2.DT_HALF: (np.dtype(np.float16), "half_val"),
     types_pb2.DT_STRING: (np.dtype(object), "string_val"),
 }
+# numpy's own limit is 64 dimensions (32 before numpy 2); no model input comes close.
+MAX_RANK = 32
 _BY_NUMPY = {dtype: enum for enum, (dtype, _) in _DTYPES.items() if enum != types_pb2.DT_STRING}
 
 
@@ -57,18 +60,41 @@ def dtype_enum(array: np.ndarray) -> int:
         raise invalid_argument(f"unsupported numpy dtype {array.dtype}") from None
 
 
-def to_numpy(proto: TensorProto, name: str = "") -> np.ndarray:
-    """Decode a TensorProto (tensor_content or typed values, TF's fill rules); INVALID_ARGUMENT if broken."""
+def declared(proto: TensorProto, name: str = "") -> tuple[int, tuple[int, ...]]:
+    """(dtype, shape) as the proto states them, checked for sanity only: nothing is decoded or allocated."""
     where = f" {name}" if name else ""
     if proto.tensor_shape.unknown_rank:
         raise invalid_argument(f"tensor parsing error:{where} unknown rank")
+    if len(proto.tensor_shape.dim) > MAX_RANK:
+        raise invalid_argument(
+            f"tensor parsing error:{where} rank {len(proto.tensor_shape.dim)} exceeds {MAX_RANK}"
+        )
     shape = tuple(d.size for d in proto.tensor_shape.dim)
     if any(size < 0 for size in shape):
         raise invalid_argument(f"tensor parsing error:{where} negative dimension in shape {list(shape)}")
-    dtype, field = _DTYPES.get(proto.dtype, (None, ""))
-    if dtype is None:
+    if proto.dtype not in _DTYPES:
         raise invalid_argument(f"tensor parsing error:{where} unsupported dtype {dtype_name(proto.dtype)}")
-    count = int(np.prod(shape, dtype=np.int64))
+    return proto.dtype, shape
+
+
+def check_size(name: str, enum: int, shape: tuple[int, ...], max_bytes: int) -> None:
+    """INVALID_ARGUMENT when a tensor of ``shape`` would take more than ``max_bytes`` (exact integer math: a
+    shape of 2**62 x 28 x 28 must not wrap around to something small)."""
+    size = math.prod(shape) * numpy_dtype(enum).itemsize
+    if size > max_bytes:
+        raise invalid_argument(
+            f"input '{name}' of shape [{','.join(map(str, shape))}] would take {size} bytes, over the "
+            f"limit of {max_bytes} bytes per tensor"
+        )
+
+
+def to_numpy(proto: TensorProto, name: str = "") -> np.ndarray:
+    """Decode a TensorProto (tensor_content or typed values, TF's fill rules); INVALID_ARGUMENT if broken.
+    One value may declare a shape of billions (TF fills the rest): call check_size on ``declared`` first."""
+    where = f" {name}" if name else ""
+    _, shape = declared(proto, name)
+    dtype, field = _DTYPES[proto.dtype]
+    count = math.prod(shape)
     if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
         if len(proto.tensor_content) != count * dtype.itemsize:
             raise invalid_argument(

@@ -1,0 +1,256 @@
+"""mnist-serve against hostile callers: tensors that declare more than they carry, deep JSON, unknown HTTP
+methods, and clients that connect and then send slowly or nothing at all.
+
+The server runs with small limits (HOSTILE_LIMITS: 4 images per tensor, 8 connections, a 2 s request
+deadline) so that each limit is tested just under and just over without moving megabytes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from serving.local_server.rest_api import MAX_JSON_DEPTH
+from tests.fixtures.model_server import HOSTILE_LIMITS
+
+TIMEOUT = 10
+IMAGE_BYTES = 28 * 28
+MAX_IMAGES = HOSTILE_LIMITS["max_tensor_bytes"] // IMAGE_BYTES
+MAX_CONNECTIONS = HOSTILE_LIMITS["rest_api_max_connections"]
+REQUEST_DEADLINE_S = HOSTILE_LIMITS["rest_api_timeout_in_ms"] / 1000
+
+
+@pytest.fixture(scope="module")
+def server(hostile_model_server):
+    return hostile_model_server
+
+
+@pytest.fixture(scope="module")
+def predict(server):
+    channel = grpc.insecure_channel(server.grpc_address)
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+    channel.close()
+
+
+def declared_tensor(shape, dtype=types_pb2.DT_UINT8, **values) -> tensor_pb2.TensorProto:
+    """A TensorProto whose shape says whatever we like, whatever values it carries."""
+    return tensor_pb2.TensorProto(
+        dtype=dtype,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in shape]
+        ),
+        **values,
+    )
+
+
+def request_with(tensor: tensor_pb2.TensorProto) -> predict_pb2.PredictRequest:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "mnist"
+    request.inputs["image"].CopyFrom(tensor)
+    return request
+
+
+def rpc_error(predict, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        predict(request, timeout=TIMEOUT)
+    return caught.value
+
+
+# -- tensors: declared sizes are checked before anything is allocated --------------------------------------
+BOMBS = {
+    # the reported one: a fourth dimension of 4e10 and a single value to "fill" it with
+    "rank_and_size": declared_tensor([1, 28, 28, 40_000_000_000], int_val=[0]),
+    "batch_of_4e10": declared_tensor([40_000_000_000, 28, 28], int_val=[7]),
+    "int64_overflow": declared_tensor([2**62, 28, 28], int_val=[1]),
+    "content_for_a_huge_shape": declared_tensor([2**40, 28, 28], tensor_content=b"\0" * 784),
+    "float_bomb": declared_tensor([40_000_000_000, 28, 28], types_pb2.DT_FLOAT, float_val=[0.5]),
+    "string_bomb": declared_tensor([40_000_000_000, 28, 28], types_pb2.DT_STRING, string_val=[b"x"]),
+    "rank_100": declared_tensor([1] * 100, int_val=[0]),
+    "negative": declared_tensor([-1, 28, 28], int_val=[0]),
+    "unsupported_dtype": declared_tensor([1, 28, 28], types_pb2.DT_COMPLEX64),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_declared_tensor_bombs_are_invalid_argument(predict, name):
+    error = rpc_error(predict, request_with(BOMBS[name]))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "image" in error.details()
+
+
+def test_the_tensor_limit_just_under_and_just_over(predict):
+    ok = predict(request_with(declared_tensor([MAX_IMAGES, 28, 28], int_val=[3])), timeout=TIMEOUT)
+    assert ok.outputs["digit"].tensor_shape.dim[0].size == MAX_IMAGES
+    error = rpc_error(predict, request_with(declared_tensor([MAX_IMAGES + 1, 28, 28], int_val=[3])))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{(MAX_IMAGES + 1) * IMAGE_BYTES} bytes" in error.details()
+    assert f"limit of {MAX_IMAGES * IMAGE_BYTES}" in error.details()
+
+
+def test_the_tensor_limit_applies_to_rest_too(server):
+    url = f"{server.rest_url}/v1/models/mnist:predict"
+    image = [[0] * 28] * 28
+    assert requests.post(url, json={"instances": [image] * MAX_IMAGES}, timeout=TIMEOUT).status_code == 200
+    response = requests.post(url, json={"instances": [image] * (MAX_IMAGES + 1)}, timeout=TIMEOUT)
+    assert response.status_code == 400 and "limit of" in response.json()["error"]
+
+
+# -- JSON nesting ------------------------------------------------------------------------------------------
+def nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 1000, 100_000])
+def test_deep_json_is_a_400(server, depth):
+    body = b'{"instances": ' + nested(depth - 1) + b"}"
+    response = requests.post(f"{server.rest_url}/v1/models/mnist:predict", data=body, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert f"nested deeper than {MAX_JSON_DEPTH}" in response.json()["error"]
+
+
+def test_json_at_the_depth_limit_is_parsed(server):
+    body = b'{"instances": ' + nested(MAX_JSON_DEPTH - 1) + b"}"
+    response = requests.post(f"{server.rest_url}/v1/models/mnist:predict", data=body, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert "nested deeper" not in response.json()["error"]  # refused for its shape, after parsing
+
+
+def test_brackets_inside_strings_do_not_count_as_depth(server):
+    body = b'{"signature_name": "' + b"[" * 10_000 + b'", "instances": [' + nested(2) + b"]}"
+    response = requests.post(f"{server.rest_url}/v1/models/mnist:predict", data=body, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert "nested deeper" not in response.json()["error"]
+
+
+# -- methods -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [("PUT", 405), ("DELETE", 405), ("PATCH", 405), ("OPTIONS", 405), ("TRACE", 405), ("FOO", 501)],
+)
+def test_unsupported_methods_answer_json_405_or_501(server, method, status):
+    response = requests.request(method, f"{server.rest_url}/v1/models/mnist", timeout=TIMEOUT)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert method in response.json()["error"]
+    if status == 405:
+        assert response.headers["Allow"] == "GET, POST"
+
+
+def test_head_is_405_without_a_body(server):
+    response = requests.head(f"{server.rest_url}/v1/models/mnist", timeout=TIMEOUT)
+    assert response.status_code == 405 and response.content == b""
+
+
+# -- slow and silent clients -------------------------------------------------------------------------------
+def rest_connection(server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.rest_port), timeout=TIMEOUT)
+
+
+def closed_by_server_within(sock: socket.socket, seconds: float) -> float:
+    """Seconds until the server closed `sock` (reads until EOF or reset); fails after `seconds`."""
+    started = time.monotonic()
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        pytest.fail(f"the server kept a connection open for more than {seconds} s")
+    return time.monotonic() - started
+
+
+def test_a_silent_connection_is_closed_after_the_deadline(server):
+    with rest_connection(server) as sock:
+        waited = closed_by_server_within(sock, REQUEST_DEADLINE_S * 4)
+    assert waited >= REQUEST_DEADLINE_S * 0.9
+
+
+def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_deadline(server):
+    request = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    request += b"x" * 1000
+    stop = threading.Event()
+    with rest_connection(server) as sock:
+
+        def trickle() -> None:
+            for byte in request:
+                if stop.wait(0.05):
+                    return
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        try:
+            closed_by_server_within(sock, REQUEST_DEADLINE_S * 4)
+        finally:
+            stop.set()
+            sender.join(5)
+
+
+def server_threads(server) -> int:
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_slowloris_cannot_stop_a_normal_request(server):
+    """Four times the connection limit held open, each sending a header byte now and then and reconnecting
+    when closed: a normal request is still answered promptly, and the server's threads stay bounded."""
+    baseline_threads = server_threads(server)
+    stop = threading.Event()
+    connected = threading.Semaphore(0)
+
+    def attack() -> None:
+        while not stop.is_set():
+            try:
+                with rest_connection(server) as sock:
+                    connected.release()
+                    sock.sendall(b"GET /v1/models/mnist HTTP/1.1\r\n")
+                    while not stop.wait(0.2):
+                        sock.sendall(b"X")
+            except OSError:
+                continue  # closed to make room, or cut at the deadline: come back
+
+    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(MAX_CONNECTIONS * 4)]
+    try:
+        for thread in attackers:
+            thread.start()
+        for _ in attackers:
+            assert connected.acquire(timeout=TIMEOUT)
+        # Connections closed to make room end their threads at once: the count settles at the bound well
+        # before the request deadline would close anything.
+        settle_by = time.monotonic() + REQUEST_DEADLINE_S / 2
+        while server_threads(server) > baseline_threads + MAX_CONNECTIONS:
+            assert time.monotonic() < settle_by, (baseline_threads, server_threads(server))
+            time.sleep(0.05)
+        for _ in range(5):
+            started = time.monotonic()
+            response = requests.get(f"{server.rest_url}/v1/models/mnist", timeout=TIMEOUT)
+            assert response.status_code == 200
+            assert time.monotonic() - started < REQUEST_DEADLINE_S
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(5)
+
+
+def test_keep_alive_requests_still_work(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=TIMEOUT)
+    try:
+        for _ in range(3):
+            connection.request("GET", "/v1/models/mnist")
+            response = connection.getresponse()
+            assert response.status == 200 and b"AVAILABLE" in response.read()
+    finally:
+        connection.close()
