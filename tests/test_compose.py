@@ -119,6 +119,55 @@ def test_official_images_and_start_up_order(rendered):
     assert services["tfserving"]["user"] == "65534:65534"  # the gateway's image sets its own non-root USER
 
 
+def test_only_the_gateway_is_published(rendered):
+    published = {name: service.get("ports", []) for name, service in rendered["services"].items()}
+    assert [port["target"] for port in published.pop("gateway")] == [8080]
+    assert published == {name: [] for name in published}, "only the gateway may publish a port"
+
+
+def test_model_server_and_cassandra_sit_on_an_internal_network(rendered):
+    """HandleReloadConfigRequest loads and unloads models for anyone who reaches port 8500, and Cassandra
+    holds every prediction: neither may be reachable from the host, only from the services that need them."""
+    networks = rendered["networks"]
+    internal = {name for name, network in networks.items() if network.get("internal")}
+    assert internal == {"backend"}
+    attached = {name: set(service["networks"]) for name, service in rendered["services"].items()}
+    assert attached["cassandra"] == attached["tfserving"] == attached["migrate"] == {"backend"}
+    assert attached["gateway"] == {"backend", "edge"}  # published, and the one way in
+    assert attached["trainer"] == {"edge"}  # downloads MNIST, writes the models volume, talks to no service
+
+
+def test_ops_override_publishes_the_model_server_on_loopback_only():
+    result = run_compose(
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.ops.yml",
+        "config",
+        "--format",
+        "json",
+        env={"OPS_TOKEN": TOKEN},
+    )
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    ports = {(p["host_ip"], p["target"]) for p in services["tfserving"]["ports"]}
+    assert ports == {("127.0.0.1", 8500), ("127.0.0.1", 8501)}
+    assert "edge" in services["tfserving"]["networks"]  # an internal network alone cannot be published
+    assert not services["cassandra"].get("ports")
+
+
+def test_every_service_has_a_memory_limit(rendered):
+    gib = 1024**3
+    limits = {
+        name: int(service["deploy"]["resources"]["limits"]["memory"])
+        for name, service in rendered["services"].items()
+    }
+    assert set(limits) == set(rendered["services"])
+    assert all(0 < limit <= 8 * gib for limit in limits.values()), limits
+    heap = rendered["services"]["cassandra"]["environment"]["MAX_HEAP_SIZE"]
+    assert heap.endswith("G") and limits["cassandra"] >= 2 * int(heap[:-1]) * gib  # heap plus off-heap
+
+
 def test_builds_use_dockerfiles_that_exist_with_the_repository_as_context(rendered):
     for name in ("migrate", "trainer", "gateway"):
         build = rendered["services"][name]["build"]
@@ -178,9 +227,7 @@ def test_tf_serving_flags_name_mounted_repository_files_and_parse(rendered):
         host_args.append(f"--{name}={value}")
     parsed = parse_flags(host_args, environ={})
     assert parsed.enable_batching and parsed.allow_version_labels_for_unavailable_models
-    assert (parsed.port, parsed.rest_api_port) == (8500, 8501)
-    published = {p["target"] for p in service["ports"]}
-    assert published == {8500, 8501}
+    assert (parsed.port, parsed.rest_api_port) == (8500, 8501)  # what docker-compose.ops.yml publishes
 
 
 def test_models_config_base_path_is_on_the_models_volume(rendered):

@@ -63,6 +63,7 @@ def test_every_manifest_passes_the_kubernetes_schemas(rendered, target):
             "Deployment",
             "HorizontalPodAutoscaler",
             "Job",
+            "NetworkPolicy",
             "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "Service",
@@ -282,3 +283,109 @@ def test_prod_images_are_pinned_to_a_registry(rendered):
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest", image
     assert "registry.example.com/mnist/gateway:0.1.0" in images
+
+
+# -- NetworkPolicies ----------------------------------------------------------------------------------------
+OUTSIDE = "outside"  # a client from another namespace or from outside the cluster (no pod labels here)
+
+
+def allowed_to_connect(docs: list[dict], source: str, target: str, port_name: str) -> bool:
+    """Whether the rendered NetworkPolicies let the pods of workload `source` (or OUTSIDE) connect to the
+    named container port of workload `target`, by Kubernetes' rules: a pod selected by any Ingress policy
+    accepts only what one of those policies' rules allows; podSelector peers are pods of this namespace."""
+    workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in WORKLOADS}
+    target_labels = workloads[target]["spec"]["template"]["metadata"]["labels"]
+    source_labels = None if source == OUTSIDE else workloads[source]["spec"]["template"]["metadata"]["labels"]
+    ports = {
+        p["name"]: p["containerPort"] for c in pod_spec(workloads[target])["containers"] for p in c["ports"]
+    }
+    assert port_name in ports, (target, port_name)
+
+    def matches(selector: dict, labels: dict | None) -> bool:
+        assert set(selector) <= {"matchLabels"}, selector  # matchExpressions would need more than this
+        return labels is not None and selector.get("matchLabels", {}).items() <= labels.items()
+
+    def peer_allows(peer: dict) -> bool:
+        assert set(peer) == {"podSelector"}, peer  # namespaceSelector/ipBlock would need more than this
+        return matches(peer["podSelector"], source_labels)
+
+    def port_allows(rule_port: dict) -> bool:
+        assert rule_port.get("protocol", "TCP") == "TCP"
+        return rule_port["port"] in (port_name, ports[port_name])
+
+    policies = [
+        d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+        and "Ingress" in d["spec"]["policyTypes"]
+        and matches(d["spec"]["podSelector"], target_labels)
+    ]
+    if not policies:
+        return True  # Kubernetes' default: not isolated
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            if "from" in rule and not any(peer_allows(peer) for peer in rule["from"]):
+                continue
+            if "ports" in rule and not any(port_allows(p) for p in rule["ports"]):
+                continue
+            return True
+    return False
+
+
+# (source, target, port) allowed; the gateway's http port is open to every source; everything else is refused.
+NETWORK_MATRIX = {
+    ("gateway", "tfserving", "grpc"): True,
+    ("gateway", "tfserving", "http"): True,
+    ("mnist-train", "tfserving", "grpc"): True,
+    ("mnist-train", "tfserving", "http"): True,
+    ("gateway", "cassandra", "cql"): True,
+    ("mnist-migrate", "cassandra", "cql"): True,
+    ("cassandra", "cassandra", "intra-node"): True,
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_network_policies_allow_exactly_the_needed_connections(rendered, target):
+    docs = rendered[target]
+    workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in WORKLOADS}
+    assert {"gateway", "tfserving", "cassandra", "mnist-migrate", "mnist-train"} <= set(workloads)
+    checked = 0
+    for source in [OUTSIDE, *workloads]:
+        for name, workload in workloads.items():
+            for container in pod_spec(workload)["containers"]:
+                for port in container.get("ports", []):
+                    expected = NETWORK_MATRIX.get((source, name, port["name"]), False) or (
+                        (name, port["name"]) == ("gateway", "http")
+                    )
+                    assert allowed_to_connect(docs, source, name, port["name"]) is expected, (
+                        f"{source} -> {name}:{port['name']} should be {'allowed' if expected else 'refused'}"
+                    )
+                    checked += 1
+    assert checked >= 6 * 5  # sources x exposed ports
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_every_pod_is_behind_a_default_deny(rendered, target):
+    docs = rendered[target]
+    deny = [d for d in docs if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"] == {}]
+    assert len(deny) == 1
+    assert deny[0]["spec"]["policyTypes"] == ["Ingress"] and not deny[0]["spec"].get("ingress")
+    for policy in by_kind(docs, "NetworkPolicy").values():
+        selector = policy["spec"]["podSelector"].get("matchLabels", {})
+        selected = [
+            w
+            for w in docs
+            if w["kind"] in WORKLOADS
+            and selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert selected, f"NetworkPolicy {policy['metadata']['name']} selects no pod"
+
+
+def test_the_policy_check_catches_an_open_model_server(rendered):
+    docs = yaml.safe_load(yaml.safe_dump(rendered["overlays/prod"]))
+    policy = one(docs, "NetworkPolicy", "tfserving-ingress")
+    del policy["spec"]["ingress"][0]["from"]  # any pod, any namespace
+    assert allowed_to_connect(docs, "cassandra", "tfserving", "grpc")
+    assert allowed_to_connect(docs, OUTSIDE, "tfserving", "grpc")
+    without_policies = [d for d in docs if d["kind"] != "NetworkPolicy"]
+    assert allowed_to_connect(without_policies, OUTSIDE, "cassandra", "cql")
