@@ -254,3 +254,18 @@ def test_keep_alive_requests_still_work(server):
             assert response.status == 200 and b"AVAILABLE" in response.read()
     finally:
         connection.close()
+
+
+# -- metrics labels ----------------------------------------------------------------------------------------
+def test_unknown_model_names_do_not_create_metric_series(server, predict):
+    """Each made-up model name in a request must not become a new `model_name` series (unbounded memory and
+    scrape size): requests for models the server does not serve are counted under model_name=""."""
+    names = [f"made-up-{i}" for i in range(20)]
+    for name in names:
+        requests.get(f"{server.rest_url}/v1/models/{name}", timeout=TIMEOUT)
+        message = request_with(declared_tensor([1, 28, 28], int_val=[0]))
+        message.model_spec.name = name
+        assert rpc_error(predict, message).code() == grpc.StatusCode.NOT_FOUND
+    page = requests.get(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=TIMEOUT).text
+    assert not [line for line in page.splitlines() if "made-up-" in line]
+    assert 'model_name=""' in page and 'model_name="mnist"' in page

@@ -59,6 +59,11 @@ class ServingCore:
         self.manager = manager
         self.max_tensor_bytes = max_tensor_bytes
 
+    def metric_label(self, model_name: str) -> str:
+        """The `model_name` metrics label: the name of a served model, else "" (request names are anyone's
+        choice, and each distinct label value is a series kept forever)."""
+        return model_name if self.manager.serves(model_name) else ""
+
     def servable(self, ref: ModelRef) -> Servable:
         return self.manager.resolve(ref.name, version=ref.version, label=ref.label)  # type: ignore[return-value]
 

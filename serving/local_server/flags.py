@@ -26,11 +26,14 @@ class ServerFlags:
     rest_api_port: int = 8501
     bind_address: str = "127.0.0.1"
     rest_api_num_threads: int = 16
-    rest_api_max_body_bytes: int = 16 * 1024 * 1024
+    # Parsing a JSON body costs a multiple of its size in memory (docs/model-server.md, Hostile input); 8 MiB
+    # still holds the largest tensor (max_tensor_bytes) written as JSON.
+    rest_api_max_body_bytes: int = 8 * 1024 * 1024
     rest_api_max_connections: int = 256
     rest_api_timeout_in_ms: int = 30_000
-    # The gRPC message limit: no input decodes to more than a client could have sent value by value.
-    max_tensor_bytes: int = 64 * 1024 * 1024
+    # Memory grows with the batch far beyond the input (the model's activations: 64 MiB of uint8 images took
+    # the server past 3.8 GiB); 1 MiB is 1337 MNIST images. See docs/model-server.md, "Hostile input".
+    max_tensor_bytes: int = 1024 * 1024
     grpc_max_threads: int = 32
     model_name: str = "default"
     model_base_path: str | None = None

@@ -72,7 +72,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[alias].CopyFrom(tensors.to_proto(array))
             return response
 
-        return _call(context, self._metrics, "Predict", request.model_spec.name, handle)
+        model = self._core.metric_label(request.model_spec.name)
+        return _call(context, self._metrics, "Predict", model, handle)
 
     def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
@@ -82,7 +83,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise invalid_argument("Missing ModelSpec")
             return self._core.metadata(ModelRef.from_spec(request.model_spec), list(request.metadata_field))
 
-        return _call(context, self._metrics, "GetModelMetadata", request.model_spec.name, handle)
+        model = self._core.metric_label(request.model_spec.name)
+        return _call(context, self._metrics, "GetModelMetadata", model, handle)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -98,7 +100,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                 raise invalid_argument("Missing ModelSpec")
             return self._core.status(ModelRef.from_spec(request.model_spec))
 
-        return _call(context, self._metrics, "GetModelStatus", request.model_spec.name, handle)
+        model = self._core.metric_label(request.model_spec.name)
+        return _call(context, self._metrics, "GetModelStatus", model, handle)
 
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext

@@ -227,6 +227,12 @@ class ModelManager:
 
     # ---- requests --------------------------------------------------------------------------------------
 
+    def serves(self, name: str) -> bool:
+        """Whether `name` is a model of the current config (metrics label only these: names in requests are
+        anyone's choice)."""
+        with self._lock:
+            return name in self._models
+
     def resolve(self, name: str, *, version: int | None = None, label: str | None = None) -> object:
         """The servable a ModelSpec names (ServerCore::ServableRequestFromModelSpec + manager lookup)."""
         if not name:

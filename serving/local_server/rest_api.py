@@ -80,8 +80,9 @@ class RestApi:
             log.exception("REST request crashed", extra={"path": path})
             return _json_error(500, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            self.metrics.request_count.labels(model, api, "REST", code).inc()
-            self.metrics.request_latency.labels(model, api, "REST").observe(time.perf_counter() - started)
+            label = self.core.metric_label(model)
+            self.metrics.request_count.labels(label, api, "REST", code).inc()
+            self.metrics.request_latency.labels(label, api, "REST").observe(time.perf_counter() - started)
 
     def _route(self, method: str, path: str, body: bytes) -> tuple[str, ModelRef, Callable[[], bytes]]:
         """(API name, model reference, the call producing the JSON body); errors for paths TF would refuse."""
