@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         node = CassandraNode(scratch / "cassandra", unsafe_system=True)
         node.start()
         stack.callback(node.kill)
-        cluster = build_cluster([node.host], node.port, request_timeout=30.0)
+        cluster = build_cluster([node.host], node.port, request_timeout=30.0, credentials=node.credentials)
         Migrator(cluster.connect(), KEYSPACE).migrate()
         cluster.shutdown()
 

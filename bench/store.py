@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(node.kill)
             print(f"  ready after {node.startup_seconds:.1f} s", flush=True)
             port = node.port
-        cluster = build_cluster(args.hosts, port, request_timeout=30.0)
+        cluster = build_cluster(args.hosts, port, request_timeout=30.0, credentials=CassandraNode.credentials)
         stack.callback(cluster.shutdown)
         session = cluster.connect()
         Migrator(session, KEYSPACE).migrate()
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         base_rate, base_lat = baseline(session, args.seconds)
         spool = Path(tempfile.mkdtemp(prefix="bench-spool-"))
         stack.callback(shutil.rmtree, spool, ignore_errors=True)
-        store = PredictionStore(args.hosts, port, KEYSPACE, spool)
+        store = PredictionStore(args.hosts, port, KEYSPACE, spool, credentials=CassandraNode.credentials)
         stack.callback(store.close)
         if not store.ping():
             raise SystemExit("the store cannot reach Cassandra")

@@ -56,6 +56,7 @@ class Services:
             with self._lock:
                 if self._store is None:
                     from gateway.store import PredictionStore
+                    from gateway.store.cluster import Credentials
 
                     s = self.settings
                     store = PredictionStore(
@@ -65,6 +66,11 @@ class Services:
                         spool_dir=s.spool_dir,
                         ttl_seconds=s.cassandra_ttl_days * 86400,
                         local_dc=s.cassandra_local_dc or None,
+                        credentials=(
+                            Credentials(s.cassandra_username, s.cassandra_password)
+                            if s.cassandra_username
+                            else None
+                        ),
                         write_linger=s.cassandra_write_linger_ms / 1000,
                     )
                     self._owned.append(store)

@@ -21,6 +21,8 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
 - `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
 - `CASSANDRA_LOCAL_DC` (empty: the driver picks): the data centre whose nodes the gateway talks to.
+- `CASSANDRA_USERNAME`, `CASSANDRA_PASSWORD` (empty): the login (PasswordAuthenticator), both or neither;
+  required in production. From a Secret or `.env`, never from the ConfigMap.
 - `CASSANDRA_TTL_DAYS` (`90`): how long prediction rows live (0: forever); feedback rows have no TTL.
 - `CASSANDRA_WRITE_LINGER_MS` (`50`): how long the store's writer waits for more predictions before sending
   (fewer, larger requests: less CPU in the gateway and in Cassandra; 0 sends at once).
@@ -76,6 +78,8 @@ class Settings:
     cassandra_port: int = 9042
     cassandra_keyspace: str = "mnist"
     cassandra_local_dc: str = ""
+    cassandra_username: str = ""
+    cassandra_password: str = dataclasses.field(default="", repr=False)
     cassandra_ttl_days: int = 90
     cassandra_write_linger_ms: int = 50
     ops_token: str = ""
@@ -131,6 +135,8 @@ class Settings:
             cassandra_port=integer("CASSANDRA_PORT", d["cassandra_port"].default),
             cassandra_keyspace=get("CASSANDRA_KEYSPACE", d["cassandra_keyspace"].default),
             cassandra_local_dc=env.get("CASSANDRA_LOCAL_DC", "").strip(),
+            cassandra_username=env.get("CASSANDRA_USERNAME", "").strip(),
+            cassandra_password=env.get("CASSANDRA_PASSWORD", ""),
             cassandra_ttl_days=integer("CASSANDRA_TTL_DAYS", d["cassandra_ttl_days"].default),
             cassandra_write_linger_ms=integer(
                 "CASSANDRA_WRITE_LINGER_MS", d["cassandra_write_linger_ms"].default
@@ -188,12 +194,20 @@ class Settings:
         )
         check(0 <= self.cassandra_ttl_days <= 3650, "CASSANDRA_TTL_DAYS must be 0-3650 (0: keep forever)")
         check(0 <= self.cassandra_write_linger_ms <= 1000, "CASSANDRA_WRITE_LINGER_MS must be 0-1000")
+        check(
+            bool(self.cassandra_username) == bool(self.cassandra_password),
+            "set both CASSANDRA_USERNAME and CASSANDRA_PASSWORD, or neither",
+        )
         check(self.log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.env == "production":
             check(bool(self.ops_token), "OPS_TOKEN must be set when GATEWAY_ENV=production")
             check(
                 len(self.ops_token) >= 16 and self.ops_token.lower() not in _WEAK_TOKENS,
                 "OPS_TOKEN is too weak for production (use 16+ random characters: `openssl rand -hex 24`)",
+            )
+            check(
+                bool(self.cassandra_username),
+                "CASSANDRA_USERNAME and CASSANDRA_PASSWORD must be set when GATEWAY_ENV=production",
             )
 
     @property

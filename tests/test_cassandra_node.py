@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from deploy.local import cassandra_node as launcher
-from gateway.store.cluster import build_cluster
+from gateway.store.cluster import Credentials, authentication_failure, build_cluster
 from tests.fixtures.cassandra_node import qualified, wait_for_session
 
 
@@ -46,6 +46,32 @@ def test_a_clean_stop_and_start_keeps_the_data(cassandra_node, cassandra_session
     )
     assert cassandra_session.execute(select, [key], timeout=30).one().label == 7
     assert cassandra_node.startup_seconds is not None and cassandra_node.startup_seconds > 0
+
+
+@pytest.mark.parametrize("credentials", [None, Credentials("cassandra", "wrong"), Credentials("nobody", "x")])
+def test_the_node_refuses_clients_without_the_right_password(cassandra_node, credentials):
+    from cassandra.cluster import NoHostAvailable
+
+    cluster = build_cluster([cassandra_node.host], cassandra_node.port, credentials=credentials)
+    try:
+        with pytest.raises(NoHostAvailable) as refused:
+            cluster.connect()
+    finally:
+        cluster.shutdown()
+    reason = authentication_failure(refused.value)
+    assert reason is not None, refused.value
+    assert ("requires authentication" if credentials is None else "Bad credentials") in reason
+
+
+def test_the_node_accepts_its_credentials(cassandra_node):
+    cluster = build_cluster(
+        [cassandra_node.host], cassandra_node.port, credentials=cassandra_node.credentials
+    )
+    try:
+        row = cluster.connect().execute("SELECT role FROM system_auth.roles").all()
+        assert cassandra_node.credentials.username in {r.role for r in row}
+    finally:
+        cluster.shutdown()
 
 
 def test_cli_help():
@@ -117,7 +143,7 @@ def test_cli_runs_in_the_foreground_and_stops_cleanly_on_sigterm(tmp_path):
         while "ready on" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
         assert f"ready on 127.0.0.1:{port}" in out.read_text(), out.read_text()
-        cluster = build_cluster(["127.0.0.1"], port)
+        cluster = build_cluster(["127.0.0.1"], port, credentials=launcher.CassandraNode.credentials)
         try:
             assert cluster.connect().execute("SELECT release_version FROM system.local").one()
         finally:

@@ -94,7 +94,7 @@ def test_a_broken_file_is_rejected_by_the_same_client(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "OPS_TOKEN": TOKEN},
+        env={**os.environ, "OPS_TOKEN": TOKEN, "CASSANDRA_USERNAME": "u", "CASSANDRA_PASSWORD": "p"},
     )
     assert result.returncode != 0
     assert "depend_on" in result.stderr
@@ -117,6 +117,20 @@ def test_official_images_and_start_up_order(rendered):
         assert services[name]["healthcheck"]["test"][0] == "CMD", name
     assert services["cassandra"]["healthcheck"]["test"][1] == "cqlsh"
     assert services["tfserving"]["user"] == "65534:65534"  # the gateway's image sets its own non-root USER
+
+
+def test_cassandra_runs_with_password_authentication(rendered):
+    services = rendered["services"]
+    script = " ".join(services["cassandra"]["entrypoint"])
+    assert (
+        "s/AllowAllAuthenticator/PasswordAuthenticator/" in script
+        and "/etc/cassandra/cassandra.yaml" in script
+    )
+    assert script.rstrip().endswith("exec docker-entrypoint.sh cassandra -f")
+    health = services["cassandra"]["healthcheck"]["test"]
+    assert health[health.index("-u") + 1] == "cassandra" and health[health.index("-p") + 1] == "cassandra"
+    migrate = services["migrate"]["environment"]
+    assert (migrate["CASSANDRA_USERNAME"], migrate["CASSANDRA_PASSWORD"]) == ("cassandra", "cassandra")
 
 
 def test_only_the_gateway_is_published(rendered):
@@ -284,6 +298,10 @@ def test_gateway_environment_is_accepted_by_the_gateway_settings(rendered):
     assert settings.env == "production" and settings.ops_token == TOKEN
     assert settings.model_server_grpc == "tfserving:8500"
     assert settings.cassandra_hosts == ("cassandra",)
+    assert (settings.cassandra_username, settings.cassandra_password) == (
+        "cassandra",
+        "cassandra",
+    )  # .env.example
     assert settings.spool_dir in {v["target"] for v in rendered["services"]["gateway"]["volumes"]}
     read = RecordingEnv(env)
     Settings.from_env(read)

@@ -48,6 +48,8 @@ def test_every_variable_is_read():
             "CASSANDRA_LOCAL_DC": "dc2",
             "CASSANDRA_TTL_DAYS": "0",
             "CASSANDRA_WRITE_LINGER_MS": "0",
+            "CASSANDRA_USERNAME": " mnist ",
+            "CASSANDRA_PASSWORD": " p4ss word ",
             "OPS_TOKEN": "0123456789abcdef0123",
             "LOG_LEVEL": "debug",
         }
@@ -77,6 +79,8 @@ def test_every_variable_is_read():
     )
     assert (s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace) == (("a", "b", "c"), 9043, "other")
     assert (s.cassandra_local_dc, s.cassandra_ttl_days, s.cassandra_write_linger_ms) == ("dc2", 0, 0)
+    assert (s.cassandra_username, s.cassandra_password) == ("mnist", " p4ss word ")  # a password is verbatim
+    assert "p4ss" not in repr(s)
     assert s.ops_enabled and s.log_level == "DEBUG"
 
 
@@ -98,6 +102,9 @@ def test_every_variable_is_read():
         ({"GATEWAY_WORKER_LIFETIME_S": "-1"}, "GATEWAY_WORKER_LIFETIME_S"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
+        ({"CASSANDRA_USERNAME": "mnist"}, "CASSANDRA_PASSWORD"),
+        ({"CASSANDRA_PASSWORD": "secret"}, "CASSANDRA_USERNAME"),
+        ({"GATEWAY_ENV": "production", "OPS_TOKEN": "0123456789abcdef0123"}, "CASSANDRA_USERNAME"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env, names):

@@ -144,7 +144,7 @@ def test_cassandra_is_a_statefulset_behind_a_headless_service(rendered):
         claim = sts["spec"]["volumeClaimTemplates"][0]
         mounts = {m["name"]: m["mountPath"] for m in pod_spec(sts)["containers"][0]["volumeMounts"]}
         assert mounts[claim["metadata"]["name"]] == "/var/lib/cassandra"
-        env = {e["name"]: e["value"] for e in pod_spec(sts)["containers"][0]["env"]}
+        env = {e["name"]: e.get("value") for e in pod_spec(sts)["containers"][0]["env"]}
         seeds = env["CASSANDRA_SEEDS"].split(",")
         assert all(int(s.split(".")[0].rsplit("-", 1)[1]) < replicas for s in seeds), (target, seeds)
         assert one(docs, "PodDisruptionBudget", "cassandra")["spec"]["maxUnavailable"] == 1
@@ -160,7 +160,7 @@ def test_replication_per_overlay_is_what_mnist_migrate_understands(rendered):
     prod = replication("overlays/prod")
     assert prod.strategy == "NetworkTopologyStrategy" and prod.factors == (("dc1", 3),)
     sts = one(rendered["overlays/prod"], "StatefulSet", "cassandra")
-    env = {e["name"]: e["value"] for e in pod_spec(sts)["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in pod_spec(sts)["containers"][0]["env"]}
     assert env["CASSANDRA_DC"] == "dc1" and env["CASSANDRA_ENDPOINT_SNITCH"] == "GossipingPropertyFileSnitch"
     assert replication("overlays/dev").factors == (("replication_factor", 1),)
     assert replication("base").factors == (("replication_factor", 3),)
@@ -227,14 +227,22 @@ def container_env(docs: list[dict], workload: dict, secret_values: dict[str, str
     return env
 
 
+CASSANDRA_SECRET = {
+    "mnist-cassandra-credentials/CASSANDRA_USERNAME": "mnist",
+    "mnist-cassandra-credentials/CASSANDRA_PASSWORD": "from-the-secret",
+}
+
+
 def test_gateway_settings_are_accepted_and_the_token_comes_from_a_secret(rendered):
     from gateway.settings import Settings
 
     docs = rendered["overlays/prod"]
     gateway = one(docs, "Deployment", "gateway")
     token = "a3f1c9e07b5d42e8a3f1c9e07b5d42e8"
-    settings = Settings.from_env(container_env(docs, gateway, {"mnist-ops-token/OPS_TOKEN": token}))
+    secrets = {"mnist-ops-token/OPS_TOKEN": token, **CASSANDRA_SECRET}
+    settings = Settings.from_env(container_env(docs, gateway, secrets))
     assert settings.env == "production" and settings.ops_token == token
+    assert (settings.cassandra_username, settings.cassandra_password) == ("mnist", "from-the-secret")
     assert settings.model_server_grpc == "tfserving:8500"
     assert settings.cassandra_hosts == ("cassandra",)
     container = pod_spec(gateway)["containers"][0]
@@ -257,7 +265,9 @@ def test_jobs_run_commands_the_programs_accept(rendered, monkeypatch):
     job = one(docs, "Job", "mnist-migrate")
     command = pod_spec(job)["containers"][0]["command"]
     assert command[0] == "mnist-migrate"
-    for key, value in container_env(docs, job, {}).items():
+    job_env = container_env(docs, job, CASSANDRA_SECRET)
+    assert (job_env["CASSANDRA_USERNAME"], job_env["CASSANDRA_PASSWORD"]) == ("mnist", "from-the-secret")
+    for key, value in job_env.items():
         monkeypatch.setenv(key, value)
     args = migrate.build_parser().parse_args(command[1:])
     assert (args.hosts, args.keyspace, args.replication) == ("cassandra", "mnist", "dc1:3")
@@ -389,3 +399,21 @@ def test_the_policy_check_catches_an_open_model_server(rendered):
     assert allowed_to_connect(docs, OUTSIDE, "tfserving", "grpc")
     without_policies = [d for d in docs if d["kind"] != "NetworkPolicy"]
     assert allowed_to_connect(without_policies, OUTSIDE, "cassandra", "cql")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cassandra_runs_with_password_authentication(rendered, target):
+    """The official image has no setting for it: the container switches the authenticator in its
+    cassandra.yaml before the image's entry point starts the node; the readiness probe logs in."""
+    sts = one(rendered[target], "StatefulSet", "cassandra")
+    container = pod_spec(sts)["containers"][0]
+    script = " ".join(container["command"] + container.get("args", []))
+    assert (
+        "s/AllowAllAuthenticator/PasswordAuthenticator/" in script
+        and "/etc/cassandra/cassandra.yaml" in script
+    )
+    assert script.rstrip().endswith("exec docker-entrypoint.sh cassandra -f")
+    env = container_env(rendered[target], sts, CASSANDRA_SECRET)
+    probe = " ".join(container["readinessProbe"]["exec"]["command"])
+    assert '-u "$CASSANDRA_USERNAME"' in probe and '-p "$CASSANDRA_PASSWORD"' in probe
+    assert env["CASSANDRA_USERNAME"] == "mnist"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -101,7 +103,13 @@ def test_an_edited_applied_file_is_refused(cassandra_session, migrations_dir, ke
 def test_concurrent_runs_apply_each_file_once(cassandra_node, migrations_dir, keyspace):
     # Each runner has its own cluster connection, as separate replicas would.
     clusters = [
-        build_cluster([cassandra_node.host], cassandra_node.port, request_timeout=60) for _ in range(3)
+        build_cluster(
+            [cassandra_node.host],
+            cassandra_node.port,
+            request_timeout=60,
+            credentials=cassandra_node.credentials,
+        )
+        for _ in range(3)
     ]
     try:
         sessions = [c.connect() for c in clusters]
@@ -144,6 +152,14 @@ def _cli(*args, env=None):
     )
 
 
+def _credentials_env(node, password: str | None = None) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CASSANDRA_USERNAME": node.credentials.username,
+        "CASSANDRA_PASSWORD": node.credentials.password if password is None else password,
+    }
+
+
 def test_cli_migrate_then_status(cassandra_node, migrations_dir, keyspace):
     common = [
         "--hosts",
@@ -155,12 +171,12 @@ def test_cli_migrate_then_status(cassandra_node, migrations_dir, keyspace):
         "--migrations-dir",
         str(migrations_dir),
     ]
-    first = _cli(*common)
+    first = _cli(*common, env=_credentials_env(cassandra_node))
     assert first.returncode == 0, first.stderr
     assert "applied" in first.stdout
-    again = _cli("migrate", *common)
+    again = _cli("migrate", *common, env=_credentials_env(cassandra_node))
     assert again.returncode == 0 and "up to date" in again.stdout
-    status = _cli("status", *common)
+    status = _cli("status", *common, env=_credentials_env(cassandra_node))
     assert status.returncode == 0
     assert status.stdout.count(" applied ") == len(load_migrations(migrations_dir))
 
@@ -179,3 +195,19 @@ def test_cli_errors_are_one_clean_line(args, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("password", ["wrong", ""])
+def test_cli_refuses_bad_credentials_at_once_with_a_clear_message(cassandra_node, keyspace, password):
+    """Authentication is on: a wrong or missing password fails the run at once (no retrying for --wait), and
+    says so, rather than 'cannot reach Cassandra'."""
+    env = _credentials_env(cassandra_node, password)
+    if not password:
+        del env["CASSANDRA_USERNAME"], env["CASSANDRA_PASSWORD"]
+    started = time.monotonic()
+    args = ["--hosts", cassandra_node.host, "--port", str(cassandra_node.port), "--keyspace", keyspace]
+    result = _cli(*args, "--wait", "60", env=env)
+    assert result.returncode != 0
+    assert "Cassandra refused the login" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30  # not the 60 s of --wait

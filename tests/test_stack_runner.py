@@ -416,6 +416,8 @@ def test_service_environment_points_every_part_at_the_local_ones(tmp_path):
     assert settings.model_server_grpc == "127.0.0.1:8500"
     assert settings.spool_dir == str(tmp_path / "spool")
     assert settings.ops_token == "local-token-0123456789"
+    # the local node's login (its only role at first): the gateway and mnist-migrate use it
+    assert (settings.cassandra_username, settings.cassandra_password) == ("cassandra", "cassandra")
 
 
 def test_ops_token_is_generated_once_and_private(tmp_path):

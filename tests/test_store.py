@@ -69,7 +69,13 @@ def rows_by_id(session, keyspace, ids) -> set:
 
 @pytest.fixture
 def store(cassandra_node, clean_tables, tmp_path):
-    store = PredictionStore([cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool")
+    store = PredictionStore(
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        tmp_path / "spool",
+        credentials=cassandra_node.credentials,
+    )
     yield store
     store.close()
 
@@ -222,7 +228,13 @@ def test_a_new_process_replays_the_spool_a_dead_one_left(
     ids = [uuid.UUID(i) for i in json.loads(result.stdout)]
     assert len(list(spool_dir.glob("spool-*.log"))) == 1
 
-    store = PredictionStore([cassandra_node.host], cassandra_node.port, clean_tables, spool_dir)
+    store = PredictionStore(
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        spool_dir,
+        credentials=cassandra_node.credentials,
+    )
     try:
         store.ping()  # starts the store: it claims the orphaned file and replays it
         assert wait_until(lambda: rows_by_id(cassandra_session, clean_tables, ids) == set(ids))
@@ -243,6 +255,7 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
         tmp_path / "spool",
         request_timeout=2.0,
         max_backoff=1.0,
+        credentials=cassandra_node.credentials,
     )
     ids: list[uuid.UUID] = []
     stop = threading.Event()
@@ -281,7 +294,12 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
 @pytest.mark.parametrize("linger", [0.05, 30.0])
 def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_session, tmp_path, linger):
     store = PredictionStore(
-        [cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool", write_linger=linger
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        tmp_path / "spool",
+        write_linger=linger,
+        credentials=cassandra_node.credentials,
     )
     assert store.ping()
     records = [make_record(i) for i in range(300)]
@@ -358,7 +376,12 @@ def test_write_groups_stay_small_and_within_one_day():
 def test_reads_right_after_a_write_see_it_despite_the_linger(cassandra_node, clean_tables, tmp_path):
     """The writer waits up to `write_linger` for company; a lookup of a prediction still held sends it now."""
     store = PredictionStore(
-        [cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "spool", write_linger=30.0
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        tmp_path / "spool",
+        write_linger=30.0,
+        credentials=cassandra_node.credentials,
     )
     try:
         assert store.ping()

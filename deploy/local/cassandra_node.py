@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CASSANDRA_VERSION = "5.0.8"
@@ -39,6 +40,12 @@ BIND_FAILURES = ("Failed to bind port", "Address already in use")
 STARTUP_FAILURE = "Exception encountered during startup"
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
 
 
 class NodeError(RuntimeError):
@@ -161,7 +168,11 @@ class CassandraNode:
 
     Ports left as None are picked free at the first start and kept for restarts, so clients can reconnect.
     `unsafe_system=True` skips fsync of system tables: quicker, for throwaway test nodes only.
+    Clients log in (PasswordAuthenticator) with `credentials`: the default superuser a new node creates at
+    start-up, enough for a node that listens on 127.0.0.1 only.
     """
+
+    credentials = Credentials("cassandra", "cassandra")
 
     def __init__(
         self,
@@ -399,11 +410,17 @@ class CassandraNode:
         return f"native {self.port}, storage {self.storage_port}"
 
     def _query_system_local(self) -> bool:
+        from cassandra.auth import PlainTextAuthProvider
         from cassandra.cluster import Cluster
 
         quiet_driver_logs()
         cluster = Cluster(
-            [self.host], port=self.port, connect_timeout=2, control_connection_timeout=2, protocol_version=5
+            [self.host],
+            port=self.port,
+            connect_timeout=2,
+            control_connection_timeout=2,
+            protocol_version=5,
+            auth_provider=PlainTextAuthProvider(self.credentials.username, self.credentials.password),
         )
         try:
             session = cluster.connect()

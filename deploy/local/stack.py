@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from deploy.local.cassandra_node import CassandraNode
 from deploy.local.readiness import (
     NotReady,
     PortBusy,
@@ -341,6 +342,9 @@ def service_env(config: StackConfig, token: str) -> dict[str, str]:
         MODEL_SERVER_REST=config.rest_url,
         CASSANDRA_HOSTS=config.host,
         CASSANDRA_PORT=str(config.cassandra_port),
+        # the local node's login (it listens on 127.0.0.1 only): deploy/local/cassandra_node.py
+        CASSANDRA_USERNAME=CassandraNode.credentials.username,
+        CASSANDRA_PASSWORD=CassandraNode.credentials.password,
         CASSANDRA_KEYSPACE=config.keyspace,
         GATEWAY_HOST=config.host,
         GATEWAY_PORT=str(config.gateway_port),

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra import AuthenticationFailed
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.policies import (
     DCAwareRoundRobinPolicy,
     ExponentialReconnectionPolicy,
@@ -21,6 +24,24 @@ _NOISY_DRIVER_LOGGERS = (
     "cassandra.policies",
     "cassandra.protocol",
 )
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A Cassandra role's name and password (PasswordAuthenticator); the password stays out of reprs."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def authentication_failure(exc: BaseException) -> str | None:
+    """The server's reason when `exc` (from `Cluster.connect`) is a refused login, else None: a wrong password
+    is reported at once instead of being retried like a node that is still starting."""
+    errors = exc.errors.values() if isinstance(exc, NoHostAvailable) and exc.errors else [exc]
+    for error in errors:
+        if isinstance(error, AuthenticationFailed):
+            return str(error).splitlines()[0][:300]
+    return None
 
 
 def quiet_driver_logs(level: int = logging.ERROR) -> None:
@@ -44,8 +65,10 @@ def build_cluster(
     request_timeout: float = 5.0,
     connect_timeout: float = 3.0,
     local_dc: str | None = None,
+    credentials: Credentials | None = None,
 ) -> Cluster:
-    """A `Cluster`, not yet connected: call `.connect()` after forking (driver threads do not survive it)."""
+    """A `Cluster`, not yet connected: call `.connect()` after forking (driver threads do not survive it).
+    With `credentials` it logs in (PasswordAuthenticator); without, the node must allow anonymous clients."""
     load_balancing = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc))
     profile = ExecutionProfile(load_balancing_policy=load_balancing, request_timeout=request_timeout)
     return Cluster(
@@ -59,4 +82,7 @@ def build_cluster(
         # attempt per down host every 2 s costs nothing.
         reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=2.0),
         idle_heartbeat_interval=10,
+        auth_provider=(
+            PlainTextAuthProvider(credentials.username, credentials.password) if credentials else None
+        ),
     )

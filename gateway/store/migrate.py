@@ -30,7 +30,13 @@ from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.query import PreparedStatement, SimpleStatement
 
-from gateway.store.cluster import build_cluster, parse_hosts, quiet_driver_logs
+from gateway.store.cluster import (
+    Credentials,
+    authentication_failure,
+    build_cluster,
+    parse_hosts,
+    quiet_driver_logs,
+)
 
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "cassandra" / "migrations"
 KEYSPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,47}")
@@ -338,17 +344,31 @@ class Migrator:
 # ------------------------------------------------------------------------------------ connecting + CLI
 
 
-def connect(hosts: str, port: int, *, wait: float = 60.0, say: Callable[[str], None] = print) -> Session:
-    """A session, retrying with backoff for up to `wait` seconds (Cassandra may still be starting)."""
+def connect(
+    hosts: str,
+    port: int,
+    *,
+    credentials: Credentials | None = None,
+    wait: float = 60.0,
+    say: Callable[[str], None] = print,
+) -> Session:
+    """A session, retrying with backoff for up to `wait` seconds (Cassandra may still be starting); a refused
+    login fails at once (waiting does not fix a password)."""
     deadline = time.monotonic() + wait
     delay, attempt = 0.5, 0
     while True:
         attempt += 1
-        cluster = build_cluster(hosts, port, request_timeout=30.0)
+        cluster = build_cluster(hosts, port, request_timeout=30.0, credentials=credentials)
         try:
             return cluster.connect()
         except (NoHostAvailable, DriverException, OSError) as exc:
             cluster.shutdown()
+            refused = authentication_failure(exc)
+            if refused is not None:
+                who = f"user {credentials.username!r}" if credentials else "no CASSANDRA_USERNAME"
+                raise MigrationError(
+                    f"Cassandra refused the login at {hosts} port {port} ({who}): {refused}"
+                ) from None
             if time.monotonic() + delay > deadline:
                 raise MigrationError(
                     f"cannot reach Cassandra at {hosts} port {port} after {attempt} attempt(s): {_short(exc)}"
@@ -371,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mnist-migrate",
         description="Apply the CQL migrations in order (default), or show their status.",
         epilog="Environment: CASSANDRA_HOSTS, CASSANDRA_PORT, CASSANDRA_KEYSPACE, CASSANDRA_REPLICATION "
-        "(`1` = SimpleStrategy RF 1, or `dc1:3,dc2:3` = NetworkTopologyStrategy), CASSANDRA_MIGRATIONS_DIR.",
+        "(`1` = SimpleStrategy RF 1, or `dc1:3,dc2:3` = NetworkTopologyStrategy), CASSANDRA_MIGRATIONS_DIR, "
+        "CASSANDRA_USERNAME and CASSANDRA_PASSWORD (the login; both or neither).",
     )
     parser.add_argument("command", nargs="?", choices=("migrate", "status"), default="migrate")
     parser.add_argument(
@@ -404,6 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _credentials_from_env() -> Credentials | None:
+    """The password is read from the environment only (a flag would show it in `ps`)."""
+    username = os.environ.get("CASSANDRA_USERNAME", "")
+    password = os.environ.get("CASSANDRA_PASSWORD", "")
+    if bool(username) != bool(password):
+        raise MigrationError("set both CASSANDRA_USERNAME and CASSANDRA_PASSWORD, or neither")
+    return Credentials(username, password) if username else None
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     if not value:
@@ -423,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         replication = Replication.parse(args.replication)
         validate_keyspace(args.keyspace)
         load_migrations(args.migrations_dir)  # bad files are reported before touching the network
-        session = connect(args.hosts, args.port, wait=args.wait, say=say)
+        session = connect(args.hosts, args.port, credentials=_credentials_from_env(), wait=args.wait, say=say)
         try:
             migrator = Migrator(
                 session,

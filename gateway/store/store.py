@@ -35,7 +35,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from gateway.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
 from gateway.store import buckets
-from gateway.store.cluster import build_cluster, parse_hosts
+from gateway.store.cluster import Credentials, build_cluster, parse_hosts
 from gateway.store.migrate import validate_keyspace
 from gateway.store.records import PredictionRecord
 from gateway.store.spool import Spool, SpoolError
@@ -104,6 +104,7 @@ class PredictionStore:
         request_timeout: float = 5.0,
         connect_timeout: float = 3.0,
         local_dc: str | None = None,
+        credentials: Credentials | None = None,
         replay_chunk: int = 64,
         max_backoff: float = 10.0,
         write_linger: float = 0.05,
@@ -119,6 +120,7 @@ class PredictionStore:
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.local_dc = local_dc
+        self.credentials = credentials
         self.replay_chunk = replay_chunk
         self.max_backoff = max_backoff
         self.write_linger = write_linger
@@ -408,6 +410,7 @@ class PredictionStore:
             request_timeout=self.request_timeout,
             connect_timeout=self.connect_timeout,
             local_dc=self.local_dc,
+            credentials=self.credentials,
         )
         try:
             session = cluster.connect()
