@@ -397,3 +397,26 @@ def test_reads_right_after_a_write_see_it_despite_the_linger(cassandra_node, cle
         assert settled(store)
     finally:
         store.close()
+
+
+def test_a_refused_login_is_reported_with_the_reason(cassandra_node, clean_tables, tmp_path, caplog):
+    """Cassandra requires a login: a store with a wrong password says why it cannot connect (and spools)."""
+    from gateway.store.cluster import Credentials
+
+    caplog.set_level("WARNING", logger="gateway.store.store")
+    store = PredictionStore(
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        tmp_path / "spool",
+        credentials=Credentials(cassandra_node.credentials.username, "wrong"),
+    )
+    try:
+        store.record(make_record(1))
+        assert wait_until(
+            lambda: any("AuthenticationFailed" in r.getMessage() for r in caplog.records), timeout=30
+        ), [r.getMessage() for r in caplog.records]
+        assert any("Bad credentials" in r.getMessage() for r in caplog.records)
+        assert wait_until(lambda: store.spool_depth() == 1)
+    finally:
+        store.close()
