@@ -271,7 +271,7 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
 
     writer = threading.Thread(target=stream)
     try:
-        assert store.ping()
+        assert wait_until(store.ping, timeout=30)
         writer.start()
         assert wait_until(lambda: store.stats()["written"] >= 100)
         cassandra_node.kill()
@@ -301,7 +301,7 @@ def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_
         write_linger=linger,
         credentials=cassandra_node.credentials,
     )
-    assert store.ping()
+    assert wait_until(store.ping, timeout=30)
     records = [make_record(i) for i in range(300)]
     for r in records:
         store.record(r)  # no waiting: most are still queued or in flight when close() starts
@@ -323,7 +323,8 @@ def test_a_burst_from_many_threads_is_written_whole(store, cassandra_session, cl
         make_record(i, when=now - timedelta(days=i % 2, microseconds=i), filename=names[i % 4])
         for i in range(240)
     ]
-    assert store.ping()  # connected: records go to Cassandra directly, not through the spool
+    # connected: records go to Cassandra directly, not through the spool
+    assert wait_until(store.ping, timeout=30)
     futures, execute_async = [], store._session.execute_async
 
     def spy(*args, **kwargs):
@@ -384,7 +385,7 @@ def test_reads_right_after_a_write_see_it_despite_the_linger(cassandra_node, cle
         credentials=cassandra_node.credentials,
     )
     try:
-        assert store.ping()
+        assert wait_until(store.ping, timeout=30)
         first, second = make_record(1), make_record(2)
         store.record(first)
         started = time.monotonic()
