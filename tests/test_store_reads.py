@@ -26,6 +26,7 @@ def make_store(cassandra_node, clean_tables, tmp_path):
             cassandra_node.port,
             clean_tables,
             tmp_path / f"spool{len(stores)}",
+            credentials=cassandra_node.credentials,
             **options,
         )
         stores.append(store)
