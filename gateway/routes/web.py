@@ -7,6 +7,8 @@ from flask import Blueprint, current_app, jsonify, send_from_directory
 from gateway.openapi import openapi_spec
 
 bp = Blueprint("web", __name__)
+# Loaded (and checked) when the routes are imported, so a broken document stops the gateway at start.
+openapi_spec()
 
 
 @bp.get("/")
