@@ -32,6 +32,7 @@ from training.contract import (
     PROBABILITIES_KEY,
     SIGNATURE_NAME,
     WARMUP_FILE,
+    version_dirs,
 )
 from training.errors import ExportError
 
@@ -156,10 +157,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def existing_versions(model_dir: Path) -> list[int]:
-    """The integer version directories under model_dir, ascending (hidden and other names ignored)."""
+    """The version directories under model_dir, ascending (training.contract.version_of decides)."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+    return list(version_dirs(model_dir))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from deploy.local.readiness import (
     wait_for,
 )
 from deploy.local.supervisor import PartDied, Supervisor
+from training.contract import is_complete, version_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
@@ -193,13 +194,11 @@ def config_from(args: argparse.Namespace, env: dict[str, str]) -> StackConfig:
 
 # -- the steps ------------------------------------------------------------------------------------
 def model_versions(base_path: Path, model_name: str) -> list[int]:
-    """Complete version directories (as TF Serving sees them: numeric names holding a saved_model.pb)."""
+    """Published versions: version directories (`training.contract.version_of`) holding a SavedModel."""
     model_dir = base_path / model_name
     if not model_dir.is_dir():
         return []
-    return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()
-    )
+    return [version for version, path in version_dirs(model_dir).items() if is_complete(path)]
 
 
 def train_command(config: StackConfig) -> list[str]:

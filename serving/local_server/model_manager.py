@@ -10,7 +10,6 @@ failed version is not retried while its directory stays. Loading and unloading r
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -22,10 +21,9 @@ import grpc
 from serving.local_server.config import ModelConfig, ModelServerConfig, check_reload_request
 from serving.local_server.errors import ServingError, failed_precondition, invalid_argument, not_found
 from serving.local_server.metrics import ServerMetrics
+from training import contract
 
 log = logging.getLogger(__name__)
-
-_VERSION_NAME = re.compile(r"[0-9]{1,18}")
 
 Loader = Callable[[str, int, Path, ModelConfig], object]
 Unloader = Callable[[object], None]
@@ -57,20 +55,15 @@ class _Model:
 
 
 def version_dirs(base_path: Path) -> dict[int, Path] | None:
-    """{version: directory} under ``base_path`` (integer names, "007" is 7; hidden/temp names are ignored).
+    """{version: directory} under ``base_path`` (`training.contract.version_of` decides, as TF Serving does).
     None when the base path does not exist (the last known versions stay aspired, as in TF Serving)."""
     try:
-        children = list(base_path.iterdir())
+        return contract.version_dirs(base_path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         log.warning("cannot list base path", extra={"path": str(base_path), "error": str(exc)})
         return None
-    found: dict[int, Path] = {}
-    for path in sorted(children):
-        if _VERSION_NAME.fullmatch(path.name) and path.is_dir():
-            found.setdefault(int(path.name), path)
-    return found
 
 
 def aspired_versions(config: ModelConfig, on_disk: list[int]) -> set[int]:

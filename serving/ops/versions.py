@@ -1,7 +1,7 @@
 """Model versions on disk: `<model dir>/<version>/` with `assets.extra/metrics.json` (written by mnist-train).
 
-Hidden or non-integer entries (an export in progress is a hidden `.tmp-*` sibling) are not versions, and
-neither is a directory without `saved_model.pb`.
+Which entries are versions is `training.contract.version_of`'s rule (TF Serving's); an export in progress is
+a hidden `.tmp-*` sibling, and a version directory without `saved_model.pb` is not listed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.ops.errors import ConfigError, QualityGateFailed, VersionNotFound
+from training.contract import is_complete, version_dirs
 
 METRICS_PATH = Path("assets.extra") / "metrics.json"
 
@@ -50,9 +51,9 @@ def _read_metrics(version_dir: Path) -> tuple[dict[str, Any] | None, str]:
     return data, ""
 
 
-def _load(version_dir: Path) -> DiskVersion:
+def _load(version: int, version_dir: Path) -> DiskVersion:
     metrics, problem = _read_metrics(version_dir)
-    return DiskVersion(int(version_dir.name), version_dir, metrics, problem)
+    return DiskVersion(version, version_dir, metrics, problem)
 
 
 def scan(model_dir: Path) -> list[DiskVersion]:
@@ -61,12 +62,7 @@ def scan(model_dir: Path) -> list[DiskVersion]:
         raise ConfigError(
             f"model directory {model_dir} not found (check --model-base-path / MODEL_BASE_PATH)"
         )
-    found = [
-        _load(entry)
-        for entry in model_dir.iterdir()
-        if entry.name.isdigit() and int(entry.name) > 0 and (entry / "saved_model.pb").is_file()
-    ]
-    return sorted(found, key=lambda v: v.version)
+    return [_load(version, path) for version, path in version_dirs(model_dir).items() if is_complete(path)]
 
 
 def find(model_dir: Path, version: int) -> DiskVersion:
