@@ -37,6 +37,10 @@ from gateway.tfs_protos import (
 
 log = logging.getLogger(__name__)
 
+# The model contract (training/contract.py). The gateway must not import training (no tensorflow in its
+# image), so these are copies; tests/test_one_rule.py pins them to the original.
+MODEL_NAME = "mnist"
+SIGNATURE_NAME = "serving_default"
 INPUT_KEY = "image"
 PROBABILITIES_KEY = "probabilities"
 DIGIT_KEY = "digit"
@@ -125,8 +129,8 @@ class ModelClient:
         target: str,
         *,
         timeout_s: float = 3.0,
-        model_name: str = "mnist",
-        signature_name: str = "serving_default",
+        model_name: str = MODEL_NAME,
+        signature_name: str = SIGNATURE_NAME,
         retries: int = 3,
         backoff_s: float = 0.05,
         max_backoff_s: float = 1.0,

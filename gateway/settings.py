@@ -46,7 +46,16 @@ from limits import parse_many
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_PAGE_SIZE = 100
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A model version label, as MODEL_LABEL or `?label=` (gateway/openapi.yaml repeats it; a test pins the copy).
+LABEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+LABEL_RULE = "1-64 letters, digits, '.', '_' or '-'"
+_LABEL_RE = re.compile(LABEL_PATTERN)
+
+
+def is_label(value: str) -> bool:
+    return bool(_LABEL_RE.match(value))
+
+
 _WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
 
 
@@ -179,9 +188,7 @@ class Settings:
             f"MODEL_SERVER_GRPC must be host:port, got {self.model_server_grpc!r}",
         )
         check(bool(self.model_name), "MODEL_NAME must not be empty")
-        check(
-            bool(_LABEL_RE.match(self.model_label)), f"MODEL_LABEL is not a valid label: {self.model_label!r}"
-        )
+        check(is_label(self.model_label), f"MODEL_LABEL must be {LABEL_RULE}, got {self.model_label!r}")
         check(0 < self.model_timeout_s <= 300, "MODEL_TIMEOUT_S must be in (0, 300]")
         check(0 <= self.model_retries <= 10, "MODEL_RETRIES must be 0-10")
         check(len(self.cassandra_hosts) > 0, "CASSANDRA_HOSTS must name at least one host")

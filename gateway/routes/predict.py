@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import secrets
 import struct
 import time
@@ -26,6 +25,7 @@ from gateway.errors import GatewayError, InvalidInput, ModelUnavailable, ModelVe
 from gateway.logs import add_log_fields
 from gateway.preprocess import to_mnist
 from gateway.services import Services
+from gateway.settings import LABEL_RULE, is_label
 from gateway.store import PredictionRecord
 
 bp = Blueprint("predict", __name__)
@@ -33,7 +33,6 @@ log = logging.getLogger("gateway.predict")
 
 UPLOAD_FIELDS = ("image", "pic")
 MAX_FILENAME_CHARS = 255
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -140,8 +139,8 @@ def model_choice(default_label: str) -> tuple[str | None, int | None]:
             raise InvalidInput("'version' must be a positive integer")
         return None, int(version)
     if label is not None:
-        if not _LABEL_RE.match(label):
-            raise InvalidInput("'label' must be 1-64 letters, digits, '.', '_' or '-'")
+        if not is_label(label):
+            raise InvalidInput(f"'label' must be {LABEL_RULE}")
         return label, None
     return default_label, None
 
