@@ -1,7 +1,8 @@
 """The gateway's domain errors, each mapped to its HTTP status in one place.
 
 Code anywhere in the gateway raises these where a problem is known; the app's error handler turns them into
-`{"error": {"code": ..., "message": ...}}` with `status` (and `Retry-After` when `retry_after` is set).
+`{"error": {"code": ..., "message": ...}}` with `status`; every 503 carries `Retry-After`: the error's own
+`retry_after` when it sets one, else GATEWAY_RETRY_AFTER_S.
 Messages are shown to clients: they say what is wrong and never carry a stack trace or a server path.
 """
 
@@ -80,9 +81,6 @@ class ModelUnavailable(GatewayError):
     status = 503
     code = "model_unavailable"
 
-    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
-        super().__init__(message, retry_after=retry_after)
-
 
 class Overloaded(GatewayError):
     """The gateway is busy with other costly work (decoding large pictures) and cannot take this now."""
@@ -99,9 +97,6 @@ class StoreUnavailable(GatewayError):
 
     status = 503
     code = "store_unavailable"
-
-    def __init__(self, message: str, *, retry_after: int | None = 5) -> None:
-        super().__init__(message, retry_after=retry_after)
 
 
 class ModelError(GatewayError):

@@ -19,7 +19,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.errors import ModelUnavailable, ModelVersionNotFound
+from gateway.errors import ModelUnavailable, ModelVersionNotFound, StoreUnavailable
 from gateway.model_client import Prediction, VersionStatus
 from gateway.routes.predict import png_base64
 from gateway.settings import Settings
@@ -156,16 +156,30 @@ def test_client_mistakes_are_4xx_json_and_never_reach_the_model(make_gateway, kw
     assert model.calls == [] and store.records == []
 
 
-def test_model_unavailable_is_503_with_retry_after(make_gateway):
-    gw, _, store = make_gateway(model=ModelDouble(ModelUnavailable("the model server is unreachable")))
+@pytest.mark.parametrize("retry_after_s", [1, 7])
+def test_model_unavailable_is_503_with_the_configured_retry_after(make_gateway, retry_after_s):
+    gw, _, store = make_gateway(
+        model=ModelDouble(ModelUnavailable("the model server is unreachable")), retry_after_s=retry_after_s
+    )
     r = requests.post(f"{gw.url}/v1/predict", data=png())
     assert r.status_code == 503
     assert error_of(r) == {"code": "model_unavailable", "message": "the model server is unreachable"}
-    assert int(r.headers["Retry-After"]) > 0
+    assert r.headers["Retry-After"] == str(retry_after_s)
     assert store.records == []
     ready = requests.get(f"{gw.url}/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["model"]["ok"] is False
-    assert "Retry-After" in ready.headers
+    assert ready.headers["Retry-After"] == str(retry_after_s)
+
+
+def test_store_unavailable_is_503_with_the_configured_retry_after(make_gateway):
+    class DownStore(StoreDouble):
+        def recent(self, *, limit, cursor):
+            raise StoreUnavailable("Cassandra is unreachable")
+
+    gw, _, _ = make_gateway(store=DownStore(), retry_after_s=9)
+    r = requests.get(f"{gw.url}/v1/predictions")
+    assert r.status_code == 503 and error_of(r)["code"] == "store_unavailable"
+    assert r.headers["Retry-After"] == "9"
 
 
 def test_a_missing_label_is_404_when_the_client_chose_it_and_503_when_it_is_the_default(make_gateway):
