@@ -56,6 +56,9 @@ def is_label(value: str) -> bool:
     return bool(_LABEL_RE.match(value))
 
 
+# The prediction keyspace's name: the rule of `mnist-migrate`, which creates it, and of the store.
+KEYSPACE_PATTERN = r"[a-z][a-z0-9_]{0,47}"
+_KEYSPACE_RE = re.compile(KEYSPACE_PATTERN)
 _WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
 
 
@@ -196,8 +199,9 @@ class Settings:
             0 < self.cassandra_port < 65536, f"CASSANDRA_PORT must be a TCP port, got {self.cassandra_port}"
         )
         check(
-            bool(re.match(r"^[A-Za-z][A-Za-z0-9_]{0,47}$", self.cassandra_keyspace)),
-            f"CASSANDRA_KEYSPACE is not a valid keyspace name: {self.cassandra_keyspace!r}",
+            is_keyspace(self.cassandra_keyspace),
+            f"CASSANDRA_KEYSPACE must be a lower-case letter then up to 47 lower-case letters, digits or _, "
+            f"got {self.cassandra_keyspace!r}",
         )
         check(0 <= self.cassandra_ttl_days <= 3650, "CASSANDRA_TTL_DAYS must be 0-3650 (0: keep forever)")
         check(0 <= self.cassandra_write_linger_ms <= 1000, "CASSANDRA_WRITE_LINGER_MS must be 0-1000")
@@ -227,6 +231,10 @@ def _is_rate_limit(value: str) -> bool:
         return bool(parse_many(value))
     except ValueError:
         return False
+
+
+def is_keyspace(value: str) -> bool:
+    return bool(_KEYSPACE_RE.fullmatch(value))
 
 
 def _is_host_port(value: str) -> bool:

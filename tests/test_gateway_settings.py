@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from gateway.settings import Settings, SettingsError
+from gateway.store.migrate import MigrationError, validate_keyspace
 
 
 def test_defaults_from_an_empty_environment():
@@ -94,6 +95,8 @@ def test_every_variable_is_read():
         ({"MODEL_LABEL": "a b"}, "MODEL_LABEL"),
         ({"GATEWAY_ENV": "staging"}, "GATEWAY_ENV"),
         ({"CASSANDRA_KEYSPACE": "x;drop"}, "CASSANDRA_KEYSPACE"),
+        ({"CASSANDRA_KEYSPACE": "Mnist"}, "CASSANDRA_KEYSPACE"),  # mnist-migrate makes lower-case names only
+        ({"CASSANDRA_KEYSPACE": "k" * 49}, "CASSANDRA_KEYSPACE"),
         ({"CASSANDRA_HOSTS": " , "}, "CASSANDRA_HOSTS"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"CASSANDRA_TTL_DAYS": "-1"}, "CASSANDRA_TTL_DAYS"),
@@ -110,6 +113,17 @@ def test_every_variable_is_read():
 def test_bad_values_are_refused_with_the_variable_named(env, names):
     with pytest.raises(SettingsError, match=names):
         Settings.from_env(env)
+
+
+def test_the_keyspace_rule_is_the_migrations():
+    assert Settings.from_env({"CASSANDRA_KEYSPACE": "k" * 48}).cassandra_keyspace == "k" * 48
+    for name in ("mnist", "k" * 48, "a_1"):
+        assert validate_keyspace(name) == name
+    for name in ("Mnist", "k" * 49, "1a", "_a"):
+        with pytest.raises(MigrationError):
+            validate_keyspace(name)
+        with pytest.raises(SettingsError, match="CASSANDRA_KEYSPACE"):
+            Settings(cassandra_keyspace=name)
 
 
 def test_settings_are_frozen():

@@ -30,6 +30,7 @@ from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.query import PreparedStatement, SimpleStatement
 
+from gateway.settings import is_keyspace
 from gateway.store.cluster import (
     Credentials,
     authentication_failure,
@@ -39,7 +40,6 @@ from gateway.store.cluster import (
 )
 
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "cassandra" / "migrations"
-KEYSPACE_RE = re.compile(r"[a-z][a-z0-9_]{0,47}")
 DATACENTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MIGRATION_FILE_RE = re.compile(r"v(\d{3,})_([a-z0-9_]+)\.cql")
 LOCK_NAME = "migrate"
@@ -55,7 +55,7 @@ class MigrationError(Exception):
 
 
 def validate_keyspace(name: str) -> str:
-    if not KEYSPACE_RE.fullmatch(name or ""):
+    if not is_keyspace(name or ""):
         raise MigrationError(f"invalid keyspace name {name!r}: use lower-case letters, digits and _ (max 48)")
     return name
 
