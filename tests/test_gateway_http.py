@@ -23,6 +23,7 @@ from gateway.errors import ModelUnavailable, ModelVersionNotFound, StoreUnavaila
 from gateway.model_client import Prediction, VersionStatus
 from gateway.routes.predict import png_base64
 from gateway.settings import Settings
+from gateway.store import Page
 from tests.fixtures.gateway_server import LiveGateway
 
 
@@ -169,6 +170,30 @@ def test_model_unavailable_is_503_with_the_configured_retry_after(make_gateway, 
     ready = requests.get(f"{gw.url}/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["model"]["ok"] is False
     assert ready.headers["Retry-After"] == str(retry_after_s)
+
+
+def test_page_size_is_the_default_limit_of_the_recent_list(make_gateway):
+    class PagedStore(StoreDouble):
+        def __init__(self) -> None:
+            super().__init__()
+            self.limits: list[int] = []
+
+        def recent(self, *, limit, cursor):
+            self.limits.append(limit)
+            return Page(items=[], cursor=None)
+
+    store = PagedStore()
+    gw, _, _ = make_gateway(store=store, page_size=3)
+    assert requests.get(f"{gw.url}/v1/predictions").status_code == 200
+    assert requests.get(f"{gw.url}/v1/predictions?limit=100").status_code == 200
+    assert store.limits == [3, 100]
+
+
+def test_max_image_pixels_bounds_the_decoded_image(make_gateway):
+    gw, _, _ = make_gateway(max_image_pixels=30 * 30)
+    assert requests.post(f"{gw.url}/v1/predict", data=png(size=(30, 30))).status_code == 200
+    r = requests.post(f"{gw.url}/v1/predict", data=png(size=(30, 31)))
+    assert r.status_code == 413 and error_of(r)["code"] == "payload_too_large"
 
 
 def test_store_unavailable_is_503_with_the_configured_retry_after(make_gateway):

@@ -146,3 +146,82 @@ def test_cli_help_and_bad_settings_exit_cleanly():
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("mnist-gateway: error: OPS_TOKEN")
     assert "Traceback" not in bad.stderr
+
+
+# Each setting, a value other than its default, and where that value must arrive. A new setting fails
+# test_every_setting_is_wired until it is listed here; each value differs from the default, so a setting
+# that reaches nothing (or reaches it with the default) fails.
+WIRING = {
+    "host": "127.0.0.2",
+    "port": 9001,
+    "workers": 3,
+    "threads": 5,
+    "graceful_timeout_s": 7,
+    "log_level": "DEBUG",
+    "max_upload_bytes": 4096,
+    "retry_after_s": 11,  # reaches the 503s: test_gateway_http.py
+    "max_image_pixels": 1000,  # reaches the decoder: test_gateway_http.py
+    "page_size": 3,  # reaches GET /v1/predictions: test_gateway_http.py
+    "model_label": "canary",  # the default label asked: test_gateway_http.py
+    "ops_token": "0123456789abcdef0123",  # guards /ops: test_gateway_http.py
+    "env": "production",  # refuses weak tokens: test_bad_values_are_refused_with_the_variable_named
+    "model_server_grpc": "models.internal:8600",
+    "model_timeout_s": 1.5,
+    "model_name": "digits",
+    "model_retries": 4,
+    "cassandra_hosts": ("a", "b"),
+    "cassandra_port": 9043,
+    "cassandra_keyspace": "other",
+    "spool_dir": "/var/tmp/elsewhere",
+    "cassandra_ttl_days": 3,
+    "cassandra_local_dc": "dc2",
+    "cassandra_write_linger_ms": 0,
+}
+
+
+def test_every_setting_is_wired(monkeypatch):
+    import gateway.model_client
+    import gateway.store
+    from gateway.metrics import GatewayMetrics
+    from gateway.server import GatewayServer
+    from gateway.services import Services
+
+    assert set(WIRING) == set(Settings.__dataclass_fields__)
+    defaults = Settings()
+    assert all(getattr(defaults, name) != value for name, value in WIRING.items())
+    s = Settings(**WIRING)
+
+    cfg = GatewayServer(s).cfg
+    assert cfg.bind == ["127.0.0.2:9001"]
+    assert (cfg.workers, cfg.threads, cfg.graceful_timeout) == (3, 5, 7)
+    assert cfg.logconfig_dict["root"]["level"] == "DEBUG"
+
+    from gateway.app import create_app
+
+    assert create_app(s).config["MAX_CONTENT_LENGTH"] == 4096
+
+    made: dict[str, tuple] = {}
+
+    def recorder(kind: str):
+        return lambda *args, **kwargs: made.setdefault(kind, (args, kwargs))
+
+    monkeypatch.setattr(gateway.model_client, "ModelClient", recorder("model"))
+    monkeypatch.setattr(gateway.store, "PredictionStore", recorder("store"))
+    services = Services(s, GatewayMetrics())
+    assert services.model_client is made["model"] and services.store is made["store"]
+    assert made["model"] == (
+        ("models.internal:8600",),
+        {"timeout_s": 1.5, "model_name": "digits", "retries": 4},
+    )
+    assert made["store"] == (
+        (),
+        {
+            "hosts": ["a", "b"],
+            "port": 9043,
+            "keyspace": "other",
+            "spool_dir": "/var/tmp/elsewhere",
+            "ttl_seconds": 3 * 86400,
+            "local_dc": "dc2",
+            "write_linger": 0.0,
+        },
+    )
