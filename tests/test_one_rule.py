@@ -6,6 +6,7 @@ speaks and the log format it writes are copies; the OpenAPI document repeats the
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,3 +37,31 @@ def test_the_openapi_document_states_the_gateways_label_rule():
     label = OPENAPI["components"]["parameters"]["Label"]["schema"]
     assert label["pattern"] == settings.LABEL_PATTERN
     assert re.fullmatch(label["pattern"], "stable-2.1_x") and not re.fullmatch(label["pattern"], "a b")
+
+
+def test_the_gateway_and_the_model_server_write_one_log_format():
+    import logging
+    import sys
+
+    from gateway.logs import JsonFormatter as GatewayFormat
+    from serving.local_server.logs import JsonFormatter as ModelServerFormat
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    records = [
+        logging.makeLogRecord({"name": "a", "levelname": "INFO", "msg": "plain"}),
+        logging.makeLogRecord(
+            {"name": "b", "levelname": "WARNING", "msg": "%s é", "args": ("x",), "model": "mnist", "n": 3}
+        ),
+        logging.makeLogRecord({"name": "c", "levelname": "ERROR", "msg": "failed", "exc_info": exc_info}),
+        # an extra that collides with a format field does not replace it
+        logging.makeLogRecord({"name": "d", "levelname": "INFO", "msg": "m", "level": "fake", "_private": 1}),
+    ]
+    for record in records:
+        line = GatewayFormat().format(record)
+        assert line == ModelServerFormat().format(record)
+        assert list(json.loads(line))[:4] == ["time", "level", "logger", "message"]
+    assert json.loads(GatewayFormat().format(records[2]))["exception"].endswith("ValueError: boom")
+    assert json.loads(GatewayFormat().format(records[3]))["level"] == "INFO"

@@ -244,4 +244,4 @@ def test_zero_padded_version_directories_are_versions(server, stubs):
 
 def test_sigterm_stops_the_server_gracefully(server):
     assert server.stop() == 0
-    assert '"msg": "server stopped"' in server.log_tail(50)
+    assert '"message": "server stopped"' in server.log_tail(50)
