@@ -80,25 +80,6 @@ class BackgroundStreamHandler(logging.handlers.QueueHandler):
         super().close()
 
 
-def configure_logging(level: str = "INFO", stream=None) -> None:
-    """Route the root logger to one JSON handler (idempotent: calling it again replaces the handler)."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_gateway_json", False):
-            root.removeHandler(handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    handler._gateway_json = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    root.setLevel(level)
-    # The Cassandra driver is chatty about reconnections at INFO; its warnings still come through.
-    logging.getLogger("cassandra").setLevel(max(logging.WARNING, root.level))
-
-
-def request_id() -> str:
-    return g.get("request_id", "") if has_request_context() else ""
-
-
 def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:

@@ -204,7 +204,7 @@ specs = st.fixed_dictionaries(
 )
 
 
-def spec_into(spec: dict, target) -> None:  # noqa: ANN001 (a ModelSpec message)
+def spec_into(spec: dict, target) -> None:
     target.name = spec["name"]
     if "version" in spec:
         target.version.value = spec["version"]
@@ -213,7 +213,7 @@ def spec_into(spec: dict, target) -> None:  # noqa: ANN001 (a ModelSpec message)
     target.signature_name = spec.get("signature_name", "")
 
 
-def assert_proper_status(call) -> None:  # noqa: ANN001
+def assert_proper_status(call) -> None:
     try:
         call()
     except grpc.RpcError as error:

@@ -115,7 +115,7 @@ def mirror_url(mnist_dir):
     """The shared MNIST files over real HTTP on 127.0.0.1, standing in for the public mirror."""
 
     class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format, *args):  # noqa: A002
+        def log_message(self, format, *args):
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(mnist_dir)))

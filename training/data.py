@@ -189,7 +189,7 @@ def download(
 
 def _fetch(url: str, out, *, timeout_s: float, name: str, progress) -> None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) mirror by design)
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             while chunk := response.read(1 << 16):

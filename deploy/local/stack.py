@@ -458,7 +458,7 @@ def run(config: StackConfig, out=None) -> int:
     return code
 
 
-def _sigterm_as_interrupt(signum, frame):  # noqa: ARG001
+def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 

@@ -173,7 +173,7 @@ class Supervisor:
             env=child_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if _LIBC is not None else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if _LIBC is not None else None,
         )
         part = Part(name, process, log_path, self.tail_lines)
         index = len(self.parts)

@@ -269,7 +269,7 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001 (a writable buffer)
+    def readinto(self, buffer) -> int:
         remaining = self._handler.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("the request did not arrive in time")
@@ -297,10 +297,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.connections.waiting(self.connection)
         super().handle_one_request()
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self._serve(b"")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length_header = self.headers.get("Content-Length")
         if self.headers.get("Transfer-Encoding") is not None or length_header is None:
             self._reply(*_json_error(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required"), close=True)
@@ -332,7 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(status, content_type, b"" if self.command == "HEAD" else payload, close=True)
 
     # Methods HTTP defines but this API does not use: 405 (an unknown one is 501 from http.server).
-    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed  # noqa: N815
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _method_not_allowed
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (bad request line, headers too long, unknown method) as JSON."""
@@ -357,7 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature from the base class)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("http " + format % args)
 
 

@@ -62,7 +62,7 @@ class ServableFactory:
         for batcher in batchers:
             batcher.stop()
 
-    def _observer(self, name: str):  # noqa: ANN202
+    def _observer(self, name: str):
         def observe(rows: int, padded: int, waited: float) -> None:
             self._metrics.batch_size.labels(name).observe(padded)
             self._metrics.batch_queue_delay.labels(name).observe(waited)
@@ -108,24 +108,13 @@ class ConfigFileWatcher:
                 log.error("model config file rejected", extra={"path": str(self._path), "error": str(exc)})
 
 
-def startup_files(flags: ServerFlags) -> config_files.StartupFiles:
-    return config_files.load_startup_files(
-        model_config_file=flags.model_config_file,
-        model_name=flags.model_name,
-        model_base_path=flags.model_base_path,
-        enable_batching=flags.enable_batching,
-        batching_parameters_file=flags.batching_parameters_file,
-        monitoring_config_file=flags.monitoring_config_file,
-    )
-
-
 class ModelServer:
     """A running mnist-serve: ``start()`` loads the models and opens the ports, ``stop()`` undoes it."""
 
-    def __init__(self, flags: ServerFlags, files: config_files.StartupFiles | None = None) -> None:
+    def __init__(self, flags: ServerFlags, files: config_files.StartupFiles) -> None:
+        """`files` are the flags' files, read and checked by the CLI before TensorFlow is imported."""
         self.flags = flags
         self.metrics = ServerMetrics()
-        files = files or startup_files(flags)
         self.model_config = files.model_config
         self._config_path = Path(flags.model_config_file) if flags.model_config_file else None
         self._config_text = files.model_config_text
