@@ -42,47 +42,11 @@ class Operator:
 
     def promote(self, version: int, *, min_accuracy: float, force: bool) -> None:
         """Point `stable` at `version` (loading it first); the old stable is remembered for rollback."""
-        with self.config_file.locked():
-            config = self._read()
-            old = model_config.labels(config, self.model_name).get(STABLE)
-            if old == version:
-                self.say(f"{STABLE} already points at version {version}; nothing to do")
-                return
-            self.say(
-                versions.check_quality(
-                    versions.find(self.model_dir, version), min_accuracy=min_accuracy, force=force
-                )
-            )
-            self._move_label(config, STABLE, version)
-            history = self.config_file.read_history()
-            if old is not None:
-                history.push_stable(self.model_name, old)
-            history.record(
-                self.model_name, "promote", label=STABLE, previous=old, version=version, forced=force
-            )
-            self.config_file.write_history(history)
-            kept = f"; version {old} stays loaded for rollback" if old is not None else ""
-            self.say(f"{STABLE}: {_show(old)} -> {version}{kept}")
+        self._point(STABLE, "promote", version, min_accuracy=min_accuracy, force=force)
 
     def canary(self, version: int, *, min_accuracy: float, force: bool) -> None:
-        with self.config_file.locked():
-            config = self._read()
-            old = model_config.labels(config, self.model_name).get(CANARY)
-            if old == version:
-                self.say(f"{CANARY} already points at version {version}; nothing to do")
-                return
-            self.say(
-                versions.check_quality(
-                    versions.find(self.model_dir, version), min_accuracy=min_accuracy, force=force
-                )
-            )
-            self._move_label(config, CANARY, version)
-            history = self.config_file.read_history()
-            history.record(
-                self.model_name, "canary", label=CANARY, previous=old, version=version, forced=force
-            )
-            self.config_file.write_history(history)
-            self.say(f"{CANARY}: {_show(old)} -> {version}")
+        """Point `canary` at `version` (loading it first)."""
+        self._point(CANARY, "canary", version, min_accuracy=min_accuracy, force=force)
 
     def rollback(self) -> None:
         """Point `stable` back where it was before the last promote (no quality gate: it served before)."""
@@ -123,6 +87,29 @@ class Operator:
             return retired
 
     # -- the steps --
+
+    def _point(self, label: str, action: str, version: int, *, min_accuracy: float, force: bool) -> None:
+        """Move `label` to `version` past the quality gate; only `stable` keeps a rollback history."""
+        with self.config_file.locked():
+            config = self._read()
+            old = model_config.labels(config, self.model_name).get(label)
+            if old == version:
+                self.say(f"{label} already points at version {version}; nothing to do")
+                return
+            self.say(
+                versions.check_quality(
+                    versions.find(self.model_dir, version), min_accuracy=min_accuracy, force=force
+                )
+            )
+            self._move_label(config, label, version)
+            history = self.config_file.read_history()
+            rollback = label == STABLE and old is not None
+            if rollback:
+                history.push_stable(self.model_name, old)
+            history.record(self.model_name, action, label=label, previous=old, version=version, forced=force)
+            self.config_file.write_history(history)
+            kept = f"; version {old} stays loaded for rollback" if rollback else ""
+            self.say(f"{label}: {_show(old)} -> {version}{kept}")
 
     def _read(self) -> ModelServerConfig:
         config = self.config_file.read()
