@@ -53,7 +53,7 @@ _LABEL_RE = re.compile(LABEL_PATTERN)
 
 
 def is_label(value: str) -> bool:
-    return bool(_LABEL_RE.match(value))
+    return bool(_LABEL_RE.fullmatch(value))  # fullmatch: `$` alone would let a trailing newline through
 
 
 # The prediction keyspace's name: the rule of `mnist-migrate`, which creates it, and of the store.

@@ -6,8 +6,10 @@ speaks and the log format it writes are copies; the OpenAPI document repeats the
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import uuid
 from pathlib import Path
 
 import yaml
@@ -65,3 +67,19 @@ def test_the_gateway_and_the_model_server_write_one_log_format():
         assert list(json.loads(line))[:4] == ["time", "level", "logger", "message"]
     assert json.loads(GatewayFormat().format(records[2]))["exception"].endswith("ValueError: boom")
     assert json.loads(GatewayFormat().format(records[3]))["level"] == "INFO"
+
+
+def test_the_openapi_document_states_what_the_routes_accept():
+    from gateway.routes import predictions
+
+    schemas = OPENAPI["components"]["schemas"]
+    assert schemas["PredictionId"]["pattern"] == predictions.TIME_UUID_PATTERN
+    assert schemas["Cursor"]["pattern"] == predictions.CURSOR_PATTERN
+    # what the API hands out matches what it takes back
+    assert re.fullmatch(predictions.TIME_UUID_PATTERN, str(uuid.uuid1()))
+    assert not re.fullmatch(predictions.TIME_UUID_PATTERN, str(uuid.uuid4()))
+    for _ in range(200):
+        cursor = predictions.encode_cursor(uuid.uuid1().bytes)
+        assert re.fullmatch(predictions.CURSOR_PATTERN, cursor), cursor
+        assert predictions.decode_cursor(cursor) == base64.urlsafe_b64decode(cursor + "==")
+    assert not re.fullmatch(predictions.CURSOR_PATTERN, predictions.encode_cursor(uuid.uuid4().bytes))

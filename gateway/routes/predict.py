@@ -135,7 +135,7 @@ def model_choice(default_label: str) -> tuple[str | None, int | None]:
     if label is not None and version is not None:
         raise InvalidInput("choose the model by 'label' or by 'version', not both")
     if version is not None:
-        if not version.isdigit() or not 0 < int(version) < 2**63:
+        if not (version.isascii() and version.isdigit()) or not 0 < int(version) < 2**63:
             raise InvalidInput("'version' must be a positive integer")
         return None, int(version)
     if label is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import binascii
+import re
 import uuid
 
 import numpy as np
@@ -17,15 +17,18 @@ from gateway.settings import MAX_PAGE_SIZE
 
 bp = Blueprint("predictions", __name__)
 
+# What the API accepts, stated exactly (gateway/openapi.yaml repeats both; tests/test_one_rule.py pins them):
+# a hyphenated version-1 UUID (the RFC 4122 variant), and a cursor that is the URL-safe base64 of one.
+TIME_UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-1[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}$"
+CURSOR_PATTERN = r"^([A-Za-z0-9_-]{8}[EFGH][A-Za-z0-9_-][CGKOSWaeimquy26-][A-Za-z0-9_-]{11})?$"
+_TIME_UUID = re.compile(TIME_UUID_PATTERN)
+_CURSOR = re.compile(CURSOR_PATTERN)
+
 
 def parse_id(raw: str) -> uuid.UUID:
-    try:
-        value = uuid.UUID(raw)
-    except ValueError:
-        raise InvalidInput("prediction ids are UUIDs") from None
-    if value.version != 1:
-        raise InvalidInput("prediction ids are time UUIDs (version 1)")
-    return value
+    if not _TIME_UUID.fullmatch(raw):
+        raise InvalidInput("prediction ids are time UUIDs (version 1), hyphenated, as the API returns them")
+    return uuid.UUID(raw)
 
 
 def encode_cursor(state: bytes | None) -> str | None:
@@ -35,10 +38,9 @@ def encode_cursor(state: bytes | None) -> str | None:
 def decode_cursor(raw: str | None) -> bytes | None:
     if not raw:
         return None
-    try:
-        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidInput("'cursor' is not a cursor this API returned") from None
+    if not _CURSOR.fullmatch(raw):
+        raise InvalidInput("'cursor' is not a cursor this API returned")
+    return base64.urlsafe_b64decode(raw + "==")
 
 
 def iso(ts) -> str | None:
@@ -66,7 +68,7 @@ def record_json(rec, *, with_input: bool = False) -> dict:
 def list_predictions():
     svc = services.current()
     raw_limit = request.args.get("limit", str(svc.settings.page_size))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
         raise InvalidInput(f"'limit' must be an integer from 1 to {MAX_PAGE_SIZE}")
     page = svc.store.recent(limit=int(raw_limit), cursor=decode_cursor(request.args.get("cursor")))
     return jsonify({"items": [record_json(r) for r in page.items], "next_cursor": encode_cursor(page.cursor)})
@@ -89,6 +91,8 @@ def feedback(raw_id: str):
     prediction_id = parse_id(raw_id)
     body = request.get_json(silent=True)
     label = body.get("label") if isinstance(body, dict) else None
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)  # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says)
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
         raise InvalidInput('send JSON {"label": N} with the true digit N from 0 to 9')
     correct = ops.is_operator()
