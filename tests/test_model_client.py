@@ -269,15 +269,18 @@ def test_only_unavailable_is_retried(server, images, code):
 
 
 def test_the_deadline_is_honoured(server, images):
+    answered = threading.Event()
+
     def slow(request, context):
-        time.sleep(2)
+        answered.wait(120)  # answers only once the client gave up (or never, if it waits for us)
 
     server.script = slow
     with ModelClient(server.address, timeout_s=0.3) as client:
-        started = time.monotonic()
-        with pytest.raises(ModelUnavailable, match="did not answer in time"):
-            client.predict(images)
-        assert time.monotonic() - started < 1.5
+        try:
+            with pytest.raises(ModelUnavailable, match="did not answer in time"):
+                client.predict(images)
+        finally:
+            answered.set()
 
 
 def test_retries_stay_inside_the_deadline(server, images):
@@ -285,22 +288,18 @@ def test_retries_stay_inside_the_deadline(server, images):
         context.abort(grpc.StatusCode.UNAVAILABLE, "down")
 
     server.script = down
-    with ModelClient(server.address, timeout_s=0.5, retries=50, backoff_s=0.05, max_backoff_s=0.2) as client:
-        started = time.monotonic()
-        with pytest.raises(ModelUnavailable):
-            client.predict(images)
-        elapsed = time.monotonic() - started
-    assert 2 <= len(server.requests) < 50
-    assert elapsed < 1.5
+    client = ModelClient(server.address, timeout_s=1.0, retries=500, backoff_s=0.05, max_backoff_s=0.2)
+    with client, pytest.raises(ModelUnavailable):
+        client.predict(images)
+    # Hundreds of retries would take tens of seconds of backoff: the deadline ended them long before.
+    assert 1 <= len(server.requests) < 500
 
 
 def test_down_server_fails_fast_and_recovers_when_it_returns(images):
     server = ScriptedServer()
     client = ModelClient(server.address, timeout_s=1.0)
-    started = time.monotonic()
     with pytest.raises(ModelUnavailable, match="unreachable"):
         client.predict(images)
-    assert time.monotonic() - started < 2.5
 
     server.start()
     try:

@@ -11,8 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -90,22 +88,26 @@ def test_wait_for_polls_until_a_real_server_answers(tmp_path):
     check = http_ok(f"http://127.0.0.1:{port}/readyz")
     with pytest.raises(NotReady, match="Connection refused"):
         check()
+    tries: list[str] = []
     proc = None
 
-    def start_later():
+    def check_and_start_on_the_third_try() -> bool:
         nonlocal proc
-        time.sleep(0.6)
-        proc = subprocess.Popen(http_server(port, tmp_path), stderr=subprocess.DEVNULL)
+        try:
+            return check()
+        except NotReady as exc:
+            tries.append(str(exc))
+            if len(tries) == 3:
+                proc = subprocess.Popen(http_server(port, tmp_path), stderr=subprocess.DEVNULL)
+            raise
 
-    starter = threading.Thread(target=start_later)
-    starter.start()
     try:
-        waited = wait_for(check, what="the test server", timeout_s=30, interval_s=0.1)
-        assert waited >= 0.5
+        wait_for(check_and_start_on_the_third_try, what="the test server", timeout_s=60, interval_s=0.05)
+        assert len(tries) >= 3 and all("Connection refused" in reason for reason in tries)
     finally:
-        starter.join()
-        proc.terminate()
-        proc.wait()
+        if proc is not None:
+            proc.terminate()
+            proc.wait()
 
 
 def test_wait_for_times_out_with_the_last_reason(tmp_path):
@@ -149,10 +151,9 @@ def test_model_available_reads_tf_serving_status_states(tmp_path):
 def test_wait_for_stops_at_once_when_the_process_dies(tmp_path):
     sup = Supervisor(io.StringIO(), log_dir=tmp_path)
     part = sup.start("doomed", [PY, "-c", "import sys; print('cannot start: bad config'); sys.exit(3)"])
-    started = time.monotonic()
+    # A timeout far beyond the test's own: only the dead process can end this wait.
     with pytest.raises(PartDied) as err:
-        wait_for(lambda: False, what="doomed", timeout_s=60, alive=part.ensure_alive)
-    assert time.monotonic() - started < 30  # long before the timeout
+        wait_for(lambda: False, what="doomed", timeout_s=24 * 3600, alive=part.ensure_alive)
     assert "doomed exited with code 3" in str(err.value)
     assert "cannot start: bad config" in str(err.value)
 
@@ -194,9 +195,7 @@ def test_stop_all_ends_whole_process_groups_and_frees_the_ports(tmp_path):
     grandchild = int(out.getvalue().split("grandchild ")[1].split()[0])
     assert pid_exists(grandchild)
 
-    started = time.monotonic()
     sup.stop_all(grace_s=1.0)
-    assert time.monotonic() - started < 20
     for pid in (first.pid, second.pid, grandchild):
         assert not pid_exists(pid)
     assert port_free("127.0.0.1", port_a) and port_free("127.0.0.1", port_b)
