@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from deploy.local import cassandra_node as launcher
+from deploy.local.readiness import free_port, port_free
 from gateway.store.cluster import Credentials, authentication_failure, build_cluster
 from tests.fixtures.cassandra_node import qualified, wait_for_session
 
@@ -120,7 +121,7 @@ def test_the_cache_is_outside_the_repo_and_complete():
 
 
 def test_cli_runs_in_the_foreground_and_stops_cleanly_on_sigterm(tmp_path):
-    port = launcher.free_port()
+    port = free_port()
     out = tmp_path / "out.txt"
     with open(out, "w") as sink:
         proc = subprocess.Popen(
@@ -151,7 +152,7 @@ def test_cli_runs_in_the_foreground_and_stops_cleanly_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
         assert "stopped" in out.read_text() and "Traceback" not in out.read_text()
-        assert launcher.port_is_free(port)  # the JVM is gone too
+        assert port_free("127.0.0.1", port)  # the JVM is gone too
     finally:
         if proc.poll() is None:
             proc.kill()

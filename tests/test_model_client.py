@@ -9,7 +9,6 @@ The live tests against `mnist-serve` with a real model are in tests/test_model_c
 from __future__ import annotations
 
 import multiprocessing
-import socket
 import threading
 import time
 from concurrent import futures
@@ -25,16 +24,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from deploy.local.readiness import free_port
 from gateway.errors import InvalidInput, ModelError, ModelUnavailable, ModelVersionNotFound
 from gateway.model_client import ModelClient, Prediction, VersionStatus
 
 LABELS = {"stable": 1, "canary": 2}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fake_model(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +45,7 @@ class ScriptedServer(
     """TF Serving's Predict and GetModelStatus on 127.0.0.1:<port>; `script` may replace an answer."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.requests: list = []
         self.script = None  # callable(request, context) -> response | None (None: the normal answer)

@@ -28,16 +28,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from deploy.local.readiness import free_port
 from tests.fixtures.models import export_quick_version
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ACCURACY = 0.995  # written into the metrics.json of the versions meant to pass the gate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def set_accuracy(version_dir: Path, accuracy: float) -> None:

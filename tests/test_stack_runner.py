@@ -22,6 +22,7 @@ from deploy.local.readiness import (
     PortClaim,
     WaitTimeout,
     ensure_ports_free,
+    free_port,
     http_ok,
     model_available,
     port_free,
@@ -31,12 +32,6 @@ from deploy.local.readiness import (
 from deploy.local.supervisor import PartDied, Supervisor
 
 PY = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_server(port: int, directory: Path) -> list[str]:

@@ -8,7 +8,6 @@ complete), so later starts need no network. Config templates (yaml, logback, JVM
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import json
 import logging
@@ -16,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -24,6 +22,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deploy.local.readiness import free_port, port_free
+from deploy.local.supervisor import DIE_WITH_PARENT
 
 CASSANDRA_VERSION = "5.0.8"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -142,22 +143,6 @@ def _fetch_jars(version: str, lib: Path, *, quiet: bool) -> None:
         os.rename(staging / "lib", lib)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 # -------------------------------------------------------------------------------------------- the node
@@ -301,7 +286,7 @@ class CassandraNode:
     def _choose_ports(self, *, fresh: bool) -> None:
         for attr, auto in (("port", self._auto_native), ("storage_port", self._auto_storage)):
             current = getattr(self, attr)
-            if current is not None and not fresh and port_is_free(current):
+            if current is not None and not fresh and port_free("127.0.0.1", current):
                 continue
             if not auto:
                 raise PortInUse(
@@ -339,7 +324,7 @@ class CassandraNode:
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
                 start_new_session=True,  # Ctrl-C in a terminal goes to us; we stop the node in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=DIE_WITH_PARENT,  # a crashed test run or launcher leaves no JVM behind
             )
         self._started_at = time.monotonic()
         (self.data_dir / "conf" / "node.json").write_text(
@@ -441,14 +426,6 @@ def quiet_driver_logs() -> None:
         "cassandra.policies",
     ):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the parent dies, so a crashed test run leaves no JVM."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # ------------------------------------------------------------------------------------- mnist-cassandra

@@ -35,6 +35,13 @@ class PortClaim:
     port: int
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the kernel's choice); for tests and automatic port picking."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def port_free(host: str, port: int) -> bool:
     """True when nothing listens on host:port and we could bind it (SO_REUSEADDR, as servers do)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -50,6 +50,10 @@ try:  # loaded in the parent: the child must not load libraries between fork and
 except OSError:  # pragma: no cover - non-Linux
     _LIBC = None
 
+# The `preexec_fn` of every child that must not outlive its launcher (the runner's parts, the Cassandra JVM);
+# None where prctl is unavailable.
+DIE_WITH_PARENT = _die_with_parent if _LIBC is not None else None
+
 
 class Part:
     """One supervised process and the thread that copies its output."""
@@ -173,7 +177,7 @@ class Supervisor:
             env=child_env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if _LIBC is not None else None,
+            preexec_fn=DIE_WITH_PARENT,
         )
         part = Part(name, process, log_path, self.tail_lines)
         index = len(self.parts)
