@@ -6,6 +6,7 @@ One server (policy `all`, no label flag) is shared by this module; each test use
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -84,6 +85,17 @@ def copy_version(server, source: int, target: int) -> Path:
     return staging.rename(mnist / str(target))  # atomic, as the exporter does
 
 
+def log_entries(server, message: str) -> list[dict]:
+    """The server's JSON log lines with this message (other lines, e.g. TensorFlow's, are skipped)."""
+    entries = []
+    for line in server.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if entry.get("message") == message:
+                entries.append(entry)
+    return entries
+
+
 def state(server, version: int) -> str | None:
     return server.model_status().get(version, (None,))[0]
 
@@ -120,9 +132,15 @@ def test_a_broken_version_is_reported_and_the_others_keep_serving(server, stubs)
     assert status[1][0] == "AVAILABLE"
     assert predict(stubs).model_spec.version.value != 90
     assert predict(stubs, version=1).model_spec.version.value == 1
-    time.sleep(2.5)  # a few polls later it has not been retried (nor has it taken the others down)
-    assert server.model_status()[90][0] == "END" and server.model_status()[1][0] == "AVAILABLE"
+    # A version added after the failure is found by a later poll: by then 90 has not been retried (nor has
+    # it taken the others down).
+    copy_version(server, 1, 92)
+    status = server.wait_for_status(lambda s: s.get(92, ("",))[0] == "AVAILABLE")
+    assert status[90][0] == "END" and status[1][0] == "AVAILABLE"
+    assert [e["version"] for e in log_entries(server, "loading version") if e["version"] == 90] == [90]
     shutil.rmtree(server.base_path / "mnist" / "90")
+    shutil.rmtree(server.base_path / "mnist" / "92")
+    server.wait_for_status(lambda s: s[92][0] == "END")
 
 
 def test_a_version_whose_warmup_fails_is_not_served(server, stubs):
@@ -147,10 +165,14 @@ def test_hidden_and_non_numeric_directories_are_ignored(server):
     mnist = server.base_path / "mnist"
     shutil.copytree(mnist / "1", mnist / ".tmp-60")
     shutil.copytree(mnist / "1", mnist / "latest")
-    time.sleep(2.5)
-    assert 60 not in server.model_status()
-    shutil.rmtree(mnist / ".tmp-60")
-    shutil.rmtree(mnist / "latest")
+    copy_version(server, 1, 61)  # the poll that finds 61 has seen the others too
+    status = server.wait_for_status(lambda s: s.get(61, ("",))[0] == "AVAILABLE")
+    assert 60 not in status
+    loaded = {Path(e["path"]).name for e in log_entries(server, "loading version")}
+    assert "61" in loaded and not loaded & {".tmp-60", "latest"}
+    for name in (".tmp-60", "latest", "61"):
+        shutil.rmtree(mnist / name)
+    server.wait_for_status(lambda s: s[61][0] == "END")
 
 
 def test_reload_config_labels_need_available_versions_without_the_flag(server, stubs):
