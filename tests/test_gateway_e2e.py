@@ -12,9 +12,7 @@ import io
 import re
 import shutil
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +22,7 @@ from PIL import Image
 
 from tests.fixtures.cassandra_node import qualified
 from tests.fixtures.gateway_server import OPS_TOKEN
-
-
-def eventually(
-    check: Callable[[], object], *, timeout_s: float = 30, interval_s: float = 0.2, what: str = ""
-):
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except Exception as exc:  # a server still coming back: try again until the deadline
-            last_error = exc
-        time.sleep(interval_s)
-    pytest.fail(
-        f"timed out after {timeout_s} s waiting for {what or check.__name__} (last error: {last_error})"
-    )
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")

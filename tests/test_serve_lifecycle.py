@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import grpc
@@ -27,6 +26,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from tests.fixtures.model_server import ModelServerProcess, copy_models, models_config_text
 from tests.fixtures.models import export_quick_version
+from tests.waiting import eventually
 
 TIMEOUT = 10
 
@@ -243,14 +243,11 @@ def test_reload_config_rejects_bad_configs(server, stubs):
 
 def test_the_config_file_is_polled(server, stubs):
     server.config_path.write_text(models_config_text(server.base_path, versions=None, labels={"polled": 1}))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            assert predict(stubs, label="polled").model_spec.version.value == 1
-            break
-        except grpc.RpcError:
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.3)
+    eventually(
+        lambda: predict(stubs, label="polled").model_spec.version.value == 1,
+        what="the polled label",
+        retry_on=(grpc.RpcError,),
+    )
     reload(server, stubs, models_config_text(server.base_path, versions=None, labels={}))
 
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tests.fixtures.models import export_quick_version
+from tests.waiting import eventually
 from training import export as export_module
 from training.artifact import contract_violations
 from training.data import load_mnist
@@ -219,11 +219,10 @@ def _start_worker(base: Path, name: str, *, hold: bool) -> tuple[subprocess.Pope
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
+    def still_running() -> None:
         assert process.poll() is None, "worker exited early"
-        assert time.monotonic() < deadline, "worker never got ready"
-        time.sleep(0.05)
+
+    eventually(path.exists, what="the worker", timeout_s=timeout_s, interval_s=0.05, alive=still_running)
 
 
 def test_concurrent_exports_get_distinct_versions(tmp_path):
