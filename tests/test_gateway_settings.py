@@ -157,6 +157,8 @@ WIRING = {
     "workers": 3,
     "threads": 5,
     "graceful_timeout_s": 7,
+    "worker_lifetime_s": 3600,
+    "rate_limit": "5/second",
     "log_level": "DEBUG",
     "max_upload_bytes": 4096,
     "retry_after_s": 11,  # reaches the 503s: test_gateway_http.py
@@ -180,10 +182,13 @@ WIRING = {
 
 
 def test_every_setting_is_wired(monkeypatch):
+    import granian.server
+
     import gateway.model_client
+    import gateway.ratelimit
     import gateway.store
     from gateway.metrics import GatewayMetrics
-    from gateway.server import GatewayServer
+    from gateway.server import build_server
     from gateway.services import Services
 
     assert set(WIRING) == set(Settings.__dataclass_fields__)
@@ -191,19 +196,24 @@ def test_every_setting_is_wired(monkeypatch):
     assert all(getattr(defaults, name) != value for name, value in WIRING.items())
     s = Settings(**WIRING)
 
-    cfg = GatewayServer(s).cfg
-    assert cfg.bind == ["127.0.0.2:9001"]
-    assert (cfg.workers, cfg.threads, cfg.graceful_timeout) == (3, 5, 7)
-    assert cfg.logconfig_dict["root"]["level"] == "DEBUG"
-
-    from gateway.app import create_app
-
-    assert create_app(s).config["MAX_CONTENT_LENGTH"] == 4096
-
     made: dict[str, tuple] = {}
 
     def recorder(kind: str):
         return lambda *args, **kwargs: made.setdefault(kind, (args, kwargs))
+
+    monkeypatch.setattr(granian.server, "Server", recorder("server"))
+    build_server(s)
+    server = made["server"][1]
+    assert (server["address"], server["port"]) == ("127.0.0.2", 9001)
+    assert (server["workers"], server["blocking_threads"], server["workers_kill_timeout"]) == (3, 5, 7)
+    assert server["workers_lifetime"] == 3600
+    assert server["log_dictconfig"]["root"]["level"] == "DEBUG"
+
+    from gateway.app import create_app
+
+    monkeypatch.setattr(gateway.ratelimit, "init_app", recorder("rate limit"))
+    assert create_app(s).config["MAX_CONTENT_LENGTH"] == 4096
+    assert made["rate limit"][1] == {"rate_limit": "5/second"}
 
     monkeypatch.setattr(gateway.model_client, "ModelClient", recorder("model"))
     monkeypatch.setattr(gateway.store, "PredictionStore", recorder("store"))

@@ -83,3 +83,10 @@ def test_the_openapi_document_states_what_the_routes_accept():
         assert re.fullmatch(predictions.CURSOR_PATTERN, cursor), cursor
         assert predictions.decode_cursor(cursor) == base64.urlsafe_b64decode(cursor + "==")
     assert not re.fullmatch(predictions.CURSOR_PATTERN, predictions.encode_cursor(uuid.uuid4().bytes))
+    # the cursor that continues a scan at a day boundary is one too
+    from datetime import date
+
+    from gateway.store.buckets import start_of_day_cursor
+
+    continuation = predictions.encode_cursor(start_of_day_cursor(date(2026, 11, 30)).bytes)
+    assert re.fullmatch(predictions.CURSOR_PATTERN, continuation), continuation
