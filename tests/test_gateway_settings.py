@@ -178,6 +178,8 @@ WIRING = {
     "cassandra_ttl_days": 3,
     "cassandra_local_dc": "dc2",
     "cassandra_write_linger_ms": 0,
+    "cassandra_username": "gateway",
+    "cassandra_password": "a-password-0123456789",
 }
 
 
@@ -190,6 +192,7 @@ def test_every_setting_is_wired(monkeypatch):
     from gateway.metrics import GatewayMetrics
     from gateway.server import build_server
     from gateway.services import Services
+    from gateway.store.cluster import Credentials
 
     assert set(WIRING) == set(Settings.__dataclass_fields__)
     defaults = Settings()
@@ -232,6 +235,7 @@ def test_every_setting_is_wired(monkeypatch):
             "spool_dir": "/var/tmp/elsewhere",
             "ttl_seconds": 3 * 86400,
             "local_dc": "dc2",
+            "credentials": Credentials("gateway", "a-password-0123456789"),
             "write_linger": 0.0,
         },
     )
