@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, model_client: Any = None, st
     app.extensions[EXTENSION] = services_
 
     logs.init_app(app)
-    metrics.init_app(app, app_metrics, spool_depth=lambda: services_.store.spool_depth())
+    metrics.init_app(app, app_metrics, log_pending=lambda: services_.store.pending())
     http_errors.init_app(app, retry_after_s=settings.retry_after_s)
     routes.init_app(app)
     ratelimit.init_app(app, rate_limit=settings.rate_limit)

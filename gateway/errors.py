@@ -93,7 +93,7 @@ class Overloaded(GatewayError):
 
 
 class StoreUnavailable(GatewayError):
-    """A read from Cassandra failed (writes never raise this: they are spooled)."""
+    """A read from Cassandra failed, or the store's local log cannot take a prediction (full, disk error)."""
 
     status = 503
     code = "store_unavailable"

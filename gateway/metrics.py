@@ -113,9 +113,20 @@ class GatewayMetrics:
         )
         self.spool_depth = Gauge(
             "gateway_spool_depth",
-            "Predictions waiting in the local spool for Cassandra",
+            "Predictions in the local write-ahead log not yet acknowledged by Cassandra",
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self.wal_pending_bytes = Gauge(
+            "gateway_wal_pending_bytes",
+            "Bytes of the local write-ahead log not yet acknowledged by Cassandra",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.wal_refused = Counter(
+            "gateway_wal_refused",
+            "Predictions answered 503 because the write-ahead log was full or could not be written",
+            registry=r,
         )
         self._versions: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
@@ -141,8 +152,8 @@ class GatewayMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-def init_app(app: Flask, metrics: GatewayMetrics, spool_depth: Callable[[], int]) -> None:
-    """Count every answer; serve `/metrics`, reading the spool depth fresh at each scrape."""
+def init_app(app: Flask, metrics: GatewayMetrics, log_pending: Callable[[], tuple[int, int]]) -> None:
+    """Count every answer; serve `/metrics`, reading what the store's log holds fresh at each scrape."""
 
     @app.after_request
     def _count(response: Response) -> Response:
@@ -157,8 +168,10 @@ def init_app(app: Flask, metrics: GatewayMetrics, spool_depth: Callable[[], int]
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
         try:
-            metrics.spool_depth.set(spool_depth())
+            records, size = log_pending()
+            metrics.spool_depth.set(records)
+            metrics.wal_pending_bytes.set(size)
         except Exception:  # a scrape must not fail because the store is unwell: /readyz reports that
-            log.debug("spool depth unavailable", exc_info=True)
+            log.debug("the log's backlog is unavailable", exc_info=True)
         body, content_type = metrics.render()
         return Response(body, content_type=content_type)

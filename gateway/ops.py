@@ -1,6 +1,7 @@
 """Operational endpoints that change something, behind `Authorization: Bearer $OPS_TOKEN`.
 
-- `POST /ops/spool/replay`: replay the local spool into Cassandra now (it also happens on its own).
+- `POST /ops/spool/replay`: ship the local write-ahead log to Cassandra now, without lingering (it also
+  happens on its own).
 - `POST /ops/log-level` `{"level": "DEBUG"}`: change this worker's log level without a restart.
 
 With no OPS_TOKEN configured (allowed only in development) they answer 403. The token is compared in constant

@@ -6,9 +6,9 @@ process (GATEWAY_WORKERS): 13-19% less CPU per request than gunicorn `gthread` h
 Each worker builds its own app after the fork (`worker_app`), so its gRPC channel and Cassandra session are
 its own; a background warm-up opens both before the first request needs them. On SIGTERM/SIGINT Granian
 stops accepting, lets requests in flight finish (up to GATEWAY_GRACEFUL_TIMEOUT_S, then the worker is killed)
-and each worker closes its store, which flushes the writes still in flight (anything Cassandra cannot take
-stays in the durable spool). SIGHUP replaces the workers one by one, gracefully; GATEWAY_WORKER_LIFETIME_S
-recycles them on a schedule, and a worker that dies is replaced.
+and each worker closes its store, which ships what its write-ahead log holds while Cassandra takes it (the
+rest stays on disk for the next start). SIGHUP replaces the workers one by one, gracefully;
+GATEWAY_WORKER_LIFETIME_S recycles them on a schedule, and a worker that dies is replaced.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ class Services:
                             else None
                         ),
                         write_linger=s.cassandra_write_linger_ms / 1000,
+                        max_log_bytes=s.wal_max_bytes,
+                        sync=s.wal_sync == "fsync",
                     )
                     self._owned.append(store)
                     self._store = store

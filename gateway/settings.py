@@ -11,7 +11,13 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_WORKER_LIFETIME_S` (`0`): replace each worker gracefully after this long (0: never; else >= 60).
 - `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body; more is a 413.
 - `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413.
-- `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): durable local spool for predictions Cassandra cannot take yet.
+- `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): the store's write-ahead log: every prediction is logged here
+  before its answer leaves and removed once Cassandra acknowledged it.
+- `GATEWAY_WAL_MAX_BYTES` (`268435456`): cap on the log's size per worker process; when full, predictions are
+  answered 503 (counted in `gateway_wal_refused_total`) and nothing already logged is dropped.
+- `GATEWAY_WAL_SYNC` (`fsync`): `fsync` answers once the record is fsynced (survives a machine crash; fsyncs
+  shared by concurrent requests); `write` once the kernel has it (survives a killed process, not a machine
+  crash; no disk wait).
 - `GATEWAY_PAGE_SIZE` (`20`): default page size of `GET /v1/predictions` (at most 100).
 - `GATEWAY_RETRY_AFTER_S` (`5`): `Retry-After` seconds sent with 503 answers.
 - `GATEWAY_RATE_LIMIT` (`20000/minute`): requests per client address to the write routes (predictions,
@@ -24,7 +30,7 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `CASSANDRA_USERNAME`, `CASSANDRA_PASSWORD` (empty): the login (PasswordAuthenticator), both or neither;
   required in production. From a Secret or `.env`, never from the ConfigMap.
 - `CASSANDRA_TTL_DAYS` (`90`): how long prediction rows live (0: forever); feedback rows have no TTL.
-- `CASSANDRA_WRITE_LINGER_MS` (`50`): how long the store's writer waits for more predictions before sending
+- `CASSANDRA_WRITE_LINGER_MS` (`50`): how long the store's shipper waits for more predictions before sending
   (fewer, larger requests: less CPU in the gateway and in Cassandra; 0 sends at once).
 - `OPS_TOKEN` (empty): bearer token of the `/ops/*` endpoints; empty disables them (refused in production).
 - `LOG_LEVEL` (`INFO`): level of the JSON logs on stderr.
@@ -46,6 +52,8 @@ from limits import parse_many
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MAX_PAGE_SIZE = 100
+MIN_WAL_BYTES, MAX_WAL_BYTES = 1024 * 1024, 1024**4  # at least a few hundred predictions, at most 1 TiB
+WAL_SYNC_MODES = ("fsync", "write")
 # A model version label, as MODEL_LABEL or `?label=` (gateway/openapi.yaml repeats it; a test pins the copy).
 LABEL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 LABEL_RULE = "1-64 letters, digits, '.', '_' or '-'"
@@ -78,6 +86,8 @@ class Settings:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     spool_dir: str = ".state/gateway-spool"
+    wal_max_bytes: int = 256 * 1024 * 1024
+    wal_sync: str = "fsync"
     page_size: int = 20
     retry_after_s: int = 5
     rate_limit: str = "20000/minute"
@@ -135,6 +145,8 @@ class Settings:
             max_upload_bytes=integer("GATEWAY_MAX_UPLOAD_BYTES", d["max_upload_bytes"].default),
             max_image_pixels=integer("GATEWAY_MAX_IMAGE_PIXELS", d["max_image_pixels"].default),
             spool_dir=get("GATEWAY_SPOOL_DIR", d["spool_dir"].default),
+            wal_max_bytes=integer("GATEWAY_WAL_MAX_BYTES", d["wal_max_bytes"].default),
+            wal_sync=get("GATEWAY_WAL_SYNC", d["wal_sync"].default).lower(),
             page_size=integer("GATEWAY_PAGE_SIZE", d["page_size"].default),
             retry_after_s=integer("GATEWAY_RETRY_AFTER_S", d["retry_after_s"].default),
             rate_limit=get("GATEWAY_RATE_LIMIT", d["rate_limit"].default),
@@ -180,6 +192,14 @@ class Settings:
         check(self.max_upload_bytes >= 1024, "GATEWAY_MAX_UPLOAD_BYTES must be at least 1024")
         check(self.max_image_pixels >= 28 * 28, "GATEWAY_MAX_IMAGE_PIXELS must be at least 784")
         check(bool(self.spool_dir), "GATEWAY_SPOOL_DIR must not be empty")
+        check(
+            MIN_WAL_BYTES <= self.wal_max_bytes <= MAX_WAL_BYTES,
+            f"GATEWAY_WAL_MAX_BYTES must be {MIN_WAL_BYTES}-{MAX_WAL_BYTES}, got {self.wal_max_bytes}",
+        )
+        check(
+            self.wal_sync in WAL_SYNC_MODES,
+            f"GATEWAY_WAL_SYNC must be one of {', '.join(WAL_SYNC_MODES)}, got {self.wal_sync!r}",
+        )
         check(1 <= self.page_size <= MAX_PAGE_SIZE, f"GATEWAY_PAGE_SIZE must be 1-{MAX_PAGE_SIZE}")
         check(self.retry_after_s >= 1, "GATEWAY_RETRY_AFTER_S must be at least 1")
         check(

@@ -52,7 +52,7 @@ class ModelDouble:
 
 
 class StoreDouble:
-    """Keeps records in a list; `record` never fails (as the real store's contract says)."""
+    """Keeps records in a list; `record` never fails (the real store's does only when its log is full)."""
 
     def __init__(self) -> None:
         self.records: list = []
@@ -62,6 +62,9 @@ class StoreDouble:
 
     def spool_depth(self) -> int:
         return 0
+
+    def pending(self) -> tuple[int, int]:
+        return 0, 0
 
     def ping(self) -> bool:
         return True
@@ -337,3 +340,30 @@ def test_the_page_is_served_with_its_assets_and_no_outside_urls(make_gateway):
         assert r.status_code == 200
         # Only the SVG namespace name may look like a URL; nothing is fetched from elsewhere.
         assert re.findall(r"https?://[^\s\"')]+", r.text) in ([], ["http://www.w3.org/2000/svg"]), asset
+
+
+def test_a_full_prediction_log_answers_503_without_an_id_and_counts_it(make_gateway, tmp_path):
+    """The real store with Cassandra unreachable and a log capped at two predictions: two answers, then 503s
+    (no id handed out for a prediction that is not logged), counted in `gateway_wal_refused_total`."""
+    from deploy.local.cassandra_node import free_port
+    from gateway.store import PredictionStore
+
+    frame = 10 + 1700  # the frame header and a prediction's JSON, about
+    store = PredictionStore(
+        ["127.0.0.1"], free_port(), "mnist", tmp_path / "log", connect_timeout=0.5, max_log_bytes=2 * frame
+    )
+    try:
+        gw, _, _ = make_gateway(store=store)
+        answers = [
+            requests.post(f"{gw.url}/v1/predict", files={"image": ("d.png", png(), "image/png")})
+            for _ in range(3)
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 503], [a.text for a in answers]
+        refused = answers[2]
+        assert "id" not in refused.json() and error_of(refused)["code"] == "store_unavailable"
+        assert "log is full" in error_of(refused)["message"] and refused.headers["Retry-After"]
+        assert store.stats()["pending_records"] == 2
+        metrics = requests.get(f"{gw.url}/metrics").text
+        assert "gateway_wal_refused_total 1.0" in metrics and "gateway_spool_depth 2.0" in metrics
+    finally:
+        store.close(timeout=2)

@@ -36,6 +36,8 @@ def test_every_variable_is_read():
             "GATEWAY_MAX_UPLOAD_BYTES": "2048",
             "GATEWAY_MAX_IMAGE_PIXELS": "1000",
             "GATEWAY_SPOOL_DIR": "/tmp/spool",
+            "GATEWAY_WAL_MAX_BYTES": "1048576",
+            "GATEWAY_WAL_SYNC": "Write",
             "GATEWAY_PAGE_SIZE": "5",
             "GATEWAY_RETRY_AFTER_S": "9",
             "MODEL_SERVER_GRPC": "tfs:8500",
@@ -82,6 +84,7 @@ def test_every_variable_is_read():
     assert (s.cassandra_local_dc, s.cassandra_ttl_days, s.cassandra_write_linger_ms) == ("dc2", 0, 0)
     assert (s.cassandra_username, s.cassandra_password) == ("mnist", " p4ss word ")  # a password is verbatim
     assert "p4ss" not in repr(s)
+    assert (s.wal_max_bytes, s.wal_sync) == (1048576, "write")
     assert s.ops_enabled and s.log_level == "DEBUG"
 
 
@@ -103,6 +106,9 @@ def test_every_variable_is_read():
         ({"CASSANDRA_WRITE_LINGER_MS": "5000"}, "CASSANDRA_WRITE_LINGER_MS"),
         ({"GATEWAY_WORKER_LIFETIME_S": "59"}, "GATEWAY_WORKER_LIFETIME_S"),
         ({"GATEWAY_WORKER_LIFETIME_S": "-1"}, "GATEWAY_WORKER_LIFETIME_S"),
+        ({"GATEWAY_WAL_MAX_BYTES": "1048575"}, "GATEWAY_WAL_MAX_BYTES"),
+        ({"GATEWAY_WAL_MAX_BYTES": "1e9"}, "GATEWAY_WAL_MAX_BYTES"),
+        ({"GATEWAY_WAL_SYNC": "never"}, "GATEWAY_WAL_SYNC"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
         ({"CASSANDRA_USERNAME": "mnist"}, "CASSANDRA_PASSWORD"),
@@ -180,6 +186,8 @@ WIRING = {
     "cassandra_write_linger_ms": 0,
     "cassandra_username": "gateway",
     "cassandra_password": "a-password-0123456789",
+    "wal_max_bytes": 2 * 1024 * 1024,
+    "wal_sync": "write",
 }
 
 
@@ -237,5 +245,34 @@ def test_every_setting_is_wired(monkeypatch):
             "local_dc": "dc2",
             "credentials": Credentials("gateway", "a-password-0123456789"),
             "write_linger": 0.0,
+            "max_log_bytes": 2 * 1024 * 1024,
+            "sync": False,
         },
     )
+
+
+def test_the_log_settings_agree_across_settings_env_example_compose_configmap_and_docs(repo_root):
+    """The write-ahead log's settings: one default, named in every place an operator looks."""
+    import yaml
+
+    import gateway.settings as settings_module
+
+    defaults = {
+        "GATEWAY_WAL_MAX_BYTES": str(Settings().wal_max_bytes),
+        "GATEWAY_WAL_SYNC": Settings().wal_sync,
+        "CASSANDRA_WRITE_LINGER_MS": str(Settings().cassandra_write_linger_ms),
+    }
+    env_example = dict(
+        line.split("=", 1)
+        for line in (repo_root / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    compose = (repo_root / "docker-compose.yml").read_text()
+    config_map = yaml.safe_load((repo_root / "deploy/k8s/base/settings.yaml").read_text())["data"]
+    docs = (repo_root / "docs/gateway.md").read_text()
+    for name, default in defaults.items():
+        assert f"`{name}` (`{default}`)" in settings_module.__doc__, name
+        assert env_example[name] == default, name
+        assert f"{name}: ${{{name}:-{default}}}" in compose, name
+        assert f"| `{name}` | `{default}` |" in docs, name
+        Settings.from_env({name: config_map[name]})  # present in the ConfigMap and accepted

@@ -1,4 +1,4 @@
-"""PredictionStore against the real Cassandra node: round trips, paging across days, spooling and replay."""
+"""PredictionStore against the real Cassandra node: round trips, paging across days, logging and shipping."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from deploy.local.cassandra_node import free_port
 from gateway.errors import InvalidInput, NotFound, StoreUnavailable
 from gateway.store import PredictionRecord, PredictionStore
 from gateway.store.buckets import day_of
-from gateway.store.store import _BATCH_ROWS, _groups, _Write
+from gateway.store.store import _BATCH_ROWS, _groups
 from tests.fixtures.cassandra_node import qualified, wait_for_session
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +81,7 @@ def store(cassandra_node, clean_tables, tmp_path):
 
 
 def settled(store: PredictionStore) -> bool:
-    stats = store.stats()
-    return stats["in_flight"] == 0 and stats["spool_depth"] == 0
+    return store.stats()["pending_records"] == 0
 
 
 def test_round_trip_keeps_every_field(store):
@@ -180,7 +179,7 @@ def test_same_id_twice_lands_in_the_same_rows(store, cassandra_session, clean_ta
     assert [r.id for r in rows] == [record.id]
 
 
-def test_cassandra_down_spools_and_reads_fail_cleanly(tmp_path):
+def test_cassandra_down_logs_and_reads_fail_cleanly(tmp_path):
     store = PredictionStore(["127.0.0.1"], free_port(), "mnist_test", tmp_path / "spool", connect_timeout=0.5)
     try:
         records = [make_record(i) for i in range(5)]
@@ -188,6 +187,7 @@ def test_cassandra_down_spools_and_reads_fail_cleanly(tmp_path):
         for r in records:
             store.record(r)
         assert time.perf_counter() - started < 5  # a handful of fsyncs, no network wait
+        assert store.stats()["pending_bytes"] > 5 * 784
         assert store.spool_depth() == 5
         assert store.ping() is False
         with pytest.raises(StoreUnavailable):
@@ -196,7 +196,7 @@ def test_cassandra_down_spools_and_reads_fail_cleanly(tmp_path):
             store.recent(10)
     finally:
         store.close(timeout=2)
-    assert len(list((tmp_path / "spool").glob("spool-*.log"))) == 1  # kept for the next process
+    assert len(list((tmp_path / "spool").glob("wal-*.log"))) == 1  # kept for the next process
 
 
 SPOOLING_CHILD = textwrap.dedent("""
@@ -226,7 +226,7 @@ def test_a_new_process_replays_the_spool_a_dead_one_left(
     result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     ids = [uuid.UUID(i) for i in json.loads(result.stdout)]
-    assert len(list(spool_dir.glob("spool-*.log"))) == 1
+    assert len(list(spool_dir.glob("wal-*.log"))) == 1
 
     store = PredictionStore(
         [cassandra_node.host],
@@ -242,7 +242,7 @@ def test_a_new_process_replays_the_spool_a_dead_one_left(
         assert [i.id for i in store.recent(100).items] == sorted(ids, key=lambda u: u.time, reverse=True)
     finally:
         store.close()
-    assert list(spool_dir.glob("spool-*.log")) == []
+    assert list(spool_dir.glob("wal-*.log")) == []
 
 
 def test_every_record_arrives_when_the_node_is_killed_mid_stream(
@@ -273,21 +273,21 @@ def test_every_record_arrives_when_the_node_is_killed_mid_stream(
     try:
         assert wait_until(store.ping, timeout=30)
         writer.start()
-        assert wait_until(lambda: store.stats()["written"] >= 100)
+        assert wait_until(lambda: store.stats()["shipped"] >= 100)
         cassandra_node.kill()
-        assert wait_until(lambda: store.spool_depth() > 0, timeout=30)  # writes fail over to the spool
-        time.sleep(1)
+        shipped = store.stats()["shipped"]
+        assert wait_until(lambda: store.spool_depth() > 200, timeout=30)  # the log holds what cannot go
     finally:
         cassandra_node.start()
         wait_for_session(cassandra_session)
-    assert wait_until(lambda: store.stats()["replayed"] > 0, timeout=90)  # the spool drains on its own
+    assert wait_until(lambda: store.stats()["shipped"] > shipped + 200, timeout=90)  # shipping resumes
     stop.set()
     writer.join()
     assert wait_until(lambda: settled(store), timeout=90)
     stats = store.stats()
     store.close()
-    assert stats["lost"] == 0 and stats["rejected"] == 0
-    assert stats["written"] + stats["replayed"] >= len(ids)
+    assert stats["refused"] == 0 and stats["rejected"] == 0
+    assert stats["shipped"] >= len(ids) == stats["logged"]
     assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
 
 
@@ -310,7 +310,7 @@ def test_close_flushes_in_flight_writes(cassandra_node, clean_tables, cassandra_
     assert time.monotonic() - started < 20  # a long linger does not hold the shutdown back
     ids = [r.id for r in records]
     assert rows_by_id(cassandra_session, clean_tables, ids) == set(ids)
-    assert list((tmp_path / "spool").glob("spool-*.log")) == []  # nothing left over
+    assert list((tmp_path / "spool").glob("wal-*.log")) == []  # nothing left over
 
 
 def test_a_burst_from_many_threads_is_written_whole(store, cassandra_session, clean_tables):
@@ -319,11 +319,10 @@ def test_a_burst_from_many_threads_is_written_whole(store, cassandra_session, cl
     warn about the batches (size or partition count), even with the longest filenames."""
     now = datetime.now(UTC)
     names = ["d.png", "数" * 255, "x" * 255, None]
-    records = [  # under max_in_flight, so none takes the spool path
+    records = [
         make_record(i, when=now - timedelta(days=i % 2, microseconds=i), filename=names[i % 4])
         for i in range(240)
     ]
-    # connected: records go to Cassandra directly, not through the spool
     assert wait_until(store.ping, timeout=30)
     futures, execute_async = [], store._session.execute_async
 
@@ -339,7 +338,7 @@ def test_a_burst_from_many_threads_is_written_whole(store, cassandra_session, cl
     for t in threads:
         t.join()
     assert wait_until(lambda: settled(store))
-    assert store.stats()["written"] == len(records) and store.stats()["spooled"] == 0
+    assert store.stats()["shipped"] == len(records)
     assert len(futures) < len(records)  # batched: fewer requests than rows (2 rows per record)
     assert [f.warnings for f in futures if f.warnings] == []
     ids = [r.id for r in records]
@@ -361,21 +360,21 @@ def test_a_burst_from_many_threads_is_written_whole(store, cassandra_session, cl
 
 def test_write_groups_stay_small_and_within_one_day():
     now = datetime.now(UTC)
-    writes = [_Write(make_record(i, when=now - timedelta(days=i % 3, microseconds=i))) for i in range(50)]
+    writes = [make_record(i, when=now - timedelta(days=i % 3, microseconds=i)) for i in range(50)]
     by_day = _groups("write_by_day", writes)
-    assert sorted(w.record.id for g in by_day for w in g) == sorted(w.record.id for w in writes)
-    assert all(len({day_of(w.record.id) for w in g}) == 1 for g in by_day)
+    assert sorted(w.id for g in by_day for w in g) == sorted(w.id for w in writes)
+    assert all(len({day_of(w.id) for w in g}) == 1 for g in by_day)
     assert max(len(g) for g in by_day) == _BATCH_ROWS["write_by_day"]
     by_id = _groups("write_by_id", writes)
     assert [w for g in by_id for w in g] == writes
     assert max(len(g) for g in by_id) == 3  # short names: three ~1.3 KB rows fit under the 5 KiB warning
     assert _groups("write_by_id", writes[:1]) == [writes[:1]]
-    long_names = [_Write(make_record(i, filename="数" * 255)) for i in range(10)]
+    long_names = [make_record(i, filename="数" * 255) for i in range(10)]
     assert {len(g) for g in _groups("write_by_id", long_names)} == {2}  # ~2 KB each
 
 
 def test_reads_right_after_a_write_see_it_despite_the_linger(cassandra_node, clean_tables, tmp_path):
-    """The writer waits up to `write_linger` for company; a lookup of a prediction still held sends it now."""
+    """The shipper lingers up to `write_linger` for company; a lookup of a record still held ships it now."""
     store = PredictionStore(
         [cassandra_node.host],
         cassandra_node.port,
@@ -401,7 +400,7 @@ def test_reads_right_after_a_write_see_it_despite_the_linger(cassandra_node, cle
 
 
 def test_a_refused_login_is_reported_with_the_reason(cassandra_node, clean_tables, tmp_path, caplog):
-    """Cassandra requires a login: a store with a wrong password says why it cannot connect (and spools)."""
+    """Cassandra requires a login: a store with a wrong password says why it cannot connect (and logs)."""
     from gateway.store.cluster import Credentials
 
     caplog.set_level("WARNING", logger="gateway.store.store")
@@ -421,3 +420,27 @@ def test_a_refused_login_is_reported_with_the_reason(cassandra_node, clean_table
         assert wait_until(lambda: store.spool_depth() == 1)
     finally:
         store.close()
+
+
+def test_a_full_log_refuses_new_predictions_and_keeps_the_logged_ones(tmp_path):
+    """The cap: records up to `max_log_bytes` are logged; the next one is refused with a 503-class error
+    (its id must not be handed out) and counted; nothing logged is dropped."""
+    frame = len(make_record(0).to_json_bytes()) + 10  # the frame header
+    store = PredictionStore(
+        ["127.0.0.1"],
+        free_port(),
+        "mnist_test",
+        tmp_path / "log",
+        connect_timeout=0.5,
+        max_log_bytes=5 * frame,
+    )
+    try:
+        for n in range(5):
+            store.record(make_record(n))  # just under and at the cap
+        with pytest.raises(StoreUnavailable, match="log is full"):
+            store.record(make_record(5))
+        stats = store.stats()
+        assert (stats["logged"], stats["refused"], stats["pending_records"]) == (5, 1, 5)
+        assert stats["pending_bytes"] == 5 * frame
+    finally:
+        store.close(timeout=2)

@@ -21,7 +21,13 @@ import numpy as np
 from flask import Blueprint, jsonify, request
 
 from gateway import services
-from gateway.errors import GatewayError, InvalidInput, ModelUnavailable, ModelVersionNotFound
+from gateway.errors import (
+    GatewayError,
+    InvalidInput,
+    ModelUnavailable,
+    ModelVersionNotFound,
+    StoreUnavailable,
+)
 from gateway.logs import add_log_fields
 from gateway.preprocess import to_mnist
 from gateway.services import Services
@@ -206,10 +212,11 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
 
 
 def record(svc: Services, answer: Answer, upload: Upload) -> None:
-    """Hand the prediction to the store: it writes asynchronously and spools when Cassandra is down.
+    """Log the prediction durably before its answer leaves; the store ships it to Cassandra later.
 
-    `store.record` never raises; building the record only fails on a bug (or a model server that does not say
-    which version answered), and that must not cost the user their answer: it is logged loudly instead.
+    `store.record` raises `StoreUnavailable` (503, no id handed out) only when its local log is full or
+    cannot be written. Building the record only fails on a bug (or a model server that does not say which
+    version answered), and that must not cost the user their answer: it is logged loudly instead.
     """
     try:
         prediction = PredictionRecord(
@@ -230,7 +237,11 @@ def record(svc: Services, answer: Answer, upload: Upload) -> None:
     except (TypeError, ValueError):
         log.exception("prediction %s NOT RECORDED: it does not make a valid record", answer.id)
         return
-    svc.store.record(prediction)
+    try:
+        svc.store.record(prediction)
+    except StoreUnavailable:
+        svc.metrics.wal_refused.inc()
+        raise
     svc.metrics.spool_depth.set(svc.store.spool_depth())
 
 

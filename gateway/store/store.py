@@ -1,20 +1,23 @@
-"""`PredictionStore`: the gateway's prediction log in Cassandra; writes never block a request for long.
+"""`PredictionStore`: the gateway's prediction log in Cassandra; an answered prediction is never lost.
 
-Writes: `record()` queues the prediction and returns; a writer thread issues what has queued as asynchronous,
-idempotent inserts (by day, by id), several rows per request when predictions arrive faster than one round
-trip (small UNLOGGED batches, one day partition each for `predictions_by_day`), with a bounded number in
-flight. The writer lingers `write_linger` seconds (default 50 ms) after the first record of a round so
-that more join it: fewer, larger requests cost less CPU in the gateway and in Cassandra, and a lookup of a
-prediction this process still holds (`get`, `add_feedback`, `recent`) sends it at once and waits for it.
-Request threads never touch the driver (the costliest Python on the request path). When Cassandra
-is unreachable, slow or failing, or too many writes are in flight, the record goes to the durable spool
-instead (an fsynced append), and a background thread replays the spool, oldest first, once Cassandra
-answers again; at start it also claims spool files left by processes that died. Nothing is dropped without
-an ERROR log and a counter (`stats()["lost"]`, only when the spool itself cannot be written).
+Writes go one way: log, ship, trim. `record()` appends the prediction to a local write-ahead log (wal.py) and
+returns once it is durable: an fsync shared with the requests logging at the same moment (group commit).
+One shipper thread per process reads the log oldest first and sends it to Cassandra as idempotent inserts
+(by day, by id), several rows per request (small UNLOGGED batches, one day partition each for
+`predictions_by_day`, under Cassandra's 5 KiB batch warning for `predictions_by_id`); once both rows of every
+record of a round are acknowledged it trims them from the log. When Cassandra is down, slow or failing the
+shipper retries the same round with backoff while the log grows; a process that dies leaves its log behind and
+any live one (the restarted worker, a sibling) claims and ships it. When the log holds `max_log_bytes`,
+`record()` raises `StoreUnavailable` (a 503: the client gets no id) rather than drop anything it answered.
 
-Everything that belongs to a process (driver threads, the spool file, the replay thread) is created on first
-use, in the process that uses it: make the store before or after a server forks, never share a used one across
-a fork."""
+The shipper lingers `write_linger` seconds (default 50 ms) after a quiet spell so that more records join a
+round (fewer, larger requests cost less CPU here and in Cassandra); a lookup of a prediction this process
+still holds (`get`, `add_feedback`, `recent`) cuts the linger short and waits for it. Request threads never
+touch the driver (the costliest Python on the request path).
+
+Everything that belongs to a process (driver threads, log segments, the shipper) is created on first use, in
+the process that uses it: make the store before or after a server forks, never share a used one across a
+fork."""
 
 from __future__ import annotations
 
@@ -24,8 +27,7 @@ import os
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +40,7 @@ from gateway.store import buckets
 from gateway.store.cluster import Credentials, build_cluster, parse_hosts
 from gateway.store.migrate import validate_keyspace
 from gateway.store.records import PredictionRecord
-from gateway.store.spool import Spool, SpoolError
+from gateway.store.wal import Batch, LogError, LogFull, WriteAheadLog, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ _BY_ID_BATCH_BYTES = 4800
 _DAYS_PER_ROUND = 8  # day partitions read concurrently while looking for a page of recent predictions
 MAX_DAYS_PER_PAGE = 120  # day partitions one page may read (the default 90-day retention fits in one)
 SCAN_SECONDS = 3.0  # after this, a page stops reading partitions and comes back short, with a cursor
+_HELD_IDS = 4096  # ids of this process's unshipped records kept for read-your-writes (beyond: no waiting)
+_ORPHAN_SCAN_S = 10.0  # how often to look for logs left by processes that died
 
 
 @dataclass(frozen=True)
@@ -81,14 +85,6 @@ class Page:
 
     items: list[PredictionRecord]
     cursor: bytes | None
-
-
-@dataclass
-class _Write:
-    record: PredictionRecord
-    remaining: int = 2
-    error: BaseException | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class PredictionStore:
@@ -105,9 +101,10 @@ class PredictionStore:
         connect_timeout: float = 3.0,
         local_dc: str | None = None,
         credentials: Credentials | None = None,
-        replay_chunk: int = 64,
         max_backoff: float = 10.0,
         write_linger: float = 0.05,
+        max_log_bytes: int = 256 * 1024 * 1024,
+        sync: bool = True,
     ) -> None:
         self.hosts = parse_hosts(hosts)
         self.port = int(port)
@@ -116,14 +113,15 @@ class PredictionStore:
         if ttl_seconds < 0:
             raise ValueError("ttl_seconds must be >= 0 (0: keep forever)")
         self.ttl_seconds = int(ttl_seconds)
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = max_in_flight  # records per shipping round
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.local_dc = local_dc
         self.credentials = credentials
-        self.replay_chunk = replay_chunk
         self.max_backoff = max_backoff
         self.write_linger = write_linger
+        self.max_log_bytes = max_log_bytes
+        self.sync = sync
         self._pid: int | None = None
         self._start_lock = threading.Lock()
 
@@ -137,124 +135,148 @@ class PredictionStore:
                 return
             # A fresh process (or the first use): nothing inherited from a parent is touched.
             self._lock = threading.Lock()
-            self._idle = threading.Condition(self._lock)
-            self._replay_lock = threading.Lock()
-            self._wake = threading.Event()
+            self._shipped_cond = threading.Condition(self._lock)  # a round was acknowledged
+            self._work = threading.Event()  # a record was logged
+            self._flush = threading.Event()  # cuts the linger short
+            self._draining = threading.Event()  # closing: ship what is logged, no lingering
             self._stopping = threading.Event()
             self._connected = threading.Event()
             self._cluster: Cluster | None = None
             self._session: Session | None = None
             self._prepared: dict[str, PreparedStatement] = {}
-            self._spool = Spool(self.spool_dir)
-            self._spooling = True  # until connected: records go to the spool
-            self._in_flight = 0  # queued or being written
-            self._pending: dict[uuid.UUID, PredictionRecord] = {}
-            self._queue: list[PredictionRecord] = []
-            self._queued = threading.Condition(self._lock)
-            self._flush = threading.Event()  # cuts the writer's linger short
-            self._draining = threading.Event()  # closing: no more lingering
-            self._counts = {"written": 0, "spooled": 0, "replayed": 0, "lost": 0, "rejected": 0}
+            self._log = WriteAheadLog(self.spool_dir, max_bytes=self.max_log_bytes, sync=self.sync)
+            self._held: set[uuid.UUID] = set()  # logged here, not yet acknowledged (read-your-writes)
+            self._healthy = False  # the last round reached Cassandra: worth waiting for
+            self._counts = {"logged": 0, "shipped": 0, "refused": 0, "rejected": 0}
             self._last_problem = ""
-            self._spool_writer = ThreadPoolExecutor(1, thread_name_prefix="store-spool")
-            self._thread = threading.Thread(target=self._run, name="store-replay", daemon=True)
-            self._writer = threading.Thread(target=self._write_queued, name="store-writer", daemon=True)
+            self._shipper = threading.Thread(target=self._ship_forever, name="store-shipper", daemon=True)
             self._pid = os.getpid()
-            self._thread.start()
-            self._writer.start()
+            self._shipper.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Within `timeout`: let in-flight writes finish, spool what is left, and, when Cassandra answers,
-        drain the spool so a clean shutdown leaves nothing behind; then stop threads and release the spool."""
+        """Within `timeout`, ship what the log holds while Cassandra takes it; then stop the shipper and
+        release the log (what is left stays on disk for the next process)."""
         if self._pid != os.getpid():
             return
         deadline = time.monotonic() + timeout
-        self._draining.set()  # the writer sends what is queued without lingering
+        self._draining.set()
         self._flush.set()
-        with self._idle:
-            while self._in_flight > 0 and time.monotonic() < deadline:
-                self._idle.wait(max(deadline - time.monotonic(), 0.01))
-            leftovers = list(self._pending.values())
-            self._spooling = True
-            self._queue.clear()  # not issued yet: spooled below with the other leftovers
-            self._stopping.set()
-            self._queued.notify()
-        self._writer.join(max(deadline - time.monotonic(), 1.0))
-        for record in leftovers:  # they may still land too: the writes are idempotent
-            self._to_spool(record)
-        self._spool_writer.shutdown(wait=True)
-        self._wake.set()
-        self._thread.join(max(deadline - time.monotonic(), 1.0))
-        if self._session is not None and self._spool.depth() > 0 and time.monotonic() < deadline:
-            self._replay(until=deadline)
+        self._work.set()
+        with self._shipped_cond:
+            while self._log.pending()[0] and self._healthy and time.monotonic() < deadline:
+                self._shipped_cond.wait(max(deadline - time.monotonic(), 0.01))
+        self._stopping.set()
+        self._work.set()
+        self._shipper.join(max(deadline - time.monotonic(), 1.0))
         if self._cluster is not None:
             self._cluster.shutdown()
-        self._spool.close()
-        depth = sum(1 for _ in self.spool_dir.glob("spool-*.log")) if self.spool_dir.exists() else 0
-        if leftovers or depth:
-            log.info("store closed; %d spool file(s) left in %s for the next start", depth, self.spool_dir)
+        # A shipper stuck in the driver keeps the log's descriptors: the process is ending anyway.
+        if self._shipper.is_alive():
+            log.warning("the store's shipper did not stop within %.0f s", timeout)
+        else:
+            self._log.close()
+        records, _ = self._log.pending()
+        if records:
+            log.info("store closed; %d prediction(s) left in %s for the next start", records, self.spool_dir)
         self._pid = None
 
     # ------------------------------------------------------------------------------------------- writes
 
     def record(self, record: PredictionRecord) -> None:
-        """Log one prediction. Returns at once: queued for the writer, or an fsynced spool append.
-        Never raises."""
+        """Log one prediction durably; it reaches Cassandra later. Raises `StoreUnavailable` when the log
+        cannot take it (full, or the disk fails): the caller must not hand out its id."""
         self._ensure_started()
         with self._lock:
-            direct = (
-                not self._spooling and not self._draining.is_set() and self._in_flight < self.max_in_flight
-            )
-            if direct:
-                self._in_flight += 1
-                self._pending[record.id] = record
-                self._queue.append(record)
-                if len(self._queue) == 1:
-                    self._queued.notify()
-                elif len(self._queue) >= self.max_in_flight // 4:
-                    self._flush.set()  # a burst: no point lingering, send now
-        if not direct:
-            self._to_spool(record)
-            self._wake.set()
-
-    def _write_queued(self) -> None:
-        """The writer thread: issue whatever has queued since its last round, until the store closes."""
-        while True:
+            held = len(self._held) < _HELD_IDS
+            if held:
+                self._held.add(record.id)
+        try:
+            self._log.append(record.to_json_bytes())
+        except LogError as exc:
             with self._lock:
-                while not self._queue and not self._stopping.is_set():
-                    self._queued.wait()
-            if self.write_linger > 0 and not self._draining.is_set():
+                self._held.discard(record.id)
+                self._counts["refused"] += 1
+            full = isinstance(exc, LogFull)
+            self._problem(f"the prediction log {'is full' if full else 'cannot be written'} ({exc})")
+            raise StoreUnavailable(
+                "predictions cannot be recorded right now (the local log is full)"
+                if full
+                else "predictions cannot be recorded right now (the local log cannot be written)"
+            ) from None
+        with self._lock:
+            self._counts["logged"] += 1
+        self._work.set()
+
+    def _ship_forever(self) -> None:
+        """The shipper thread: claim orphans, connect, ship rounds oldest first, back off while failing."""
+        backoff, last_scan = 0.2, float("-inf")
+        while not self._stopping.is_set():
+            if time.monotonic() - last_scan > _ORPHAN_SCAN_S:
+                last_scan = time.monotonic()
+                found = self._log.claim_orphans()
+                if found:
+                    log.info("claimed %d logged prediction(s) left by a stopped process", found)
+            if self._session is None and not self._connect():  # reads wait for it too, so even when idle
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            self._work.clear()
+            pending = self._log.pending()[0]
+            if pending == 0:
+                self._work.wait(_ORPHAN_SCAN_S)
+                continue
+            if self.write_linger > 0 and pending < self.max_in_flight // 4 and not self._draining.is_set():
                 self._flush.wait(self.write_linger)  # let more records join this round
                 self._flush.clear()
-            with self._lock:
-                if self._stopping.is_set():
-                    return
-                records, self._queue = self._queue, []
-            try:
-                self._issue([_Write(record) for record in records])
-            except Exception:  # a bug; the writer must live on, and these records must not vanish
-                log.exception("the store's writer failed on %d record(s); spooling them", len(records))
-                for record in records:
-                    self._spool_writer.submit(self._spool_and_release, record)
-
-    def _issue(self, writes: list[_Write]) -> None:
-        """Two writes per record (by day, by id), grouped into small batches; each settles when answered."""
-        plan = [(name, group) for name in ("write_by_day", "write_by_id") for group in _groups(name, writes)]
-        for name, group in plan:
-            try:
-                if len(group) == 1:
-                    statement = self._bind(name, group[0].record)
-                else:
-                    statement = BatchStatement(BatchType.UNLOGGED)
-                    for write in group:
-                        statement.add(self._bind(name, write.record))
-                    statement.is_idempotent = True  # the same rows again: retrying is safe
-                future = self._session.execute_async(statement)
-            except Exception as exc:  # e.g. the session shut down under us
-                self._settle_error(exc, group)
+            error = self._ship(self._log.read(self.max_in_flight))
+            if error is None:
+                backoff = 0.2
                 continue
-            future.add_callbacks(
-                self._settle, self._settle_error, callback_args=(group,), errback_args=(group,)
-            )
+            self._problem(f"writing to Cassandra failed ({_describe(error)})")
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+
+    def _ship(self, batch: Batch | None) -> BaseException | None:
+        """Send one round and wait for it; on success trim it from the log. Returns the error, if any."""
+        if batch is None:
+            return None
+        records = []
+        for payload in batch.payloads:
+            try:
+                records.append(PredictionRecord.from_json_bytes(payload))
+            except (ValueError, TypeError, KeyError) as exc:
+                self._reject(payload, exc)
+        try:
+            futures = [
+                self._session.execute_async(self._statement(name, group))
+                for name in ("write_by_day", "write_by_id")
+                for group in _groups(name, records)
+            ]
+            for future in futures:
+                future.result()
+        except Exception as exc:  # the rows stay logged; the same round is retried
+            with self._lock:
+                self._healthy = False
+            return exc
+        self._log.commit(batch)
+        with self._shipped_cond:
+            self._counts["shipped"] += len(records)
+            self._held.difference_update(r.id for r in records)
+            if not self._healthy and self._last_problem:
+                log.warning("Cassandra takes writes again; shipping the log")
+                self._last_problem = ""
+            self._healthy = True
+            self._shipped_cond.notify_all()
+        return None
+
+    def _statement(self, name: str, group: list[PredictionRecord]):
+        if len(group) == 1:
+            return self._bind(name, group[0])
+        batch = BatchStatement(BatchType.UNLOGGED)
+        for record in group:
+            batch.add(self._bind(name, record))
+        batch.is_idempotent = True  # the same rows again: retrying is safe
+        return batch
 
     def _bind(self, name: str, record: PredictionRecord):
         values = [
@@ -277,131 +299,27 @@ class PredictionStore:
         )
         return self._prepared[name].bind([*key, *values, self.ttl_seconds])
 
-    def _settle(self, _result: object, group: list[_Write]) -> None:
-        for write in group:
-            self._finish_part(write, None)
-
-    def _settle_error(self, exc: BaseException, group: list[_Write]) -> None:
-        for write in group:
-            self._finish_part(write, exc)
-
-    def _finish_part(self, write: _Write, exc: BaseException | None) -> None:
-        with write.lock:
-            write.remaining -= 1
-            write.error = write.error or exc
-            if write.remaining > 0:
-                return
-        if write.error is None:
-            self._release(write.record, written=True)
-            return
-        self._problem(f"a write failed ({_describe(write.error)})")
-        with self._lock:
-            self._spooling = True
-        # The driver's event loop calls us: fsync on another thread.
-        self._spool_writer.submit(self._spool_and_release, write.record)
-
-    def _spool_and_release(self, record: PredictionRecord) -> None:
-        self._to_spool(record)
-        self._release(record, written=False)
-        self._wake.set()
-
-    def _release(self, record: PredictionRecord, *, written: bool) -> None:
-        with self._idle:
-            self._in_flight -= 1
-            self._pending.pop(record.id, None)
-            if written:
-                self._counts["written"] += 1
-            self._idle.notify_all()
-
-    def _to_spool(self, record: PredictionRecord) -> None:
-        try:
-            self._spool.append(record.to_json_bytes())
-        except SpoolError as exc:
-            with self._lock:
-                self._counts["lost"] += 1
-            log.error(
-                "prediction %s LOST: Cassandra did not take it and the spool failed: %s", record.id, exc
-            )
-            return
-        with self._lock:
-            self._counts["spooled"] += 1
-
-    # ------------------------------------------------------------------------------------------- replay
-
-    def _run(self) -> None:
-        backoff, last_scan = 0.2, 0.0
-        while not self._stopping.is_set():
-            if time.monotonic() - last_scan > 10.0:
-                last_scan = time.monotonic()
-                found = self._spool.claim_orphans()
-                if found:
-                    log.info("claimed %d spooled prediction(s) left by a stopped process", found)
-            ok = (self._session is not None or self._connect()) and self._replay() is None
-            if ok and self._spooling and self._spool.depth() == 0 and self.ping():
-                with self._lock:
-                    if self._spool.depth() == 0:
-                        self._spooling = False
-                        if self._last_problem:
-                            log.warning("Cassandra is back; writing directly again")
-                        self._last_problem = ""
-            if ok:
-                backoff = 0.2
-                self._wake.wait(1.0)
-            else:
-                self._wake.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-            self._wake.clear()
-
     def replay_spool(self) -> int:
-        """Write spooled predictions to Cassandra now, oldest first; returns how many. Never raises."""
+        """Ship what the log holds now, without lingering; wait up to `request_timeout` for it and return
+        how many records were shipped meanwhile. Never raises."""
         self._ensure_started()
-        before = self._counts["replayed"]
-        if self._session is not None:
-            self._replay()
-        return self._counts["replayed"] - before
-
-    def _replay(self, until: float | None = None) -> BaseException | None:
-        """Replay until the spool is empty (None) or a write fails (the error; the records stay spooled).
-        Runs until stopped, or with `until` (a monotonic deadline) until then: the last drain in `close()`."""
-        with self._replay_lock:
-            while time.monotonic() < until if until is not None else not self._stopping.is_set():
-                batch = self._spool.peek(self.replay_chunk)
-                if batch is None:
-                    return None
-                segment, payloads, end = batch
-                futures = []
-                for payload in payloads:
-                    try:
-                        record = PredictionRecord.from_json_bytes(payload)
-                        futures += [
-                            self._session.execute_async(self._bind(n, record))
-                            for n in ("write_by_day", "write_by_id")
-                        ]
-                    except (ValueError, TypeError, KeyError) as exc:
-                        self._reject(payload, exc)
-                try:
-                    for future in futures:
-                        future.result()
-                except Exception as exc:
-                    self._problem(f"replaying the spool failed ({_describe(exc)})")
-                    with self._lock:
-                        self._spooling = True
-                    return exc
-                self._spool.commit(segment, end, len(payloads))
-                with self._lock:
-                    self._counts["replayed"] += len(futures) // 2
-        return None
+        deadline = time.monotonic() + self.request_timeout
+        with self._shipped_cond:
+            before = self._counts["shipped"]
+        self._flush.set()
+        self._work.set()
+        with self._shipped_cond:
+            while self._log.pending()[0] and self._session is not None and time.monotonic() < deadline:
+                self._flush.set()
+                self._shipped_cond.wait(0.05)
+            return self._counts["shipped"] - before
 
     def _reject(self, payload: bytes, exc: BaseException) -> None:
-        """A spooled record that cannot be decoded (a bug, a format change): set aside loudly, not dropped."""
-        rejected = Spool(self.spool_dir / "rejected")
-        try:
-            rejected.append(payload)
-        finally:
-            rejected.close()
+        """A logged record that cannot be decoded (a bug, a format change): set aside loudly, not dropped."""
+        path = set_aside(self.spool_dir, payload)
         with self._lock:
             self._counts["rejected"] += 1
-        log.error("a spooled record could not be decoded (%s); kept in %s", exc, self.spool_dir / "rejected")
+        log.error("a logged record could not be decoded (%s); kept in %s", exc, path)
 
     def _connect(self) -> bool:
         cluster = build_cluster(
@@ -432,8 +350,7 @@ class PredictionStore:
             prepared[name].is_idempotent = True  # the driver may retry them: same id, same row
         with self._lock:
             self._prepared, self._cluster, self._session = prepared, cluster, session
-            if self._spool.depth() == 0:  # nothing to replay first: write directly from now on
-                self._spooling = False
+            self._healthy = True
         self._connected.set()
         return True
 
@@ -441,7 +358,7 @@ class PredictionStore:
         """Log a new kind of trouble once (at WARNING), not once per record."""
         if message != self._last_problem:
             self._last_problem = message
-            log.warning("%s; predictions are spooled in %s until it works again", message, self.spool_dir)
+            log.warning("%s; predictions wait in the log in %s", message, self.spool_dir)
 
     # ------------------------------------------------------------------------------------------- reads
 
@@ -459,21 +376,23 @@ class PredictionStore:
             raise StoreUnavailable(f"reading from Cassandra failed: {_describe(exc)}") from exc
 
     def _flush_pending(self, ids: list[uuid.UUID] | None = None) -> None:
-        """Read your own writes: the predictions this process still holds (queued or in flight; `ids`, or
-        all of them) are sent now and waited for until Cassandra has them or they went to the spool, so a
-        lookup right after a predict (the web page's feedback and recent table) finds them."""
+        """Read your own writes: the predictions this process logged and Cassandra has not acknowledged yet
+        (`ids`, or all of them) are shipped now and waited for, so a lookup right after a predict (the web
+        page's feedback and recent table) finds them. No waiting while Cassandra is failing."""
         if self._pid != os.getpid():
             return
         deadline = time.monotonic() + self.write_linger + self.request_timeout
-        with self._idle:
-            waiting = set(self._pending) if ids is None else set(ids) & set(self._pending)
-            while waiting:
+        with self._shipped_cond:
+            waiting = set(self._held) if ids is None else self._held.intersection(ids)
+            while waiting and self._healthy:
                 self._flush.set()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._idle.wait(min(remaining, 0.05))  # and flush again: the writer may have just cleared it
-                waiting &= set(self._pending)
+                self._shipped_cond.wait(
+                    min(remaining, 0.05)
+                )  # and flush again: the shipper may have cleared it
+                waiting &= self._held
 
     def get(self, prediction_id: uuid.UUID) -> PredictionRecord | None:
         self._flush_pending([prediction_id])
@@ -564,34 +483,40 @@ class PredictionStore:
     # ------------------------------------------------------------------------------------------- metrics
 
     def spool_depth(self) -> int:
-        """Predictions waiting in this process's spool files (0 before first use)."""
-        return self._spool.depth() if self._pid == os.getpid() else 0
+        """Predictions in the log not yet acknowledged by Cassandra (0 before first use)."""
+        return self.pending()[0]
+
+    def pending(self) -> tuple[int, int]:
+        """(records, bytes) in the log not yet acknowledged by Cassandra ((0, 0) before first use)."""
+        return self._log.pending() if self._pid == os.getpid() else (0, 0)
 
     def stats(self) -> dict[str, int]:
-        """Counters since start (written, spooled, replayed, lost, rejected), in_flight and spool_depth."""
+        """Counters since start (logged, shipped, refused, rejected) and what the log holds now
+        (pending_records, pending_bytes)."""
         if self._pid != os.getpid():
             return {}
+        records, size = self._log.pending()
         with self._lock:
-            return {**self._counts, "in_flight": self._in_flight, "spool_depth": self._spool.depth()}
+            return {**self._counts, "pending_records": records, "pending_bytes": size}
 
 
-def _groups(name: str, writes: list[_Write]) -> list[list[_Write]]:
-    """The writes for one table cut into requests of at most `_BATCH_ROWS[name]` rows: by-day batches never
+def _groups(name: str, records: list[PredictionRecord]) -> list[list[PredictionRecord]]:
+    """The rows for one table cut into requests of at most `_BATCH_ROWS[name]` rows: by-day batches never
     span two day partitions, by-id batches stay under Cassandra's batch-size warning."""
     size = _BATCH_ROWS[name]
     if name == "write_by_day":
         by_day: dict = {}
-        for write in writes:
-            by_day.setdefault(buckets.day_of(write.record.id), []).append(write)
+        for record in records:
+            by_day.setdefault(buckets.day_of(record.id), []).append(record)
         return [run[i : i + size] for run in by_day.values() for i in range(0, len(run), size)]
-    groups: list[list[_Write]] = []
+    groups: list[list[PredictionRecord]] = []
     used = _BY_ID_BATCH_BYTES  # "full", so the first row opens a group
-    for write in writes:
-        weight = _BY_ID_ROW_BYTES + len((write.record.filename or "").encode())
+    for record in records:
+        weight = _BY_ID_ROW_BYTES + len((record.filename or "").encode())
         if used + weight > _BY_ID_BATCH_BYTES or len(groups[-1]) >= size:
             groups.append([])
             used = 0
-        groups[-1].append(write)
+        groups[-1].append(record)
         used += weight
     return groups
 

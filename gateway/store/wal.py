@@ -1,0 +1,353 @@
+"""The write-ahead log: a prediction is on local disk before its answer leaves, and stays until Cassandra
+has it.
+
+- **Segments.** Each process appends to its own segment files `wal-<created ns>-<pid>-<seq>.log`, holding an
+  exclusive `flock` on each for as long as it keeps it open; a file is created under a hidden name, locked,
+  then renamed (and the directory fsynced), so no one sees it unlocked. A segment is sealed at `segment_bytes`
+  and the next one started.
+- **Frames.** magic, length, CRC-32, payload. A torn or corrupt tail (a crash in the middle of a write) is
+  detected when the file is claimed; its bytes are moved aside to `<file>.corrupt` and reported, never shipped
+  as garbage and never deleted silently.
+- **Group commit.** `append` writes the frame and waits until an `fdatasync` covers it. The first waiter syncs
+  for everyone whose frame is written by then, so concurrent requests share one sync. With `sync=False` the
+  append returns once the kernel has the bytes: that survives the process (SIGKILL, OOM kill), not the
+  machine.
+- **Shipping and trimming.** `read` hands out the oldest unacknowledged records of one segment (claimed
+  segments first, then this process's own, oldest first), at most `limit` records and about `chunk_bytes`:
+  constant memory, each byte read once. `commit` marks them acknowledged; a sealed segment whose records are
+  all acknowledged is deleted, and the segment being written is truncated to empty. A crash before `commit`
+  ships those records again (the writes are idempotent).
+- **Orphans.** A segment whose lock can be taken belongs to a process that is gone: `claim_orphans` takes it
+  over, checking its frames in one streaming pass outside the lock appends take. Files of the earlier
+  single-file spool (`spool-*.log`, the same frames) are claimed the same way.
+- **Cap.** The bytes this process holds (own and claimed segments) never exceed `max_bytes`: an append past it
+  raises `LogFull`, and nothing already logged is ever dropped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"\xa7S"
+HEADER = struct.Struct(">2sII")  # magic, payload length, CRC-32 of the payload
+MAX_PAYLOAD = 16 * 1024 * 1024
+SEGMENT_PATTERNS = ("wal-*.log", "spool-*.log")
+
+log = logging.getLogger(__name__)
+
+
+class LogError(OSError):
+    """The log cannot take a record (disk full, I/O error, directory not writable)."""
+
+
+class LogFull(LogError):
+    """The log holds `max_bytes` already: the record is refused, nothing is dropped."""
+
+
+def encode_frame(payload: bytes) -> bytes:
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def scan_frames(data: bytes) -> tuple[list[bytes], int]:
+    """The payloads of the complete, intact frames at the start of `data`, and where the intact part ends."""
+    payloads, offset = [], 0
+    while offset + HEADER.size <= len(data):
+        magic, length, crc = HEADER.unpack_from(data, offset)
+        end = offset + HEADER.size + length
+        if magic != MAGIC or length > MAX_PAYLOAD or end > len(data):
+            break
+        payload = data[offset + HEADER.size : end]
+        if zlib.crc32(payload) != crc:
+            break
+        payloads.append(payload)
+        offset = end
+    return payloads, offset
+
+
+@dataclass(eq=False)
+class _Segment:
+    path: Path
+    fd: int
+    size: int = 0  # end of the intact frames
+    acked: int = 0  # records before this offset are in Cassandra
+    records: int = 0  # records between `acked` and `size`
+    own: bool = True
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Consecutive records of one segment, from its first unacknowledged one up to `end`."""
+
+    segment: _Segment
+    payloads: list[bytes]
+    end: int
+
+
+class WriteAheadLog:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        segment_bytes: int = 4 * 1024 * 1024,
+        chunk_bytes: int = 1024 * 1024,
+        sync: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self.chunk_bytes = chunk_bytes
+        self.sync = sync
+        self.corrupt_files = 0
+        self.syncs = 0  # fdatasync calls of group commit: fewer than appends when requests overlap
+        self._lock = threading.Lock()
+        self._synced_cond = threading.Condition(self._lock)
+        self._own: list[_Segment] = []  # oldest first; the last one takes appends
+        self._claimed: list[_Segment] = []
+        self._held_bytes = 0  # size of every segment held (own and claimed): what the cap counts
+        self._written = 0  # bytes appended by this process, ever: the position group commit syncs up to
+        self._synced = 0
+        self._syncing = False
+        self._sync_failure: tuple[int, OSError] | None = None
+        self._seq = 0
+
+    # -- appending
+    def append(self, payload: bytes) -> None:
+        """Write one record; return once it is durable (fsynced, or in the kernel with `sync=False`)."""
+        frame = encode_frame(payload)
+        with self._lock:
+            if self._held_bytes + len(frame) > self.max_bytes:
+                raise LogFull(
+                    f"the log in {self.directory} holds {self._held_bytes} bytes (cap {self.max_bytes})"
+                )
+            segment = self._writable_segment()
+            try:
+                written = os.write(segment.fd, frame)
+                if written != len(frame):
+                    raise OSError(f"short write ({written} of {len(frame)} bytes)")
+            except OSError as exc:
+                os.ftruncate(segment.fd, segment.size)  # leave no torn frame behind
+                raise LogError(f"cannot append to {segment.path}: {exc}") from exc
+            segment.size += len(frame)
+            segment.records += 1
+            self._held_bytes += len(frame)
+            self._written += len(frame)
+            if self.sync:
+                self._wait_synced(self._written)
+
+    def _wait_synced(self, position: int) -> None:
+        """Group commit (called holding the lock): wait for a sync covering `position`, or lead one."""
+        while self._synced < position:
+            if self._syncing:
+                self._synced_cond.wait()
+                continue
+            # A duplicate descriptor: the segment may be trimmed and its descriptor closed meanwhile.
+            self._syncing, target, fd = True, self._written, os.dup(self._own[-1].fd)
+            self._lock.release()
+            failure = None
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                failure = exc
+            finally:
+                os.close(fd)
+                self._lock.acquire()
+                self._syncing = False
+                self.syncs += 1
+                if failure is None:
+                    self._synced = max(self._synced, target)
+                else:
+                    self._sync_failure = (target, failure)
+                self._synced_cond.notify_all()
+            if self._sync_failure and self._synced < position <= self._sync_failure[0]:
+                raise LogError(f"cannot sync the log in {self.directory}: {self._sync_failure[1]}")
+
+    def _writable_segment(self) -> _Segment:
+        if self._own and self._own[-1].size < self.segment_bytes:
+            return self._own[-1]
+        if self._own:  # sealed: make it whole on disk now, so the next syncs need only the new segment
+            try:
+                os.fdatasync(self._own[-1].fd)
+            except OSError as exc:
+                raise LogError(f"cannot sync {self._own[-1].path}: {exc}") from exc
+            self._synced = self._written
+            if self._own[-1].records == 0:
+                self._drop(self._own.pop())
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._seq += 1
+            name = f"wal-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.log"
+            hidden = self.directory / f".{name}.new"
+            fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, self.directory / name)
+            _fsync_dir(self.directory)  # the file's name is durable before any record counts on it
+        except OSError as exc:
+            raise LogError(f"cannot create a log segment in {self.directory}: {exc}") from exc
+        self._own.append(_Segment(self.directory / name, fd))
+        return self._own[-1]
+
+    # -- shipping
+    def read(self, limit: int) -> Batch | None:
+        """Up to `limit` unacknowledged records of the oldest segment holding any (None: all acknowledged)."""
+        with self._lock:
+            segment = next((s for s in [*self._claimed, *self._own] if s.records > 0), None)
+            if segment is None:
+                return None
+            start, end = segment.acked, segment.size
+        data = os.pread(segment.fd, min(end - start, self.chunk_bytes), start)
+        if len(data) < end - start and len(data) >= HEADER.size:  # make room for at least one whole frame
+            _, length, _ = HEADER.unpack_from(data)
+            if HEADER.size + length > len(data):
+                data = os.pread(segment.fd, HEADER.size + length, start)
+        payloads, offset = [], 0
+        while offset + HEADER.size <= len(data) and len(payloads) < limit:
+            _, length, _ = HEADER.unpack_from(data, offset)
+            if offset + HEADER.size + length > len(data):
+                break
+            payloads.append(data[offset + HEADER.size : offset + HEADER.size + length])
+            offset += HEADER.size + length
+        return Batch(segment, payloads, start + offset)
+
+    def commit(self, batch: Batch) -> None:
+        """The records of `batch` are in Cassandra: trim them (a fully acknowledged segment is deleted, or
+        emptied when it is the one taking appends)."""
+        segment = batch.segment
+        with self._lock:
+            segment.acked = batch.end
+            segment.records -= len(batch.payloads)
+            if segment.records > 0:
+                return
+            if self._own and segment is self._own[-1]:
+                os.ftruncate(segment.fd, 0)  # appends hold the same lock: nothing unshipped is cut
+                self._held_bytes -= segment.size
+                segment.size = segment.acked = 0
+            else:
+                (self._own if segment.own else self._claimed).remove(segment)
+                self._drop(segment)
+
+    def _drop(self, segment: _Segment) -> None:
+        segment.path.unlink(missing_ok=True)  # unlinked before unlocked: no one claims a finished file
+        os.close(segment.fd)
+        self._held_bytes -= segment.size
+
+    # -- orphans
+    def claim_orphans(self) -> int:
+        """Take over segments left by processes that are gone; return how many records they hold."""
+        try:
+            candidates = sorted({p for pattern in SEGMENT_PATTERNS for p in self.directory.glob(pattern)})
+        except OSError:
+            return 0
+        with self._lock:
+            known = {s.path for s in [*self._claimed, *self._own]}
+        found = 0
+        for path in candidates:
+            if path in known:
+                continue
+            segment = self._claim(path)
+            if segment is None:
+                continue
+            with self._lock:
+                self._claimed.append(segment)
+                self._held_bytes += segment.size
+            found += segment.records
+        return found
+
+    def _claim(self, path: Path) -> _Segment | None:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None  # shipped and removed by another process meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # its owner is alive
+            return None
+        if not path.exists():  # removed between our open and our lock
+            os.close(fd)
+            return None
+        records, intact = self._scan(fd)
+        total = os.fstat(fd).st_size
+        if intact < total:
+            self._set_aside_tail(path, fd, intact, total)
+        if records == 0:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+            return None
+        return _Segment(path, fd, size=intact, records=records, own=False)
+
+    def _scan(self, fd: int) -> tuple[int, int]:
+        """(intact records, where they end), reading the file once in pieces of about `chunk_bytes`."""
+        records, offset = 0, 0
+        while True:
+            data = os.pread(fd, self.chunk_bytes, offset)
+            if len(data) >= HEADER.size:
+                magic, length, _ = HEADER.unpack_from(data)
+                if magic == MAGIC and length <= MAX_PAYLOAD and HEADER.size + length > len(data):
+                    data = os.pread(fd, HEADER.size + length, offset)  # one frame larger than a piece
+            payloads, intact = scan_frames(data)
+            records += len(payloads)
+            offset += intact
+            if not payloads:
+                return records, offset
+
+    def _set_aside_tail(self, path: Path, fd: int, start: int, end: int) -> None:
+        aside = path.with_name(path.name + ".corrupt")
+        with open(aside, "ab") as out:
+            for position in range(start, end, self.chunk_bytes):
+                out.write(os.pread(fd, min(self.chunk_bytes, end - position), position))
+            out.flush()
+            os.fsync(out.fileno())
+        os.ftruncate(fd, start)
+        self.corrupt_files += 1
+        log.error(
+            "log segment %s ended in %d bytes that are not a complete record (a crash during a write?); "
+            "kept them in %s",
+            path,
+            end - start,
+            aside,
+        )
+
+    # -- state
+    def pending(self) -> tuple[int, int]:
+        """(records, bytes) not yet acknowledged by Cassandra, in every segment this process holds."""
+        with self._lock:
+            segments = [*self._claimed, *self._own]
+            return sum(s.records for s in segments), sum(s.size - s.acked for s in segments)
+
+    def close(self) -> None:
+        """Release the files: empty ones are removed, the others stay (unlocked) for a later process."""
+        with self._lock:
+            for segment in [*self._claimed, *self._own]:
+                if segment.records == 0:
+                    segment.path.unlink(missing_ok=True)
+                os.close(segment.fd)
+            self._own, self._claimed, self._held_bytes = [], [], 0
+
+
+def set_aside(directory: Path, payload: bytes) -> Path:
+    """Keep a record that cannot be decoded in `directory/rejected/` (fsynced), for a person to look at."""
+    folder = directory / "rejected"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rejected-{os.getpid()}.log"
+    with open(path, "ab") as out:
+        out.write(encode_frame(payload))
+        out.flush()
+        os.fsync(out.fileno())
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

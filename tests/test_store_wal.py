@@ -1,0 +1,244 @@
+"""The write-ahead log and the day-bucket logic on their own (no Cassandra needed)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import tracemalloc
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cassandra.util import datetime_from_uuid1, uuid_from_time
+
+from gateway.store import buckets
+from gateway.store.wal import HEADER, LogFull, WriteAheadLog, encode_frame, scan_frames
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def drain(wal: WriteAheadLog, limit: int = 3) -> list[bytes]:
+    out = []
+    while (batch := wal.read(limit)) is not None:
+        out += batch.payloads
+        wal.commit(batch)
+    return out
+
+
+def files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("wal-*.log"))
+
+
+def test_records_come_back_in_append_order_and_are_trimmed(tmp_path):
+    wal = WriteAheadLog(tmp_path)
+    payloads = [f"record {i}".encode() for i in range(10)]
+    for p in payloads:
+        wal.append(p)
+    assert wal.pending() == (10, sum(len(encode_frame(p)) for p in payloads))
+    assert drain(wal) == payloads
+    assert wal.pending() == (0, 0)
+    assert [f.stat().st_size for f in files(tmp_path)] == [0]  # the segment taking appends is emptied
+    wal.append(b"after trimming")
+    assert drain(wal) == [b"after trimming"]
+    wal.close()
+    assert files(tmp_path) == []  # an empty own segment is removed on close
+
+
+def test_unacknowledged_records_are_read_again(tmp_path):
+    wal = WriteAheadLog(tmp_path)
+    for i in range(5):
+        wal.append(b"r%d" % i)
+    first = wal.read(2)
+    assert first.payloads == [b"r0", b"r1"]
+    assert wal.read(2).payloads == [b"r0", b"r1"]  # not committed (Cassandra failed): the same again
+    wal.commit(first)
+    assert drain(wal) == [b"r2", b"r3", b"r4"]
+
+
+def test_segments_rotate_and_each_is_deleted_once_acknowledged(tmp_path):
+    frame = len(encode_frame(b"x" * 100))
+    wal = WriteAheadLog(tmp_path, segment_bytes=10 * frame)
+    for i in range(35):
+        wal.append(b"%03d" % i + b"x" * 97)
+    assert len(files(tmp_path)) == 4  # 10 + 10 + 10 + 5
+    batch = wal.read(100)
+    assert len(batch.payloads) == 10  # one segment per batch
+    wal.commit(batch)
+    assert len(files(tmp_path)) == 3  # the first, sealed and acknowledged, is gone
+    rest = drain(wal, 7)
+    assert [p[:3] for p in rest] == [b"%03d" % i for i in range(10, 35)]
+    assert [f.stat().st_size for f in files(tmp_path)] == [0]
+    wal.close()
+
+
+def test_the_cap_refuses_just_over_it_and_takes_again_once_trimmed(tmp_path):
+    payload = b"p" * 500
+    frame = len(encode_frame(payload))
+    wal = WriteAheadLog(tmp_path, max_bytes=8 * frame)
+    for _ in range(8):
+        wal.append(payload)  # exactly at the cap: taken
+    with pytest.raises(LogFull):
+        wal.append(payload)
+    with pytest.raises(LogFull):
+        wal.append(b"")  # even an empty record is a frame
+    assert wal.pending() == (8, 8 * frame)  # nothing logged was dropped
+    wal.commit(wal.read(1))
+    assert wal.pending() == (7, 7 * frame)
+    # The emptied bytes of a segment still taking appends count until the whole segment is trimmed.
+    with pytest.raises(LogFull):
+        wal.append(payload)
+    drain(wal)
+    wal.append(payload)
+    assert wal.pending() == (1, frame)
+    wal.close()
+
+
+def test_concurrent_appends_share_fsyncs(tmp_path):
+    wal = WriteAheadLog(tmp_path)
+    threads = [
+        threading.Thread(target=lambda n=n: [wal.append(b"%d-%d" % (n, i)) for i in range(40)])
+        for n in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wal.pending()[0] == 320
+    assert 0 < wal.syncs < 320  # group commit: one fsync covered several requests' records
+    got = drain(wal, 50)
+    assert sorted(got) == sorted(b"%d-%d" % (n, i) for n in range(8) for i in range(40))
+    for n in range(8):  # each thread's records in its own order
+        mine = [p for p in got if p.startswith(b"%d-" % n)]
+        assert mine == [b"%d-%d" % (n, i) for i in range(40)]
+    wal.close()
+
+
+def test_without_sync_nothing_is_fsynced(tmp_path):
+    wal = WriteAheadLog(tmp_path, sync=False)
+    for i in range(20):
+        wal.append(b"%d" % i)
+    assert wal.syncs == 0 and wal.pending()[0] == 20
+    wal.close()
+
+
+APPENDING_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    from gateway.store.wal import WriteAheadLog
+    wal = WriteAheadLog({directory!r}, sync={sync})
+    for i in range({count}):
+        wal.append(b"child %d" % i)
+    print("logged", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no close(), no atexit: a crash right after the answers left
+""")
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_killed_process_leaves_every_record_and_a_live_one_claims_them(tmp_path, sync):
+    child = APPENDING_CHILD.format(repo=str(REPO), directory=str(tmp_path), sync=sync, count=50)
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGKILL and result.stdout == "logged\n", result.stderr
+    wal = WriteAheadLog(tmp_path)
+    assert wal.claim_orphans() == 50
+    assert drain(wal, 16) == [b"child %d" % i for i in range(50)]
+    assert files(tmp_path) == []  # a shipped orphan is removed
+    wal.close()
+
+
+def test_a_live_owner_keeps_its_segments(tmp_path):
+    owner = WriteAheadLog(tmp_path)
+    owner.append(b"one")
+    other = WriteAheadLog(tmp_path)
+    assert other.claim_orphans() == 0  # the owner still holds the lock
+    owner.close()  # a clean stop with records left: the file stays, unlocked
+    assert other.claim_orphans() == 1
+    assert drain(other) == [b"one"]
+    other.close()
+
+
+def test_a_torn_tail_is_detected_and_set_aside_not_shipped(tmp_path):
+    good = [b"a" * 10, b"b" * 20]
+    path = tmp_path / "wal-00000000000000000001-1-000001.log"
+    frame = encode_frame(b"c" * 30)
+    path.write_bytes(encode_frame(good[0]) + encode_frame(good[1]) + frame[: HEADER.size + 7])
+    wal = WriteAheadLog(tmp_path)
+    assert wal.claim_orphans() == 2
+    assert drain(wal) == good
+    assert (tmp_path / (path.name + ".corrupt")).read_bytes() == frame[: HEADER.size + 7]
+    assert wal.corrupt_files == 1
+
+
+def test_files_of_the_earlier_spool_are_claimed_too(tmp_path):
+    (tmp_path / "spool-00000000000000000001-1.log").write_bytes(encode_frame(b"old") + encode_frame(b"older"))
+    wal = WriteAheadLog(tmp_path)
+    assert wal.claim_orphans() == 2
+    assert drain(wal) == [b"old", b"older"]
+    assert list(tmp_path.glob("spool-*")) == []
+
+
+def read_bytes_so_far() -> int:
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def test_a_large_orphan_is_claimed_and_shipped_in_constant_memory_and_one_pass(tmp_path):
+    payload = b"z" * 1500  # about a prediction's JSON
+    count = 20_000  # ~30 MB
+    path = tmp_path / "wal-00000000000000000001-1-000001.log"
+    with open(path, "wb") as out:
+        for i in range(count):
+            out.write(encode_frame(b"%08d" % i + payload))
+    size = path.stat().st_size
+    wal = WriteAheadLog(tmp_path, chunk_bytes=256 * 1024)
+    tracemalloc.start()
+    before = read_bytes_so_far()
+    assert wal.claim_orphans() == count
+    seen = 0
+    while (batch := wal.read(256)) is not None:
+        assert batch.payloads[0][:8] == b"%08d" % seen
+        seen += len(batch.payloads)
+        wal.commit(batch)
+    read = read_bytes_so_far() - before
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert seen == count
+    assert read < 2.2 * size  # one scan when claimed, one read when shipped: linear, not per chunk again
+    assert peak < 4 * 256 * 1024  # a few chunks, not the file
+    assert not path.exists()
+
+
+def test_a_flipped_bit_stops_the_scan_at_the_damaged_frame():
+    data = bytearray(encode_frame(b"first") + encode_frame(b"second") + encode_frame(b"third"))
+    data[len(encode_frame(b"first")) + HEADER.size + 2] ^= 0x01
+    payloads, intact = scan_frames(bytes(data))
+    assert payloads == [b"first"] and intact == len(encode_frame(b"first"))
+
+
+def test_uuid_time_matches_the_driver():
+    moment = datetime(2026, 3, 1, 23, 59, 59, 999_000, tzinfo=UTC)
+    value = uuid_from_time(moment)
+    assert buckets.uuid_time(value).replace(tzinfo=None) == datetime_from_uuid1(value)
+    assert buckets.day_of(value) == date(2026, 3, 1)
+    with pytest.raises(ValueError):
+        buckets.uuid_time(uuid.uuid4())
+
+
+def test_days_are_walked_newest_first_and_inclusive():
+    assert list(buckets.days_newest_first(date(2026, 3, 2), date(2026, 2, 27))) == [
+        date(2026, 3, 2),
+        date(2026, 3, 1),
+        date(2026, 2, 28),
+        date(2026, 2, 27),
+    ]
+    assert list(buckets.days_newest_first(date(2026, 3, 1), date(2026, 3, 2))) == []
+
+
+def test_scan_window_starts_at_the_cursor_day_or_tomorrow_and_ends_at_retention():
+    now = datetime(2026, 3, 10, 12, tzinfo=UTC)
+    assert buckets.scan_window(now, 90) == (date(2026, 3, 11), date(2026, 3, 10) - timedelta(days=90))
+    cursor = uuid_from_time(datetime(2026, 3, 5, 0, 0, 1, tzinfo=UTC))
+    assert buckets.scan_window(now, 7, cursor) == (date(2026, 3, 5), date(2026, 3, 3))
