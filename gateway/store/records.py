@@ -8,7 +8,7 @@ import json
 import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
 INPUT_BYTES = 28 * 28
@@ -67,8 +67,9 @@ class PredictionRecord:
         set_(self, "client_addr", _ip_or_none(self.client_addr))
 
     def to_json_bytes(self) -> bytes:
-        data = asdict(self)
-        data.pop("feedback_label")
+        # Field by field, not `dataclasses.asdict` (which deep-copies every value): this runs on the request
+        # path, once per prediction.
+        data = {name: getattr(self, name) for name in _LOGGED_FIELDS}
         data["id"] = str(self.id)
         data["created_at"] = self.created_at.isoformat()
         data["input_image"] = base64.b64encode(self.input_image).decode("ascii")
@@ -82,6 +83,9 @@ class PredictionRecord:
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         data["input_image"] = base64.b64decode(data["input_image"])
         return cls(**data)
+
+
+_LOGGED_FIELDS = tuple(f.name for f in fields(PredictionRecord) if f.name != "feedback_label")
 
 
 def _ip_or_none(value: str | None) -> str | None:

@@ -26,6 +26,7 @@ has it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -134,7 +135,8 @@ class WriteAheadLog:
                 if written != len(frame):
                     raise OSError(f"short write ({written} of {len(frame)} bytes)")
             except OSError as exc:
-                os.ftruncate(segment.fd, segment.size)  # leave no torn frame behind
+                with contextlib.suppress(OSError):
+                    os.ftruncate(segment.fd, segment.size)  # leave no torn frame behind
                 raise LogError(f"cannot append to {segment.path}: {exc}") from exc
             segment.size += len(frame)
             segment.records += 1
@@ -149,8 +151,11 @@ class WriteAheadLog:
             if self._syncing:
                 self._synced_cond.wait()
                 continue
-            # A duplicate descriptor: the segment may be trimmed and its descriptor closed meanwhile.
-            self._syncing, target, fd = True, self._written, os.dup(self._own[-1].fd)
+            try:  # a duplicate: the segment may be trimmed and its descriptor closed during the sync
+                fd = os.dup(self._own[-1].fd)
+            except OSError as exc:
+                raise LogError(f"cannot sync the log in {self.directory}: {exc}") from exc
+            self._syncing, target = True, self._written
             self._lock.release()
             failure = None
             try:
