@@ -24,9 +24,8 @@ import pytest
 import requests
 
 from gateway.store import PredictionStore
-from tests.fixtures.cassandra_node import wait_for_session
 from tests.test_gateway_e2e import as_upload, eventually, predict
-from tests.test_store import make_record, rows_by_id
+from tests.test_store import make_record, rows_by_id, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +77,13 @@ class SteadyLoad:
             thread.join(60)
 
 
+@pytest.mark.parametrize("sync", ["fsync", "write"])  # `write` survives a killed process too, not a crash
 def test_a_sigkilled_worker_loses_no_answered_prediction(
-    start_gateway, uploads, clean_tables, cassandra_session
+    start_gateway, uploads, clean_tables, cassandra_session, sync
 ):
     # A long linger widens the window between an answer and its write to Cassandra: the drill must not
     # depend on the kill landing in a lucky moment.
-    gateway = start_gateway(CASSANDRA_WRITE_LINGER_MS="1000", GATEWAY_WORKERS="1")
+    gateway = start_gateway(CASSANDRA_WRITE_LINGER_MS="1000", GATEWAY_WORKERS="1", GATEWAY_WAL_SYNC=sync)
     eventually(
         lambda: requests.get(f"{gateway.url}/readyz").status_code == 200,
         timeout_s=120,
@@ -124,7 +124,7 @@ def test_cassandra_down_then_back_every_prediction_arrives_while_answering(
     records = [make_record(n) for n in range(3000)]
     over_http: list[str] = []
     try:
-        assert store.ping()
+        assert wait_until(store.ping)  # connected, then Cassandra dies under it
         cassandra_node.kill()
         for record in records:
             store.record(record)  # durable in the log, not in Cassandra
@@ -135,14 +135,15 @@ def test_cassandra_down_then_back_every_prediction_arrives_while_answering(
         assert store.stats()["pending_records"] == len(records)
     finally:
         cassandra_node.start()
-        wait_for_session(cassandra_session)
-    # Replay is under way: predictions keep being answered meanwhile.
-    during = []
+    # Until the backlog has shipped, predictions keep being answered.
+    during, shipped_then = [], []
     started = time.monotonic()
-    while store.stats()["pending_records"] > 0 and time.monotonic() - started < 120:
+    while store.stats()["pending_records"] > 0 and time.monotonic() - started < 180:
         response = predict(gateway.url, uploads[len(during) % len(uploads)])
         assert response.status_code == 200, response.text
         during.append(response.json()["id"])
+        shipped_then.append(store.stats()["shipped"])
+    assert any(0 < shipped < len(records) for shipped in shipped_then), shipped_then  # answered mid-replay
     ids = [r.id for r in records] + [uuid.UUID(i) for i in over_http + during]
     try:
         eventually(

@@ -242,3 +242,17 @@ def test_scan_window_starts_at_the_cursor_day_or_tomorrow_and_ends_at_retention(
     assert buckets.scan_window(now, 90) == (date(2026, 3, 11), date(2026, 3, 10) - timedelta(days=90))
     cursor = uuid_from_time(datetime(2026, 3, 5, 0, 0, 1, tzinfo=UTC))
     assert buckets.scan_window(now, 7, cursor) == (date(2026, 3, 5), date(2026, 3, 3))
+
+
+def test_a_busy_log_under_a_small_cap_keeps_taking_records_while_they_ship(tmp_path):
+    """Appends and acknowledgements interleave, so the segment taking appends is never empty at a commit;
+    rotating at a quarter of the cap lets whole acknowledged segments go before the cap is reached."""
+    payload = b"q" * 1500
+    wal = WriteAheadLog(tmp_path, max_bytes=64 * 1024)
+    for n in range(1000):  # ~1.5 MB through a 64 KiB log, three records behind
+        wal.append(payload)
+        if n >= 3:
+            wal.commit(wal.read(1))
+    assert wal.pending()[0] == 3
+    drain(wal, 64)
+    wal.close()

@@ -4,7 +4,7 @@ has it.
 - **Segments.** Each process appends to its own segment files `wal-<created ns>-<pid>-<seq>.log`, holding an
   exclusive `flock` on each for as long as it keeps it open; a file is created under a hidden name, locked,
   then renamed (and the directory fsynced), so no one sees it unlocked. A segment is sealed at `segment_bytes`
-  and the next one started.
+  (4 MiB, at most a quarter of the cap) and the next one started.
 - **Frames.** magic, length, CRC-32, payload. A torn or corrupt tail (a crash in the middle of a write) is
   detected when the file is claimed; its bytes are moved aside to `<file>.corrupt` and reported, never shipped
   as garbage and never deleted silently.
@@ -104,7 +104,9 @@ class WriteAheadLog:
     ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
+        # A quarter of the cap at most: acknowledged records are trimmed a segment at a time, so a busy log
+        # must rotate well before the cap, or it would fill with records Cassandra already has.
+        self.segment_bytes = min(segment_bytes, max(max_bytes // 4, 1))
         self.chunk_bytes = chunk_bytes
         self.sync = sync
         self.corrupt_files = 0
