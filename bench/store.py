@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.hosts, port, KEYSPACE, scratch / name, credentials=CassandraNode.credentials, **options
             )
             stack.callback(made.close)
-            if not made.ping():
-                raise SystemExit("the store cannot reach Cassandra")
+            deadline = time.monotonic() + 60  # ping() waits 1 s for the connection: a busy machine needs more
+            while not made.ping():
+                if time.monotonic() > deadline:
+                    raise SystemExit("the store cannot reach Cassandra")
             return made
 
         if args.drill:
