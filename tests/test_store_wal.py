@@ -211,6 +211,18 @@ def test_a_large_orphan_is_claimed_and_shipped_in_constant_memory_and_one_pass(t
     assert not path.exists()
 
 
+def test_the_driver_never_stops_reconnecting_to_a_node_that_is_down():
+    """An outage longer than the driver's default 64 attempts (~2 minutes at 2 s) must not leave the store
+    unable to ship its log once the node is back (`python -m bench.store --drill` found it)."""
+    from itertools import islice
+
+    from gateway.store.cluster import build_cluster
+
+    schedule = build_cluster(["127.0.0.1"], 9042).reconnection_policy.new_schedule()
+    delays = list(islice(schedule, 10_000))  # a day and a half of attempts
+    assert len(delays) == 10_000 and max(delays) <= 2.0
+
+
 def test_a_flipped_bit_stops_the_scan_at_the_damaged_frame():
     data = bytearray(encode_frame(b"first") + encode_frame(b"second") + encode_frame(b"third"))
     data[len(encode_frame(b"first")) + HEADER.size + 2] ^= 0x01

@@ -78,9 +78,10 @@ def build_cluster(
         execution_profiles={EXEC_PROFILE_DEFAULT: profile},
         connect_timeout=connect_timeout,
         control_connection_timeout=connect_timeout,
-        # Notice a node that is back within 2 s (the default backs off up to 10 minutes); one TCP connect
-        # attempt per down host every 2 s costs nothing.
-        reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=2.0),
+        # Notice a node that is back within 2 s (the default backs off up to 10 minutes), and never stop
+        # trying (the default gives up after 64 attempts, ~2 minutes here: a longer outage then left the store
+        # unable to ship its log until restarted). One TCP connect per down host every 2 s costs nothing.
+        reconnection_policy=ExponentialReconnectionPolicy(base_delay=0.5, max_delay=2.0, max_attempts=None),
         idle_heartbeat_interval=10,
         auth_provider=(
             PlainTextAuthProvider(credentials.username, credentials.password) if credentials else None
