@@ -202,7 +202,7 @@ def drill(node: CassandraNode, session, store: PredictionStore, count: int, rate
     print(f"Cassandra back after {node.startup_seconds:.1f} s; shipping the backlog", flush=True)
     replay_started, last_print, first_ship = time.perf_counter(), 0.0, None
     latencies, n = [], count
-    while store.stats()["pending_records"] > 0:
+    while store.stats()["shipped"] < count:  # oldest first: then the backlog is in Cassandra
         if first_ship is None and store.stats()["shipped"] > 0:
             first_ship = time.perf_counter()
         lat, _ = paced(store, rate, 0.5, first=n)  # requests keep being answered meanwhile
