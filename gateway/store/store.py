@@ -225,6 +225,10 @@ class PredictionStore:
             if pending == 0:
                 self._work.wait(_ORPHAN_SCAN_S)
                 continue
+            if not self._healthy and not self.ping():  # failing: probe, not re-read and re-send a shipment
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
             if self.write_linger > 0 and pending < self.max_in_flight // 4 and not self._draining.is_set():
                 self._flush.wait(self.write_linger)  # let more records join this round
                 self._flush.clear()
