@@ -1,7 +1,7 @@
-"""Crash drills on real components: the gateway under gunicorn, a real Cassandra node, real signals.
+"""Crash drills on real components: the gateway as deployed (`mnist-gateway`), a real Cassandra node, real signals.
 
 - A gateway worker SIGKILLed under steady load: every prediction whose answer reached a client is in
-  Cassandra afterwards (gunicorn starts a new worker, which claims the dead worker's log and ships it).
+  Cassandra afterwards (the server starts a new worker, which claims the dead worker's log and ships it).
 - Cassandra down while thousands of predictions are recorded (through the store and over HTTP), then back:
   every one arrives, and predictions are answered while the backlog replays.
 
@@ -37,9 +37,17 @@ def uploads(mnist_dir: Path) -> list[bytes]:
 
 
 def worker_pids(master_pid: int) -> list[int]:
-    """gunicorn's workers: the children of its master process."""
+    """The server's workers: the children of its main process (not multiprocessing's helper processes)."""
     children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    return [int(pid) for pid in children]
+    workers = []
+    for pid in children:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if b"resource_tracker" not in command and b"semaphore_tracker" not in command:
+            workers.append(int(pid))
+    return workers
 
 
 class SteadyLoad:
@@ -98,7 +106,7 @@ def test_a_sigkilled_worker_loses_no_answered_prediction(
         eventually(
             lambda: worker_pids(gateway.proc.pid) not in ([], [first_worker]),
             timeout_s=60,
-            what="gunicorn to start a new worker",
+            what="the server to start a new worker",
         )
         eventually(lambda: len(load.answered) >= killed_at + 20, timeout_s=120, what="answers after the kill")
     ids = [uuid.UUID(i) for i in load.answered]
