@@ -1,4 +1,4 @@
-"""Crash drills on real components: the gateway as deployed (`mnist-gateway`), a real Cassandra node, real signals.
+"""Crash drills on real components: the gateway as deployed (`mnist-gateway`), a Cassandra node, signals.
 
 - A gateway worker SIGKILLed under steady load: every prediction whose answer reached a client is in
   Cassandra afterwards (the server starts a new worker, which claims the dead worker's log and ships it).
