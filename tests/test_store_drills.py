@@ -127,7 +127,12 @@ def test_cassandra_down_then_back_every_prediction_arrives_while_answering(
         what="the gateway ready",
     )
     store = PredictionStore(
-        [cassandra_node.host], cassandra_node.port, clean_tables, tmp_path / "log", max_backoff=1.0
+        [cassandra_node.host],
+        cassandra_node.port,
+        clean_tables,
+        tmp_path / "log",
+        max_backoff=1.0,
+        credentials=cassandra_node.credentials,
     )
     records = [make_record(n) for n in range(3000)]
     over_http: list[str] = []
