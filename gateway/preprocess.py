@@ -253,7 +253,7 @@ def _decode(
     try:
         image = Image.open(_BudgetedFile(data, budget), formats=[fmt])
     except Image.DecompressionBombError:
-        raise PayloadTooLarge("the image has too many pixels") from None
+        raise PayloadTooLarge(f"the image has too many pixels; the limit is {max_pixels:,} pixels") from None
     except (UnidentifiedImageError, *_DECODE_ERRORS):
         raise InvalidInput(f"the {fmt} image is corrupt or truncated") from None
     if image.width < 1 or image.height < 1:
@@ -279,7 +279,7 @@ def _decode(
         transpose = _TRANSPOSES.get(image.getexif().get(_ORIENTATION, 1))
         grey_scale = _grey_scale(image)
     except Image.DecompressionBombError:
-        raise PayloadTooLarge("the image has too many pixels") from None
+        raise PayloadTooLarge(f"the image has too many pixels; the limit is {max_pixels:,} pixels") from None
     except _DECODE_ERRORS:
         raise InvalidInput(f"the {fmt} image is corrupt or truncated") from None
     if transpose in _QUARTER_TURNS:

@@ -9,8 +9,12 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_THREADS` (`16`): threads per worker (requests mostly wait on gRPC, so threads go far).
 - `GATEWAY_GRACEFUL_TIMEOUT_S` (`20`): time a worker gets to finish requests and flush the store on shutdown.
 - `GATEWAY_WORKER_LIFETIME_S` (`0`): replace each worker gracefully after this long (0: never; else >= 60).
-- `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body; more is a 413.
+- `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body (the image file part is bounded by it alone);
+  more is a 413.
 - `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413.
+- `GATEWAY_MAX_FORM_FIELD_BYTES` (`131072`): largest multipart form field other than a file, and largest part
+  headers; more is a 413. At least 131072: werkzeug bounds its multipart buffer by it (gateway/limits.py).
+- `GATEWAY_MAX_FORM_PARTS` (`16`): most parts in a multipart form; more is a 413.
 - `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): durable local spool for predictions Cassandra cannot take yet.
 - `GATEWAY_PAGE_SIZE` (`20`): default page size of `GET /v1/predictions` (at most 100).
 - `GATEWAY_RETRY_AFTER_S` (`5`): `Retry-After` seconds sent with 503 answers.
@@ -59,6 +63,9 @@ def is_label(value: str) -> bool:
 # The prediction keyspace's name: the rule of `mnist-migrate`, which creates it, and of the store.
 KEYSPACE_PATTERN = r"[a-z][a-z0-9_]{0,47}"
 _KEYSPACE_RE = re.compile(KEYSPACE_PATTERN)
+# Werkzeug's multipart decoder holds a 64 KiB read chunk plus up to a boundary's length (bounded by the header
+# size limit) in a buffer that the form field limit also bounds: below this, file uploads fail by their bytes.
+MIN_FORM_FIELD_BYTES = 128 * 1024
 _WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
 
 
@@ -77,6 +84,8 @@ class Settings:
     worker_lifetime_s: int = 0
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_form_field_bytes: int = MIN_FORM_FIELD_BYTES
+    max_form_parts: int = 16
     spool_dir: str = ".state/gateway-spool"
     page_size: int = 20
     retry_after_s: int = 5
@@ -134,6 +143,8 @@ class Settings:
             worker_lifetime_s=integer("GATEWAY_WORKER_LIFETIME_S", d["worker_lifetime_s"].default),
             max_upload_bytes=integer("GATEWAY_MAX_UPLOAD_BYTES", d["max_upload_bytes"].default),
             max_image_pixels=integer("GATEWAY_MAX_IMAGE_PIXELS", d["max_image_pixels"].default),
+            max_form_field_bytes=integer("GATEWAY_MAX_FORM_FIELD_BYTES", d["max_form_field_bytes"].default),
+            max_form_parts=integer("GATEWAY_MAX_FORM_PARTS", d["max_form_parts"].default),
             spool_dir=get("GATEWAY_SPOOL_DIR", d["spool_dir"].default),
             page_size=integer("GATEWAY_PAGE_SIZE", d["page_size"].default),
             retry_after_s=integer("GATEWAY_RETRY_AFTER_S", d["retry_after_s"].default),
@@ -179,6 +190,11 @@ class Settings:
         )
         check(self.max_upload_bytes >= 1024, "GATEWAY_MAX_UPLOAD_BYTES must be at least 1024")
         check(self.max_image_pixels >= 28 * 28, "GATEWAY_MAX_IMAGE_PIXELS must be at least 784")
+        check(
+            MIN_FORM_FIELD_BYTES <= self.max_form_field_bytes <= 16 * 1024 * 1024,
+            f"GATEWAY_MAX_FORM_FIELD_BYTES must be {MIN_FORM_FIELD_BYTES}-16777216",
+        )
+        check(1 <= self.max_form_parts <= 1000, "GATEWAY_MAX_FORM_PARTS must be 1-1000")
         check(bool(self.spool_dir), "GATEWAY_SPOOL_DIR must not be empty")
         check(1 <= self.page_size <= MAX_PAGE_SIZE, f"GATEWAY_PAGE_SIZE must be 1-{MAX_PAGE_SIZE}")
         check(self.retry_after_s >= 1, "GATEWAY_RETRY_AFTER_S must be at least 1")

@@ -20,8 +20,15 @@ from datetime import UTC, datetime
 import numpy as np
 from flask import Blueprint, jsonify, request
 
-from gateway import services
-from gateway.errors import GatewayError, InvalidInput, ModelUnavailable, ModelVersionNotFound
+from gateway import limits, services
+from gateway.errors import (
+    GatewayError,
+    ImageTooLarge,
+    InvalidInput,
+    ModelUnavailable,
+    ModelVersionNotFound,
+    PayloadTooLarge,
+)
 from gateway.logs import add_log_fields
 from gateway.preprocess import to_mnist
 from gateway.services import Services
@@ -119,7 +126,7 @@ def read_upload(fields: tuple[str, ...] = UPLOAD_FIELDS) -> Upload:
                 return Upload(data, clean_filename(file.filename))
         names = " or ".join(repr(f) for f in fields)
         raise InvalidInput(f"the multipart form has no file field {names}")
-    data = request.get_data(cache=False)
+    data = limits.read_body()
     if not data:
         raise InvalidInput(
             "no image: send multipart/form-data with a file field 'image' (or 'pic'), "
@@ -150,6 +157,9 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
     started = time.perf_counter()
     try:
         pre = to_mnist(upload.data, max_pixels=svc.settings.max_image_pixels)
+    except PayloadTooLarge as exc:
+        svc.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+        raise ImageTooLarge(f"{exc.message} (GATEWAY_MAX_IMAGE_PIXELS)") from None
     except GatewayError:
         svc.metrics.preprocess_seconds.observe(time.perf_counter() - started)
         raise
