@@ -11,7 +11,8 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_WORKER_LIFETIME_S` (`0`): replace each worker gracefully after this long (0: never; else >= 60).
 - `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body (the image file part is bounded by it alone);
   more is a 413.
-- `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413.
+- `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413. At most
+  89478485, Pillow's own limit.
 - `GATEWAY_MAX_FORM_FIELD_BYTES` (`131072`): largest multipart form field other than a file, and largest part
   headers; more is a 413. At least 131072: werkzeug bounds its multipart buffer by it (gateway/limits.py).
 - `GATEWAY_MAX_FORM_PARTS` (`16`): most parts in a multipart form; more is a 413.
@@ -66,6 +67,8 @@ _KEYSPACE_RE = re.compile(KEYSPACE_PATTERN)
 # Werkzeug's multipart decoder holds a 64 KiB read chunk plus up to a boundary's length (bounded by the header
 # size limit) in a buffer that the form field limit also bounds: below this, file uploads fail by their bytes.
 MIN_FORM_FIELD_BYTES = 128 * 1024
+# Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): above it Pillow, not the setting, would refuse.
+MAX_IMAGE_PIXELS = 89_478_485
 _WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
 
 
@@ -189,7 +192,10 @@ class Settings:
             "GATEWAY_WORKER_LIFETIME_S must be 0 (never) or 60-2592000",
         )
         check(self.max_upload_bytes >= 1024, "GATEWAY_MAX_UPLOAD_BYTES must be at least 1024")
-        check(self.max_image_pixels >= 28 * 28, "GATEWAY_MAX_IMAGE_PIXELS must be at least 784")
+        check(
+            28 * 28 <= self.max_image_pixels <= MAX_IMAGE_PIXELS,
+            f"GATEWAY_MAX_IMAGE_PIXELS must be 784-{MAX_IMAGE_PIXELS} (Pillow's own bomb limit)",
+        )
         check(
             MIN_FORM_FIELD_BYTES <= self.max_form_field_bytes <= 16 * 1024 * 1024,
             f"GATEWAY_MAX_FORM_FIELD_BYTES must be {MIN_FORM_FIELD_BYTES}-16777216",

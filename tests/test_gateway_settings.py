@@ -35,6 +35,8 @@ def test_every_variable_is_read():
             "GATEWAY_WORKER_LIFETIME_S": "3600",
             "GATEWAY_MAX_UPLOAD_BYTES": "2048",
             "GATEWAY_MAX_IMAGE_PIXELS": "1000",
+            "GATEWAY_MAX_FORM_FIELD_BYTES": "200000",
+            "GATEWAY_MAX_FORM_PARTS": "4",
             "GATEWAY_SPOOL_DIR": "/tmp/spool",
             "GATEWAY_PAGE_SIZE": "5",
             "GATEWAY_RETRY_AFTER_S": "9",
@@ -78,6 +80,7 @@ def test_every_variable_is_read():
         1.5,
         0,
     )
+    assert (s.max_form_field_bytes, s.max_form_parts) == (200_000, 4)
     assert (s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace) == (("a", "b", "c"), 9043, "other")
     assert (s.cassandra_local_dc, s.cassandra_ttl_days, s.cassandra_write_linger_ms) == ("dc2", 0, 0)
     assert (s.cassandra_username, s.cassandra_password) == ("mnist", " p4ss word ")  # a password is verbatim
@@ -103,6 +106,10 @@ def test_every_variable_is_read():
         ({"CASSANDRA_WRITE_LINGER_MS": "5000"}, "CASSANDRA_WRITE_LINGER_MS"),
         ({"GATEWAY_WORKER_LIFETIME_S": "59"}, "GATEWAY_WORKER_LIFETIME_S"),
         ({"GATEWAY_WORKER_LIFETIME_S": "-1"}, "GATEWAY_WORKER_LIFETIME_S"),
+        # Werkzeug bounds its multipart buffer by the form field limit: 64 KiB refused uploads by their bytes.
+        ({"GATEWAY_MAX_FORM_FIELD_BYTES": "65536"}, "GATEWAY_MAX_FORM_FIELD_BYTES"),
+        ({"GATEWAY_MAX_FORM_PARTS": "0"}, "GATEWAY_MAX_FORM_PARTS"),
+        ({"GATEWAY_MAX_IMAGE_PIXELS": "89478486"}, "GATEWAY_MAX_IMAGE_PIXELS"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
         ({"CASSANDRA_USERNAME": "mnist"}, "CASSANDRA_PASSWORD"),
