@@ -164,3 +164,20 @@ def test_the_page_size_limit(gateway_server):
     assert requests.get(f"{gateway_server.url}/v1/predictions?limit={MAX_PAGE_SIZE}").status_code == 200
     r = requests.get(f"{gateway_server.url}/v1/predictions?limit={MAX_PAGE_SIZE + 1}")
     assert r.status_code == 400 and str(MAX_PAGE_SIZE) in error_of(r)["message"]
+
+
+def test_a_413_raised_somewhere_unknown_names_every_limit_it_may_be():
+    from werkzeug.exceptions import RequestEntityTooLarge
+
+    config = {"UPLOAD_LIMIT_BYTES": 1000, "MAX_FORM_MEMORY_SIZE": 2000, "MAX_FORM_PARTS": 3}
+    try:
+        raise RequestEntityTooLarge()
+    except RequestEntityTooLarge as exc:
+        error = limits.too_large(exc, config)
+    assert error.status == 413
+    named = [
+        "1,000 bytes (GATEWAY_MAX_UPLOAD_BYTES)",
+        "2,000 bytes (GATEWAY_MAX_FORM_FIELD_BYTES)",
+        "3 form parts",
+    ]
+    assert all(name in error.message for name in named), error.message
