@@ -14,6 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
+from gateway import limits
 from gateway.settings import MIN_FORM_FIELD_BYTES
 from tests import test_gateway_http, uploads
 from tests.test_gateway_http import error_of, png
