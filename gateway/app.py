@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import http_errors, limits, logs, metrics, ops, ratelimit, routes
+from gateway import http_errors, logs, metrics, ops, ratelimit, request_limits, routes
 from gateway.services import EXTENSION, Services
 from gateway.settings import Settings
 
@@ -30,7 +30,8 @@ def create_app(settings: Settings | None = None, *, model_client: Any = None, st
     logs.init_app(app)
     metrics.init_app(app, app_metrics, spool_depth=lambda: services_.store.spool_depth())
     http_errors.init_app(app, retry_after_s=settings.retry_after_s)
-    limits.init_app(app, settings)  # after logs: a refused body still gets its request id and access line
+    # After logs: a refused body still gets its request id and access line.
+    request_limits.init_app(app, settings)
     routes.init_app(app)
     ratelimit.init_app(app, rate_limit=settings.rate_limit)
     ops.init_app(app)

@@ -62,7 +62,7 @@ class TooManyRequests(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     """Something in the request is over a limit; the subclasses say which (their messages name the limit
-    and the setting that moves it: gateway/limits.py)."""
+    and the setting that moves it: gateway/request_limits.py)."""
 
     status = 413
     code = "payload_too_large"

@@ -2,7 +2,7 @@
 
 Domain errors (gateway/errors.py) carry their own status; werkzeug's HTTP errors (404, 405, malformed
 requests) keep theirs, except its bare 413s, which become the domain error of the limit they came from
-(gateway/limits.py); anything else is a 500 whose details go to the log
+(gateway/request_limits.py); anything else is a 500 whose details go to the log
 (with the request id) and never to the client.
 """
 
@@ -13,7 +13,7 @@ import logging
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from gateway import limits
+from gateway import request_limits
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.errors")
@@ -64,7 +64,7 @@ def init_app(app: Flask, *, retry_after_s: int) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         if isinstance(exc, RequestEntityTooLarge):
-            return _gateway_error(limits.too_large(exc, app.config))
+            return _gateway_error(request_limits.too_large(exc, app.config))
         status = exc.code or 500
         if status == 404:
             message = "no such resource"

@@ -14,7 +14,8 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413. At most
   89478485, Pillow's own limit.
 - `GATEWAY_MAX_FORM_FIELD_BYTES` (`131072`): largest multipart form field other than a file, and largest part
-  headers; more is a 413. At least 131072: werkzeug bounds its multipart buffer by it (gateway/limits.py).
+  headers; more is a 413. At least 131072: werkzeug bounds its multipart buffer by it
+  (gateway/request_limits.py).
 - `GATEWAY_MAX_FORM_PARTS` (`16`): most parts in a multipart form; more is a 413.
 - `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): durable local spool for predictions Cassandra cannot take yet.
 - `GATEWAY_PAGE_SIZE` (`20`): default page size of `GET /v1/predictions` (at most 100).

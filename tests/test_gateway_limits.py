@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from gateway import limits
+from gateway import request_limits
 from gateway.settings import MIN_FORM_FIELD_BYTES
 from tests import test_gateway_http, uploads
 from tests.test_gateway_http import error_of, png
@@ -174,7 +174,7 @@ def test_a_413_raised_somewhere_unknown_names_every_limit_it_may_be():
     try:
         raise RequestEntityTooLarge()
     except RequestEntityTooLarge as exc:
-        error = limits.too_large(exc, config)
+        error = request_limits.too_large(exc, config)
     assert error.status == 413
     named = [
         "1,000 bytes (GATEWAY_MAX_UPLOAD_BYTES)",

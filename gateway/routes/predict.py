@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 from flask import Blueprint, jsonify, request
 
-from gateway import limits, services
+from gateway import request_limits, services
 from gateway.errors import (
     GatewayError,
     ImageTooLarge,
@@ -125,7 +125,7 @@ def read_upload(fields: tuple[str, ...] = UPLOAD_FIELDS) -> Upload:
                 return Upload(data, clean_filename(file.filename))
         names = " or ".join(repr(f) for f in fields)
         raise InvalidInput(f"the multipart form has no file field {names}")
-    data = limits.read_body()
+    data = request_limits.read_body()
     if not data:
         raise InvalidInput(
             "no image: send multipart/form-data with a file field 'image' (or 'pic'), "
