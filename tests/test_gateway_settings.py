@@ -168,6 +168,8 @@ WIRING = {
     "rate_limit": "5/second",
     "log_level": "DEBUG",
     "max_upload_bytes": 4096,
+    "max_form_field_bytes": 200_000,  # and their 413s: test_gateway_limits.py
+    "max_form_parts": 4,
     "retry_after_s": 11,  # reaches the 503s: test_gateway_http.py
     "max_image_pixels": 1000,  # reaches the decoder: test_gateway_http.py
     "page_size": 3,  # reaches GET /v1/predictions: test_gateway_http.py
@@ -222,7 +224,12 @@ def test_every_setting_is_wired(monkeypatch):
     from gateway.app import create_app
 
     monkeypatch.setattr(gateway.ratelimit, "init_app", recorder("rate limit"))
-    assert create_app(s).config["MAX_CONTENT_LENGTH"] == 4096
+    config = create_app(s).config
+    assert (config["UPLOAD_LIMIT_BYTES"], config["MAX_FORM_MEMORY_SIZE"], config["MAX_FORM_PARTS"]) == (
+        4096,
+        200_000,
+        4,
+    )
     assert made["rate limit"][1] == {"rate_limit": "5/second"}
 
     monkeypatch.setattr(gateway.model_client, "ModelClient", recorder("model"))
