@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from gateway import http_errors, logs, metrics, ops, ratelimit, routes
+from gateway import http_errors, logs, metrics, ops, ratelimit, request_limits, routes
 from gateway.services import EXTENSION, Services
 from gateway.settings import Settings
 
@@ -20,14 +20,7 @@ from gateway.settings import Settings
 def create_app(settings: Settings | None = None, *, model_client: Any = None, store: Any = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__, static_folder="web", static_url_path="/static")
-    app.config.update(
-        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
-        # Form fields are tiny here; only the file part may be large, and MAX_CONTENT_LENGTH bounds that.
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
-        MAX_FORM_PARTS=16,
-        JSON_SORT_KEYS=False,
-        SEND_FILE_MAX_AGE_DEFAULT=300,
-    )
+    app.config.update(JSON_SORT_KEYS=False, SEND_FILE_MAX_AGE_DEFAULT=300)
     app.json.sort_keys = False
     app.json.compact = True
     app_metrics = metrics.GatewayMetrics()
@@ -37,6 +30,8 @@ def create_app(settings: Settings | None = None, *, model_client: Any = None, st
     logs.init_app(app)
     metrics.init_app(app, app_metrics, log_pending=lambda: services_.store.pending())
     http_errors.init_app(app, retry_after_s=settings.retry_after_s)
+    # After logs: a refused body still gets its request id and access line.
+    request_limits.init_app(app, settings)
     routes.init_app(app)
     ratelimit.init_app(app, rate_limit=settings.rate_limit)
     ops.init_app(app)

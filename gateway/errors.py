@@ -61,10 +61,27 @@ class TooManyRequests(GatewayError):
 
 
 class PayloadTooLarge(GatewayError):
-    """The body, or the image's pixel count, is over the configured limit."""
+    """Something in the request is over a limit; the subclasses say which (their messages name the limit
+    and the setting that moves it: gateway/request_limits.py)."""
 
     status = 413
     code = "payload_too_large"
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """The request body is over GATEWAY_MAX_UPLOAD_BYTES."""
+
+
+class ImageTooLarge(PayloadTooLarge):
+    """The decoded image has more pixels than GATEWAY_MAX_IMAGE_PIXELS."""
+
+
+class FormFieldTooLarge(PayloadTooLarge):
+    """A multipart form field other than a file (or a part's headers) is over GATEWAY_MAX_FORM_FIELD_BYTES."""
+
+
+class TooManyFormParts(PayloadTooLarge):
+    """The multipart form has more parts than GATEWAY_MAX_FORM_PARTS."""
 
 
 class UnsupportedMediaType(GatewayError):

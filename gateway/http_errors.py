@@ -1,7 +1,8 @@
 """Every error leaves the gateway as `{"error": {"code": ..., "message": ...}}` with the right status.
 
-Domain errors (gateway/errors.py) carry their own status; werkzeug's HTTP errors (404, 405, 413 from
-MAX_CONTENT_LENGTH, malformed requests) keep theirs; anything else is a 500 whose details go to the log
+Domain errors (gateway/errors.py) carry their own status; werkzeug's HTTP errors (404, 405, malformed
+requests) keep theirs, except its bare 413s, which become the domain error of the limit they came from
+(gateway/request_limits.py); anything else is a 500 whose details go to the log
 (with the request id) and never to the client.
 """
 
@@ -10,8 +11,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from gateway import request_limits
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gateway.errors")
@@ -61,11 +63,10 @@ def init_app(app: Flask, *, retry_after_s: int) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            return _gateway_error(request_limits.too_large(exc, app.config))
         status = exc.code or 500
-        if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"the request body is larger than the limit of {limit} bytes"
-        elif status == 404:
+        if status == 404:
             message = "no such resource"
         elif status == 405:
             allowed = ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""

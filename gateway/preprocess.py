@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gateway import imaging
-from gateway.errors import InvalidInput, Overloaded, PayloadTooLarge, UnsupportedMediaType
+from gateway.errors import ImageTooLarge, InvalidInput, Overloaded, PayloadTooLarge, UnsupportedMediaType
 
 DEFAULT_MAX_PIXELS = 25_000_000  # a 24 MP phone photo passes; far below Pillow's own bomb limit (89 MP)
 # Memory one decoding may take (the decoded first frame in Pillow's storage for its mode, plus what its
@@ -253,13 +253,13 @@ def _decode(
     try:
         image = Image.open(_BudgetedFile(data, budget), formats=[fmt])
     except Image.DecompressionBombError:
-        raise PayloadTooLarge("the image has too many pixels") from None
+        raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,} pixels") from None
     except (UnidentifiedImageError, *_DECODE_ERRORS):
         raise InvalidInput(f"the {fmt} image is corrupt or truncated") from None
     if image.width < 1 or image.height < 1:
         raise InvalidInput("the image has no pixels")
     if image.width * image.height > max_pixels:
-        raise PayloadTooLarge(
+        raise ImageTooLarge(
             f"the image is {image.width}x{image.height} pixels; the limit is {max_pixels:,} pixels"
         )
     mode, size = image.mode, image.size
@@ -279,7 +279,7 @@ def _decode(
         transpose = _TRANSPOSES.get(image.getexif().get(_ORIENTATION, 1))
         grey_scale = _grey_scale(image)
     except Image.DecompressionBombError:
-        raise PayloadTooLarge("the image has too many pixels") from None
+        raise ImageTooLarge(f"the image has too many pixels; the limit is {max_pixels:,} pixels") from None
     except _DECODE_ERRORS:
         raise InvalidInput(f"the {fmt} image is corrupt or truncated") from None
     if transpose in _QUARTER_TURNS:

@@ -9,8 +9,14 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_THREADS` (`16`): threads per worker (requests mostly wait on gRPC, so threads go far).
 - `GATEWAY_GRACEFUL_TIMEOUT_S` (`20`): time a worker gets to finish requests and flush the store on shutdown.
 - `GATEWAY_WORKER_LIFETIME_S` (`0`): replace each worker gracefully after this long (0: never; else >= 60).
-- `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body; more is a 413.
-- `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413.
+- `GATEWAY_MAX_UPLOAD_BYTES` (`10485760`): largest request body (the image file part is bounded by it alone);
+  more is a 413.
+- `GATEWAY_MAX_IMAGE_PIXELS` (`40000000`): largest decoded image (width x height); more is a 413. At most
+  89478485, Pillow's own limit.
+- `GATEWAY_MAX_FORM_FIELD_BYTES` (`131072`): largest multipart form field other than a file, and largest part
+  headers; more is a 413. At least 131072: werkzeug bounds its multipart buffer by it
+  (gateway/request_limits.py).
+- `GATEWAY_MAX_FORM_PARTS` (`16`): most parts in a multipart form; more is a 413.
 - `GATEWAY_SPOOL_DIR` (`.state/gateway-spool`): the store's write-ahead log: every prediction is logged here
   before its answer leaves and removed once Cassandra acknowledged it.
 - `GATEWAY_WAL_MAX_BYTES` (`268435456`): cap on the log's size per worker process; when full, predictions are
@@ -67,6 +73,11 @@ def is_label(value: str) -> bool:
 # The prediction keyspace's name: the rule of `mnist-migrate`, which creates it, and of the store.
 KEYSPACE_PATTERN = r"[a-z][a-z0-9_]{0,47}"
 _KEYSPACE_RE = re.compile(KEYSPACE_PATTERN)
+# Werkzeug's multipart decoder holds a 64 KiB read chunk plus up to a boundary's length (bounded by the header
+# size limit) in a buffer that the form field limit also bounds: below this, file uploads fail by their bytes.
+MIN_FORM_FIELD_BYTES = 128 * 1024
+# Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): above it Pillow, not the setting, would refuse.
+MAX_IMAGE_PIXELS = 89_478_485
 _WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
 
 
@@ -85,6 +96,8 @@ class Settings:
     worker_lifetime_s: int = 0
     max_upload_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_form_field_bytes: int = MIN_FORM_FIELD_BYTES
+    max_form_parts: int = 16
     spool_dir: str = ".state/gateway-spool"
     wal_max_bytes: int = 256 * 1024 * 1024
     wal_sync: str = "fsync"
@@ -144,6 +157,8 @@ class Settings:
             worker_lifetime_s=integer("GATEWAY_WORKER_LIFETIME_S", d["worker_lifetime_s"].default),
             max_upload_bytes=integer("GATEWAY_MAX_UPLOAD_BYTES", d["max_upload_bytes"].default),
             max_image_pixels=integer("GATEWAY_MAX_IMAGE_PIXELS", d["max_image_pixels"].default),
+            max_form_field_bytes=integer("GATEWAY_MAX_FORM_FIELD_BYTES", d["max_form_field_bytes"].default),
+            max_form_parts=integer("GATEWAY_MAX_FORM_PARTS", d["max_form_parts"].default),
             spool_dir=get("GATEWAY_SPOOL_DIR", d["spool_dir"].default),
             wal_max_bytes=integer("GATEWAY_WAL_MAX_BYTES", d["wal_max_bytes"].default),
             wal_sync=get("GATEWAY_WAL_SYNC", d["wal_sync"].default).lower(),
@@ -190,7 +205,15 @@ class Settings:
             "GATEWAY_WORKER_LIFETIME_S must be 0 (never) or 60-2592000",
         )
         check(self.max_upload_bytes >= 1024, "GATEWAY_MAX_UPLOAD_BYTES must be at least 1024")
-        check(self.max_image_pixels >= 28 * 28, "GATEWAY_MAX_IMAGE_PIXELS must be at least 784")
+        check(
+            28 * 28 <= self.max_image_pixels <= MAX_IMAGE_PIXELS,
+            f"GATEWAY_MAX_IMAGE_PIXELS must be 784-{MAX_IMAGE_PIXELS} (Pillow's own bomb limit)",
+        )
+        check(
+            MIN_FORM_FIELD_BYTES <= self.max_form_field_bytes <= 16 * 1024 * 1024,
+            f"GATEWAY_MAX_FORM_FIELD_BYTES must be {MIN_FORM_FIELD_BYTES}-16777216",
+        )
+        check(1 <= self.max_form_parts <= 1000, "GATEWAY_MAX_FORM_PARTS must be 1-1000")
         check(bool(self.spool_dir), "GATEWAY_SPOOL_DIR must not be empty")
         check(
             MIN_WAL_BYTES <= self.wal_max_bytes <= MAX_WAL_BYTES,

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.cassandra_node",
     "tests.fixtures.model_server",
     "tests.fixtures.gateway_server",
+    "tests.fixtures.photos",
 ]

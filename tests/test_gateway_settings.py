@@ -35,6 +35,8 @@ def test_every_variable_is_read():
             "GATEWAY_WORKER_LIFETIME_S": "3600",
             "GATEWAY_MAX_UPLOAD_BYTES": "2048",
             "GATEWAY_MAX_IMAGE_PIXELS": "1000",
+            "GATEWAY_MAX_FORM_FIELD_BYTES": "200000",
+            "GATEWAY_MAX_FORM_PARTS": "4",
             "GATEWAY_SPOOL_DIR": "/tmp/spool",
             "GATEWAY_WAL_MAX_BYTES": "1048576",
             "GATEWAY_WAL_SYNC": "Write",
@@ -80,6 +82,7 @@ def test_every_variable_is_read():
         1.5,
         0,
     )
+    assert (s.max_form_field_bytes, s.max_form_parts) == (200_000, 4)
     assert (s.cassandra_hosts, s.cassandra_port, s.cassandra_keyspace) == (("a", "b", "c"), 9043, "other")
     assert (s.cassandra_local_dc, s.cassandra_ttl_days, s.cassandra_write_linger_ms) == ("dc2", 0, 0)
     assert (s.cassandra_username, s.cassandra_password) == ("mnist", " p4ss word ")  # a password is verbatim
@@ -109,6 +112,10 @@ def test_every_variable_is_read():
         ({"GATEWAY_WAL_MAX_BYTES": "1048575"}, "GATEWAY_WAL_MAX_BYTES"),
         ({"GATEWAY_WAL_MAX_BYTES": "1e9"}, "GATEWAY_WAL_MAX_BYTES"),
         ({"GATEWAY_WAL_SYNC": "never"}, "GATEWAY_WAL_SYNC"),
+        # Werkzeug bounds its multipart buffer by the form field limit: 64 KiB refused uploads by their bytes.
+        ({"GATEWAY_MAX_FORM_FIELD_BYTES": "65536"}, "GATEWAY_MAX_FORM_FIELD_BYTES"),
+        ({"GATEWAY_MAX_FORM_PARTS": "0"}, "GATEWAY_MAX_FORM_PARTS"),
+        ({"GATEWAY_MAX_IMAGE_PIXELS": "89478486"}, "GATEWAY_MAX_IMAGE_PIXELS"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
         ({"CASSANDRA_USERNAME": "mnist"}, "CASSANDRA_PASSWORD"),
@@ -167,6 +174,8 @@ WIRING = {
     "rate_limit": "5/second",
     "log_level": "DEBUG",
     "max_upload_bytes": 4096,
+    "max_form_field_bytes": 200_000,  # and their 413s: test_gateway_limits.py
+    "max_form_parts": 4,
     "retry_after_s": 11,  # reaches the 503s: test_gateway_http.py
     "max_image_pixels": 1000,  # reaches the decoder: test_gateway_http.py
     "page_size": 3,  # reaches GET /v1/predictions: test_gateway_http.py
@@ -223,7 +232,12 @@ def test_every_setting_is_wired(monkeypatch):
     from gateway.app import create_app
 
     monkeypatch.setattr(gateway.ratelimit, "init_app", recorder("rate limit"))
-    assert create_app(s).config["MAX_CONTENT_LENGTH"] == 4096
+    config = create_app(s).config
+    assert (config["UPLOAD_LIMIT_BYTES"], config["MAX_FORM_MEMORY_SIZE"], config["MAX_FORM_PARTS"]) == (
+        4096,
+        200_000,
+        4,
+    )
     assert made["rate limit"][1] == {"rate_limit": "5/second"}
 
     monkeypatch.setattr(gateway.model_client, "ModelClient", recorder("model"))

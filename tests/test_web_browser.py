@@ -7,6 +7,7 @@ docs/screenshot.png from this test.
 
 from __future__ import annotations
 
+import base64
 import gzip
 import os
 import re
@@ -191,3 +192,74 @@ def test_the_page_fits_a_phone_screen(browser, gateway_server):
     assert all(names)
     assert page.eval_on_selector_all("img", "imgs => imgs.every(i => i.alt)")
     context.close()
+
+
+SENT_AT_MOST = 300 * 1024  # what the page may send for a 12 MP photo (it shrinks it to 1000 px)
+# Records the image each multipart request of the page carries (Playwright cannot see a File's bytes).
+RECORD_SENT = """
+window.sentImages = [];
+const originalFetch = window.fetch;
+window.fetch = (url, options) => {
+  const image = options && options.body instanceof FormData ? options.body.get("image") : null;
+  if (image) window.sentImages.push({ size: image.size, type: image.type, name: image.name });
+  return originalFetch(url, options);
+};
+"""
+
+
+def drop_file(page, data: bytes, name: str, content_type: str) -> None:
+    """Drop a file on the drop zone, as dragging it from the desktop does."""
+    transfer = page.evaluate_handle(
+        """([b64, name, type]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type }));
+            return transfer;
+        }""",
+        [base64.b64encode(data).decode(), name, content_type],
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+
+
+@pytest.mark.parametrize(
+    ("photo_name", "how"),
+    [("phone_exif_6", "picker"), ("phone_upright", "drop"), ("phone_exif_8", "drop"), ("png_scan", "picker")],
+)
+def test_a_phone_photo_is_shrunk_by_the_page_and_read_right(
+    browser, gateway_server, phone_photos, tmp_path, photo_name, how
+):
+    photo = phone_photos[photo_name]
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.add_init_script(RECORD_SENT)
+    seen = watch(page, gateway_server.url)
+    page.goto(gateway_server.url + "/")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as answered:
+        if how == "picker":
+            path = tmp_path / photo.filename
+            path.write_bytes(photo.data)
+            page.set_input_files("#file", str(path))
+        else:
+            drop_file(page, photo.data, photo.filename, photo.content_type)
+    [sent] = page.evaluate("window.sentImages")
+    assert sent["size"] < SENT_AT_MOST < len(photo.data), f"sent {sent} for {len(photo.data)} bytes"
+    assert sent["type"] == "image/jpeg" and sent["name"] == photo.filename
+    assert answered.value.status == 200
+    assert answered.value.json()["digit"] == photo.digit
+    expect(page.locator("#digit")).to_have_text(str(photo.digit))
+    assert seen == {"errors": [], "outside": []}
+    page.close()
+
+
+def test_a_small_picture_is_sent_as_it_is(browser, gateway_server, mnist_dir, tmp_path):
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    upload = tmp_path / "small.png"
+    Image.fromarray(255 - image).resize((300, 300), Image.Resampling.BICUBIC).save(upload)
+    page = browser.new_page()
+    page.add_init_script(RECORD_SENT)
+    page.goto(gateway_server.url + "/")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as answered:
+        drop_file(page, upload.read_bytes(), upload.name, "image/png")
+    assert answered.value.status == 200
+    sent = page.evaluate("window.sentImages")
+    assert sent == [{"size": len(upload.read_bytes()), "type": "image/png", "name": "small.png"}]
+    page.close()

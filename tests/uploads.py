@@ -321,3 +321,91 @@ def preprocessed_batch(kind: str, digits: np.ndarray, seed: int = 0) -> tuple[np
         images[i] = to_mnist(data).image
         seconds.append(time.perf_counter() - started)
     return images, seconds
+
+
+# --- real-size uploads: what phones and scanners send (made at test time, never committed) ---
+
+PHONE_SIZE = (4000, 3000)  # 12 MP, as the sensor stores it
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> how the upright picture is stored (6: "rotate 90 degrees clockwise to display").
+_STORED_AS = {1: None, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+def _upscaled_noisy(sheet: np.ndarray, size: tuple[int, int], noise: float, rng) -> Image.Image:
+    """A small float RGB sheet scaled up to `size` (w, h) as the lens would blur it, plus sensor noise at
+    full resolution (what makes real photos weigh megabytes)."""
+    small = _rgb(sheet)
+    big = np.asarray(small.resize(size, Image.Resampling.BICUBIC), dtype=np.int16)
+    grain = rng.standard_normal((size[1], size[0], 1), dtype=np.float32) * noise
+    grain = np.rint(grain).astype(np.int16)  # luminance grain, the same on the three channels
+    return Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8), "RGB")
+
+
+def phone_photo(digit: np.ndarray, rng: np.random.Generator, *, orientation: int = 1) -> bytes:
+    """A 12 MP JPEG of the digit written on paper, as a phone sends it: tinted paper, light falling off
+    across the sheet, a soft pen, grain, quality 80-92, 1-2 MB. Orientation 6 or 8: a portrait picture
+    stored sideways (4000x3000) with the EXIF tag that turns it upright, as phones held upright do."""
+    w, h = PHONE_SIZE if orientation == 1 else PHONE_SIZE[::-1]  # held upright: a portrait picture
+    # The scene at 1/4 scale: an upscale by 4 softens it like a phone lens and costs little here.
+    sw, sh = w // 4, h // 4
+    size = int(sh * rng.uniform(0.45, 0.75))
+    coverage = _place((sh, sw), _digit_alpha(digit, size), rng)
+    pen = Image.fromarray(np.rint(coverage * 255).astype(np.uint8), "L")
+    coverage = np.asarray(pen.filter(ImageFilter.GaussianBlur(1.2)), dtype=np.float32) / 255.0
+    paper = np.array([232, 226, 212], dtype=np.float32) + rng.uniform(-15, 15, 3)
+    ink = np.array([30, 35, 70], dtype=np.float32) + rng.uniform(-20, 20, 3)
+    sheet = _paint(coverage * rng.uniform(0.8, 1.0), paper, ink)
+    ys, xs = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xs / sw + np.sin(angle) * ys / sh + 1) / 2
+    light = 1.0 - rng.uniform(0.2, 0.4) * ramp
+    vignette = 1.0 - 0.2 * (((xs - sw / 2) / sw) ** 2 + ((ys - sh / 2) / sh) ** 2) * 4
+    image = _upscaled_noisy(sheet * (light * vignette)[..., None], (w, h), rng.uniform(3.0, 4.5), rng)
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Example", "Phone 12"  # Make, Model
+    if _STORED_AS[orientation] is not None:
+        image = image.transpose(_STORED_AS[orientation])
+        exif[EXIF_ORIENTATION] = orientation
+    return encode(image, "JPEG", quality=int(rng.integers(80, 93)), exif=exif.tobytes())
+
+
+def png_scan(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A greyscale flatbed scan of the sheet (about 2500x3500, A4 at 300 dpi): a PNG of about 4 MB."""
+    w, h = 2480, 3508
+    sw, sh = w // 4, h // 4
+    coverage = _place((sh, sw), _digit_alpha(digit, int(sw * rng.uniform(0.4, 0.7))), rng)
+    sheet = _paint(coverage, (245, 245, 245), (20, 20, 20))
+    grey = _upscaled_noisy(sheet, (w, h), 1.6, rng).convert("L")
+    return encode(grey, "PNG")
+
+
+def padded_jpeg(data: bytes, total_bytes: int) -> bytes:
+    """The JPEG grown to exactly `total_bytes` with APP15 segments after its header, the way phones embed
+    previews and depth maps: still the same picture to any decoder."""
+    if not data.startswith(b"\xff\xd8") or total_bytes < len(data):
+        raise ValueError("need a JPEG no larger than total_bytes")
+    missing = total_bytes - len(data)
+    segments = []
+    while missing > 0:
+        body = min(missing - 4, 65533)
+        if body < 0 or 0 < missing - (body + 4) < 4:  # leave no remainder too small for a segment
+            body = max(0, missing // 2 - 4)
+        segments.append(b"\xff\xef" + struct.pack(">H", body + 2) + b"\x00" * body)
+        missing -= body + 4
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+MULTIPART_BOUNDARY = "photo-upload-boundary-7d1f"
+
+
+def multipart_body(field: str, filename: str, data: bytes, content_type: str = "image/jpeg") -> bytes:
+    """One file part, as a browser or curl sends it, with a fixed boundary so its overhead is exact."""
+    head = (
+        f"--{MULTIPART_BOUNDARY}\r\n"
+        f'Content-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{MULTIPART_BOUNDARY}--\r\n".encode()
+
+
+MULTIPART_CONTENT_TYPE = f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"

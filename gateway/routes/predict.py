@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 import numpy as np
 from flask import Blueprint, jsonify, request
 
-from gateway import services
+from gateway import request_limits, services
 from gateway.errors import (
     GatewayError,
+    ImageTooLarge,
     InvalidInput,
     ModelUnavailable,
     ModelVersionNotFound,
@@ -125,7 +126,7 @@ def read_upload(fields: tuple[str, ...] = UPLOAD_FIELDS) -> Upload:
                 return Upload(data, clean_filename(file.filename))
         names = " or ".join(repr(f) for f in fields)
         raise InvalidInput(f"the multipart form has no file field {names}")
-    data = request.get_data(cache=False)
+    data = request_limits.read_body()
     if not data:
         raise InvalidInput(
             "no image: send multipart/form-data with a file field 'image' (or 'pic'), "
@@ -156,6 +157,9 @@ def predict_upload(upload: Upload, *, label: str | None, version: int | None) ->
     started = time.perf_counter()
     try:
         pre = to_mnist(upload.data, max_pixels=svc.settings.max_image_pixels)
+    except ImageTooLarge as exc:  # the pixel limit: its setting is the gateway's to name
+        svc.metrics.preprocess_seconds.observe(time.perf_counter() - started)
+        raise ImageTooLarge(f"{exc.message} (GATEWAY_MAX_IMAGE_PIXELS)") from None
     except GatewayError:
         svc.metrics.preprocess_seconds.observe(time.perf_counter() - started)
         raise

@@ -81,7 +81,7 @@
     }
   });
   fileInput.addEventListener("change", () => {
-    if (fileInput.files.length) predict(fileInput.files[0], fileInput.files[0].name);
+    if (fileInput.files.length) predictFile(fileInput.files[0]);
     fileInput.value = "";
   });
   ["dragenter", "dragover"].forEach((type) =>
@@ -94,8 +94,49 @@
   drop.addEventListener("drop", (event) => {
     event.preventDefault();
     const file = event.dataTransfer.files[0];
-    if (file) predict(file, file.name);
+    if (file) predictFile(file);
   });
+
+  // A phone photo is megabytes and the model looks at 28x28: a big picture is scaled down here to SHRINK_TO
+  // pixels on its long side (turned upright by its EXIF orientation), so a phone on a slow network sends
+  // ~100 KB, not 5 MB. Small pictures, and anything the browser cannot decode, are sent as they are (the
+  // server reads full-size pictures too, and says what is wrong with the others).
+  const SHRINK_TO = 1000;
+  const SMALL_BYTES = 300 * 1024;
+
+  async function predictFile(file) {
+    setStatus("Reading…");
+    predict(await shrunk(file), file.name);
+  }
+
+  async function shrunk(file) {
+    if (!file.type.startsWith("image/") || typeof createImageBitmap !== "function") return file;
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
+    } catch (_) {
+      return file;
+    }
+    const scale = Math.min(1, SHRINK_TO / Math.max(bitmap.width, bitmap.height));
+    if (scale === 1 && file.size <= SMALL_BYTES) {
+      bitmap.close();
+      return file;
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(1, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(1, Math.round(bitmap.height * scale));
+    const context = canvas.getContext("2d");
+    context.imageSmoothingQuality = "high";
+    context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    // JPEG unless the picture has transparency, which JPEG would flatten onto black.
+    const alpha = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let opaque = true;
+    for (let i = 3; i < alpha.length && opaque; i += 4) opaque = alpha[i] === 255;
+    const type = opaque ? "image/jpeg" : "image/png";
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, type, 0.9));
+    return blob && blob.size < file.size ? blob : file;
+  }
 
   // ---- the API -------------------------------------------------------------------------------------------------
   async function api(path, options) {
