@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from training.artifact import contract_violations
+from training.data import load_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "mnist-train"
@@ -112,7 +113,7 @@ def test_corrupt_data_file(mnist_dir, tmp_path):
 
 @pytest.fixture
 def mirror_url(mnist_dir):
-    """The shared MNIST files over real HTTP on 127.0.0.1, standing in for the public mirror."""
+    """The tests' MNIST files over real HTTP on 127.0.0.1, standing in for the public mirror."""
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, format, *args):
@@ -172,7 +173,7 @@ def test_evaluate_rescores_a_version(model_base_path, mnist_dir, quick_metrics):
     scores = json.loads(result.stdout)
     assert scores["test_accuracy"] == pytest.approx(quick_metrics["test_accuracy"], abs=1e-4)
     assert scores["recorded_test_accuracy"] == quick_metrics["test_accuracy"]
-    assert sum(map(sum, scores["confusion_matrix"])) == 10000
+    assert sum(map(sum, scores["confusion_matrix"])) == len(load_mnist(mnist_dir).test_labels)
 
     text = run("evaluate", str(version), env={"MNIST_DATA_DIR": str(mnist_dir)})
     assert text.returncode == 0, text.stderr

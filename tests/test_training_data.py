@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import os
+import re
 import shutil
 import struct
 import threading
@@ -13,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import mnist_sample
 from training import data
 from training.errors import DataError
 
@@ -73,14 +77,84 @@ def test_truncated_gzip_names_the_file(tmp_path, images):
         data.read_content(path)
 
 
-def test_real_files_load_and_verify(mnist_dir):
-    mnist = data.load_mnist(mnist_dir)
-    assert mnist.train_images.shape == (60000, 28, 28) and mnist.test_images.shape == (10000, 28, 28)
+def test_the_committed_sample_loads_as_the_known_sample():
+    mnist = data.load_mnist(mnist_sample.SAMPLE_DIR)
+    assert mnist.dataset == "mnist-sample"
+    assert mnist.train_images.shape == (3000, 28, 28) and mnist.test_images.shape == (1000, 28, 28)
     assert mnist.train_images.dtype == np.uint8
-    assert mnist.train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert mnist.test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    assert np.bincount(mnist.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert mnist.checksums == {spec.name: spec.sha256 for spec in data.FILES.values()}
+    assert mnist.train_labels[:10].tolist() == [8, 0, 0, 7, 8, 9, 4, 9, 9, 2]
+    assert mnist.test_labels[:10].tolist() == [4, 0, 9, 7, 3, 7, 5, 5, 9, 7]
+    assert np.bincount(mnist.train_labels).tolist() == [300] * 10
+    assert np.bincount(mnist.test_labels).tolist() == [100] * 10
+    assert mnist.checksums == {spec.name: spec.sha256 for spec in data.SAMPLE_FILES.values()}
+
+
+def test_the_sample_readme_lists_every_file_with_its_checksums():
+    readme = (mnist_sample.SAMPLE_DIR / "README.md").read_text()
+    rows = {
+        row[0]: row[1:]
+        for row in re.findall(r"^\| (\S+\.gz) \| (\d+) \| (\d+) \| (\w+) \| (\w+) \|$", readme, re.M)
+    }
+    files = sorted(p.name for p in mnist_sample.SAMPLE_DIR.iterdir() if p.name != "README.md")
+    assert sorted(rows) == files
+    for key, spec in data.SAMPLE_FILES.items():
+        path = mnist_sample.SAMPLE_DIR / (spec.name + ".gz")
+        raw = path.read_bytes()
+        records, size, gz_sha256, sha256 = rows[path.name]
+        assert (int(records), int(size)) == (spec.count, len(raw)), key
+        assert gz_sha256 == hashlib.sha256(raw).hexdigest(), key
+        assert sha256 == spec.sha256 == hashlib.sha256(gzip.decompress(raw)).hexdigest(), key
+
+
+def test_the_draw_is_stratified_in_canonical_order_and_stable():
+    labels = np.random.default_rng(1).integers(0, 10, size=5000).astype(np.uint8)
+    drawn = mnist_sample.draw(labels, "train", 30)
+    assert drawn.tolist() == sorted(set(drawn.tolist()))
+    assert np.bincount(labels[drawn], minlength=10).tolist() == [30] * 10
+    np.testing.assert_array_equal(drawn, mnist_sample.draw(labels, "train", 30))
+    # Fewer per digit keeps a prefix of each digit's ranking: the same images, not a new draw.
+    assert set(mnist_sample.draw(labels, "train", 10).tolist()) <= set(drawn.tolist())
+    assert set(mnist_sample.draw(labels, "t10k", 30).tolist()) != set(drawn.tolist())
+
+
+def test_the_sample_is_drawn_again_from_the_full_set(tmp_path):
+    """Needs the full set (MNIST_DATA_DIR); a clone alone has only the sample, so it is skipped there."""
+    full = os.environ.get("MNIST_DATA_DIR")
+    if not full or data.load_mnist(Path(full)).dataset != "mnist":
+        pytest.skip("MNIST_DATA_DIR does not hold the full MNIST set")
+    mnist_sample.write_sample(Path(full), tmp_path)
+    for spec in data.SAMPLE_FILES.values():
+        content = gzip.decompress((tmp_path / (spec.name + ".gz")).read_bytes())
+        assert hashlib.sha256(content).hexdigest() == spec.sha256
+
+
+def test_files_load_and_verify_as_their_known_set(mnist_dir):
+    """The sample, or the full set when MNIST_DATA_DIR points at it."""
+    mnist = data.load_mnist(mnist_dir)
+    files = data.KNOWN_SETS[mnist.dataset]
+    assert mnist.checksums == {spec.name: spec.sha256 for spec in files.values()}
+    assert len(mnist.train_images) == files["train_images"].count
+    assert len(mnist.test_labels) == files["test_labels"].count
+
+
+def write_raw_files(directory: Path, *arrays: np.ndarray) -> None:
+    """The four files (train images, train labels, test images, test labels), raw IDX."""
+    for spec, array in zip(data.FILES.values(), arrays, strict=True):
+        (directory / spec.name).write_bytes(idx_bytes(array))
+
+
+def test_verify_false_loads_any_well_formed_files(tmp_path, images):
+    write_raw_files(tmp_path, images, np.array([1, 2, 3]), images[:2], np.array([4, 5]))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        data.load_mnist(tmp_path)
+    mnist = data.load_mnist(tmp_path, verify=False)
+    assert mnist.dataset == "unverified" and mnist.test_labels.tolist() == [4, 5]
+
+
+def test_labels_and_images_must_agree_in_number(tmp_path, images):
+    write_raw_files(tmp_path, images, np.array([1, 2]), images[:2], np.array([4, 5]))
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte: 2 labels for 3 images"):
+        data.load_mnist(tmp_path, verify=False)
 
 
 @pytest.fixture
@@ -97,9 +171,9 @@ def data_copy(tmp_path, mnist_dir) -> Path:
     return copy
 
 
-def test_raw_and_gzip_files_mix(data_copy):
+def test_raw_and_gzip_files_mix(data_copy, mnist_dir):
     mnist = data.load_mnist(data_copy)
-    assert len(mnist.train_labels) == 60000
+    assert mnist.checksums == data.load_mnist(mnist_dir).checksums
 
 
 def test_wrong_checksum_names_the_file(data_copy):
@@ -153,7 +227,7 @@ def mirror_root(tmp_path, mnist_dir) -> Path:
     return root
 
 
-def test_download_fetches_and_verifies(serve_dir, mirror_root, tmp_path):
+def test_download_fetches_and_verifies(serve_dir, mirror_root, mnist_dir, tmp_path):
     url = serve_dir(mirror_root)
     cache = tmp_path / "cache"
     progress: dict[str, int] = {}
@@ -165,8 +239,8 @@ def test_download_fetches_and_verifies(serve_dir, mirror_root, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == sorted(
         spec.name + ".gz" for spec in data.FILES.values()
     )
-    assert progress["train-images-idx3-ubyte.gz"] == 9912422
-    assert len(data.load_mnist(cache).train_images) == 60000
+    assert progress["train-images-idx3-ubyte.gz"] == (mnist_dir / "train-images-idx3-ubyte.gz").stat().st_size
+    assert data.load_mnist(cache).checksums == data.load_mnist(mnist_dir).checksums
 
     # Verified files already in the cache are not fetched again.
     progress.clear()

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from tests.fixtures.models import export_quick_version
+from tests.fixtures.models import QUICK_EPOCHS, QUICK_TRAIN_SAMPLES, export_quick_version
 from tests.waiting import eventually
 from training import export as export_module
 from training.artifact import contract_violations
@@ -91,21 +91,26 @@ def test_warmup_records_parse_with_the_official_messages(version_dir, test_image
     assert batch_sizes == sorted(batch_sizes) and batch_sizes[0] == 1
 
 
-def test_metrics_json(version_dir, quick_metrics):
+def test_metrics_json(version_dir, quick_metrics, mnist_dir):
     metrics = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())
+    mnist = load_mnist(mnist_dir)
     assert metrics["test_accuracy"] == quick_metrics["test_accuracy"]
     assert 0.85 < metrics["test_accuracy"] <= 1
     confusion = np.array(metrics["confusion_matrix"])
-    assert confusion.shape == (10, 10) and confusion.sum() == 10000
-    assert metrics["test_accuracy"] == pytest.approx(np.trace(confusion) / 10000, abs=1e-6)
+    assert confusion.shape == (10, 10) and confusion.sum() == len(mnist.test_labels)
+    assert metrics["test_accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-6)
     assert set(metrics["per_class"]) == {str(d) for d in range(10)}
     for digit, scores in metrics["per_class"].items():
         d = int(digit)
         assert scores["recall"] == pytest.approx(confusion[d, d] / confusion[d].sum(), abs=1e-6)
         assert scores["precision"] == pytest.approx(confusion[d, d] / confusion[:, d].sum(), abs=1e-6)
-    assert metrics["data_checksums"]["t10k-labels-idx1-ubyte"].startswith("ff7bcfd4")
-    assert metrics["hyper_parameters"]["seed"] == 0 and metrics["hyper_parameters"]["epochs"] == 1
-    assert metrics["train_samples"] == 6000 and metrics["train_seconds"] > 0
+    assert metrics["dataset"] == mnist.dataset
+    assert metrics["data_checksums"] == {
+        "algorithm": "sha256 of the decompressed IDX file",
+        **mnist.checksums,
+    }
+    assert metrics["hyper_parameters"]["seed"] == 0 and metrics["hyper_parameters"]["epochs"] == QUICK_EPOCHS
+    assert metrics["train_samples"] == QUICK_TRAIN_SAMPLES and metrics["train_seconds"] > 0
     assert metrics["library_versions"]["tensorflow"] == tf.__version__
 
 

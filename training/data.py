@@ -31,8 +31,9 @@ class IdxFile:
     name: str  # the canonical file name without `.gz`
     magic: int
     count: int
-    sha256: str  # of the decompressed IDX content
-    gz_sha256: str  # of the canonical `.gz`, as served by the mirrors
+    sha256: (
+        str  # of the decompressed IDX content (the canonical `.gz` files' own sums are in docs/training.md)
+    )
 
 
 FILES = {
@@ -41,39 +42,68 @@ FILES = {
         IMAGES_MAGIC,
         60000,
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
     ),
     "train_labels": IdxFile(
         "train-labels-idx1-ubyte",
         LABELS_MAGIC,
         60000,
         "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-        "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
     ),
     "test_images": IdxFile(
         "t10k-images-idx3-ubyte",
         IMAGES_MAGIC,
         10000,
         "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-        "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
     ),
     "test_labels": IdxFile(
         "t10k-labels-idx1-ubyte",
         LABELS_MAGIC,
         10000,
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
     ),
 }
 
 
+# A stratified subset of the same files, committed with the tests (tests/data/mnist-sample/, drawn by
+# tests/mnist_sample.py, 300 training and 100 test images per digit): accepted like the full set, so the tests
+# and a first try need no download.
+SAMPLE_FILES = {
+    "train_images": IdxFile(
+        "train-images-idx3-ubyte",
+        IMAGES_MAGIC,
+        3000,
+        "ff19ec6f9c3631e5dc7b5dcedb1348415b3062b4358bef81fc0e06fc64e6d8dc",
+    ),
+    "train_labels": IdxFile(
+        "train-labels-idx1-ubyte",
+        LABELS_MAGIC,
+        3000,
+        "bad5b78efe46f81af4962f0f17c44e9c55025f0e9f320de66af01b1460c01cff",
+    ),
+    "test_images": IdxFile(
+        "t10k-images-idx3-ubyte",
+        IMAGES_MAGIC,
+        1000,
+        "bae02ed02be7c51ab5acdb0f448aa23f634c7373d32b63f1101bb38f94c6701f",
+    ),
+    "test_labels": IdxFile(
+        "t10k-labels-idx1-ubyte",
+        LABELS_MAGIC,
+        1000,
+        "bd72be1f822b2a5ee7c229f5f835ab7ba95faeb7f7518197b366b43569d19406",
+    ),
+}
+KNOWN_SETS = {"mnist": FILES, "mnist-sample": SAMPLE_FILES}
+
+
 @dataclass(frozen=True)
 class Mnist:
-    train_images: np.ndarray  # uint8 [60000, 28, 28]
-    train_labels: np.ndarray  # uint8 [60000]
-    test_images: np.ndarray  # uint8 [10000, 28, 28]
-    test_labels: np.ndarray  # uint8 [10000]
+    train_images: np.ndarray  # uint8 [n, 28, 28]: 60000 in the full set
+    train_labels: np.ndarray  # uint8 [n]
+    test_images: np.ndarray  # uint8 [m, 28, 28]: 10000 in the full set
+    test_labels: np.ndarray  # uint8 [m]
     checksums: dict[str, str]  # file name -> sha256 of the IDX content that was read
+    dataset: str = "mnist"  # which of KNOWN_SETS it is ("unverified" when loaded with verify=False)
 
 
 def parse_idx(content: bytes, *, expected_magic: int, source: str = "<bytes>") -> np.ndarray:
@@ -126,31 +156,45 @@ def find_file(data_dir: Path, spec: IdxFile) -> Path:
     raise DataError(f"{data_dir / (spec.name + '.gz')}: file not found (nor the uncompressed {spec.name})")
 
 
-def read_idx(path: Path, spec: IdxFile, *, verify: bool = True) -> tuple[np.ndarray, str]:
-    """Read one MNIST file; returns the array and the sha256 of its IDX content."""
-    content = read_content(path)
+def check_idx(path: Path, content: bytes, spec: IdxFile, *, verify: bool) -> tuple[np.ndarray, str]:
+    """Parse one file's IDX content; returns the array and the sha256 of the content."""
     array = parse_idx(content, expected_magic=spec.magic, source=str(path))
     digest = hashlib.sha256(content).hexdigest()
     if verify and digest != spec.sha256:
         raise DataError(f"{path}: checksum mismatch (sha256 {digest[:16]}…, expected {spec.sha256[:16]}…)")
-    if array.shape[0] != spec.count:
+    if verify and array.shape[0] != spec.count:
         raise DataError(f"{path}: {array.shape[0]} records, expected {spec.count}")
     return array, digest
 
 
 def load_mnist(data_dir: Path, *, verify: bool = True) -> Mnist:
-    """Load and verify the four files from data_dir."""
+    """Load the four files from data_dir, verified as one of KNOWN_SETS: the full set or the committed sample.
+
+    The training images' checksum says which set the directory claims to be; every file must then match it.
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: MNIST data directory not found (set --data-dir or MNIST_DATA_DIR)")
+    paths = {key: find_file(data_dir, spec) for key, spec in FILES.items()}
+    contents = {key: read_content(path) for key, path in paths.items()}
+    train_digest = hashlib.sha256(contents["train_images"]).hexdigest()
+    dataset = next(
+        (name for name, s in KNOWN_SETS.items() if s["train_images"].sha256 == train_digest), "mnist"
+    )
+    files = KNOWN_SETS[dataset]
     arrays: dict[str, np.ndarray] = {}
     checksums: dict[str, str] = {}
-    for key, spec in FILES.items():
-        arrays[key], checksums[spec.name] = read_idx(find_file(data_dir, spec), spec, verify=verify)
+    for key, spec in files.items():
+        arrays[key], checksums[spec.name] = check_idx(paths[key], contents[key], spec, verify=verify)
     for split in ("train", "test"):
-        if arrays[f"{split}_labels"].max() > 9:
-            raise DataError(f"{data_dir / FILES[split + '_labels'].name}: labels outside 0-9")
-    return Mnist(checksums=checksums, **arrays)
+        labels, labels_path = arrays[f"{split}_labels"], paths[f"{split}_labels"]
+        if len(labels) != len(arrays[f"{split}_images"]):
+            raise DataError(
+                f"{labels_path}: {len(labels)} labels for {len(arrays[f'{split}_images'])} images"
+            )
+        if labels.max() > 9:
+            raise DataError(f"{labels_path}: labels outside 0-9")
+    return Mnist(checksums=checksums, dataset=dataset if verify else "unverified", **arrays)
 
 
 def download(
@@ -162,24 +206,26 @@ def download(
 ) -> Path:
     """Fetch the four `.gz` files from mirror_url into cache_dir (skipping verified ones); returns cache_dir.
 
-    Each file is downloaded to a temporary name, checked against the canonical sha256 and only then renamed,
-    so the cache never holds a partial or corrupt file under a real name.
+    Each file is downloaded to a temporary name, its IDX content checked against the known sets' sha256 and
+    only then renamed, so the cache never holds a partial or corrupt file under a real name.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     base = mirror_url if mirror_url.endswith("/") else mirror_url + "/"
-    for spec in FILES.values():
+    for key, spec in FILES.items():
+        accepted = {files[key].sha256 for files in KNOWN_SETS.values()}
         target = cache_dir / (spec.name + ".gz")
-        if target.is_file() and _sha256_file(target) == spec.gz_sha256:
+        if target.is_file() and _content_sha256(target) in accepted:
             continue
         url = base + spec.name + ".gz"
         fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=cache_dir)
         try:
             with os.fdopen(fd, "wb") as out:
                 _fetch(url, out, timeout_s=timeout_s, name=spec.name + ".gz", progress=progress)
-            digest = _sha256_file(Path(tmp_name))
-            if digest != spec.gz_sha256:
-                raise DataError(f"{url}: checksum mismatch after download (sha256 {digest[:16]}…)")
+            digest = _content_sha256(Path(tmp_name))
+            if digest not in accepted:
+                found = f"content sha256 {digest[:16]}…" if digest else "not an IDX or gzip'ed IDX file"
+                raise DataError(f"{url}: checksum mismatch after download ({found})")
             os.replace(tmp_name, target)
         finally:
             if os.path.exists(tmp_name):
@@ -203,6 +249,9 @@ def _fetch(url: str, out, *, timeout_s: float, name: str, progress) -> None:
         raise DataError(f"{url}: download failed ({reason})") from None
 
 
-def _sha256_file(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+def _content_sha256(path: Path) -> str | None:
+    """sha256 of the file's IDX content (decompressed), None when it cannot be read as such."""
+    try:
+        return hashlib.sha256(read_content(path)).hexdigest()
+    except DataError:
+        return None

@@ -66,6 +66,7 @@ def evaluate_model(model, data, hp, result) -> dict:
     train_samples = min(len(data.train_images), hp.max_train_samples or len(data.train_images))
     return build_metrics(
         classification_metrics(data.test_labels, probabilities),
+        dataset=data.dataset,
         checksums=data.checksums,
         hyper_parameters=hp.as_dict(),
         train_samples=train_samples,
@@ -77,6 +78,7 @@ def evaluate_model(model, data, hp, result) -> dict:
 def build_metrics(
     scores: dict,
     *,
+    dataset: str,
     checksums: dict[str, str],
     hyper_parameters: dict,
     train_samples: int,
@@ -88,6 +90,7 @@ def build_metrics(
         "train_samples": train_samples,
         "train_seconds": round(train_seconds, 2),
         "hyper_parameters": hyper_parameters,
+        "dataset": dataset,
         "data_checksums": {"algorithm": "sha256 of the decompressed IDX file", **checksums},
         "history": history,
         "library_versions": library_versions(),
