@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.paths import REPO_ROOT
 
 TOKEN = "a3f1c9e07b5d42e8a3f1c9e07b5d42e8"  # what `openssl rand -hex 16` gives: passes the gateway's checks
-DESIGN_SETTINGS = (
+SHARED_SETTINGS = (  # the table "The settings several parts share" in docs/contracts.md
     "MODEL_BASE_PATH",
     "MODEL_NAME",
     "MODEL_SERVER_GRPC",
@@ -42,7 +42,7 @@ def compose_binary() -> Path:
 
 
 def run_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in DESIGN_SETTINGS and not k.startswith("COMPOSE_")}
+    clean = {k: v for k, v in os.environ.items() if k not in SHARED_SETTINGS and not k.startswith("COMPOSE_")}
     return subprocess.run(
         [str(compose_binary()), "--project-directory", str(REPO_ROOT), "--env-file", ".env.example", *args],
         cwd=REPO_ROOT,
@@ -281,13 +281,20 @@ def test_tf_serving_healthcheck_script_against_a_real_rest_server(rendered, tmp_
 
 
 # -- settings ------------------------------------------------------------------------------------------------
-def test_env_example_lists_every_design_setting_and_every_compose_variable():
+def test_env_example_lists_every_shared_setting_and_every_compose_variable():
     values = env_example()
-    for name in DESIGN_SETTINGS:
+    for name in SHARED_SETTINGS:
         assert name in values, f".env.example lacks {name}"
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", (REPO_ROOT / "docker-compose.yml").read_text()))
     assert used - set(values) == set()
     assert values["OPS_TOKEN"] == ""  # never a default secret
+
+
+def test_the_contracts_page_lists_every_shared_setting():
+    contracts = (REPO_ROOT / "docs" / "contracts.md").read_text()
+    table = contracts.split("The settings several parts share:")[1].split("## Ports")[0]
+    for name in SHARED_SETTINGS:
+        assert f"`{name}`" in table, f"docs/contracts.md lacks {name}"
 
 
 def test_gateway_environment_is_accepted_by_the_gateway_settings(rendered):
