@@ -47,10 +47,10 @@ import numpy as np
 from PIL import Image
 
 from bench import profile
+from bench.data import mnist_dir
 from bench.models import default_model_base
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
 KEYSPACE = "mnist_bench"
 DIRECT = "direct gRPC (28x28 input)"
 
@@ -154,7 +154,7 @@ def run_level(
 
 
 def mnist_digit(index: int = 0) -> np.ndarray:
-    with gzip.open(MNIST_DIR / "t10k-images-idx3-ubyte.gz") as f:
+    with gzip.open(mnist_dir() / "t10k-images-idx3-ubyte.gz") as f:
         return np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)[index]
 
 
@@ -189,7 +189,7 @@ def resolve_models(arg: Path | None, scratch: Path) -> Path:
             "--model-base-path",
             str(base),
             "--data-dir",
-            str(MNIST_DIR),
+            str(mnist_dir()),
             "--epochs",
             "1",
             "--max-train-samples",

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.data import mnist_dir
 from bench.models import default_model_base
 
 DEFAULT_MODEL_DIR = default_model_base()
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         return np.concatenate(out)
 
-    data = load_mnist(args.mnist_dir)
+    data = load_mnist(args.mnist_dir or mnist_dir())
     digits, labels = data.test_images[: args.per_kind], data.test_labels[: args.per_kind]
     raw_correct = classify(digits) == labels
     raw_accuracy = float(raw_correct.mean())
@@ -179,9 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.preprocess", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=DEFAULT_MODEL_DIR, help="SavedModel or base path")
-    parser.add_argument(
-        "--mnist-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mnist"
-    )
+    parser.add_argument("--mnist-dir", type=Path, help="default MNIST_DATA_DIR, else downloaded")
     parser.add_argument("--per-kind", type=int, default=2000, help="test images per kind (default 2000)")
     parser.add_argument("--kinds", type=lambda s: s.split(","), help=f"subset of {','.join(uploads.KINDS)}")
     parser.add_argument("--seed", type=int, default=0)

@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.data import mnist_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("MNIST_DATA_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
 
 
 def run_default_training(base_path: Path, data_dir: Path, epochs: int | None) -> tuple[Path, dict, float]:
@@ -67,10 +68,11 @@ def baseline_epoch_seconds(data_dir: Path) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-base-path", type=Path, help="export here (kept); default a temporary dir")
-    parser.add_argument("--data-dir", type=Path, default=MNIST_DIR)
+    parser.add_argument("--data-dir", type=Path, help="MNIST files (default MNIST_DATA_DIR, else downloaded)")
     parser.add_argument("--epochs", type=int, help="override the default number of epochs")
     parser.add_argument("--no-baseline", action="store_true", help="skip the one-epoch baseline")
     args = parser.parse_args()
+    args.data_dir = args.data_dir or mnist_dir()
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         base = args.model_base_path or Path(tmp)

@@ -41,7 +41,6 @@ from deploy.local.supervisor import PartDied, Supervisor
 from training.contract import is_complete, version_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 MNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -107,7 +106,7 @@ class StackConfig:
 
 # -- configuration --------------------------------------------------------------------------------
 def _port_of(address: str | None) -> int | None:
-    """The port of 'host:port' or 'http://host:port' (the DESIGN.md forms of MODEL_SERVER_GRPC / _REST)."""
+    """The port of 'host:port' or 'http://host:port' (MODEL_SERVER_GRPC / _REST, docs/contracts.md)."""
     if not address:
         return None
     parsed = urlsplit(address if "//" in address else f"//{address}")
@@ -125,13 +124,13 @@ def _int_env(env: dict[str, str], name: str) -> int | None:
 
 
 def default_data_dir(env: dict[str, str]) -> Path | None:
-    """MNIST_DATA_DIR when set (it must hold the files), else ../shared/data/mnist beside the clone."""
-    if env.get("MNIST_DATA_DIR"):
-        path = Path(env["MNIST_DATA_DIR"])
-        if not _has_mnist(path):
-            raise StackError(f"MNIST_DATA_DIR {path} does not hold the four MNIST IDX files")
-        return path
-    return SHARED_MNIST if _has_mnist(SHARED_MNIST) else None
+    """MNIST_DATA_DIR when set (it must hold the files), else None: the trainer downloads them."""
+    if not env.get("MNIST_DATA_DIR"):
+        return None
+    path = Path(env["MNIST_DATA_DIR"])
+    if not _has_mnist(path):
+        raise StackError(f"MNIST_DATA_DIR {path} does not hold the four MNIST IDX files")
+    return path
 
 
 def _has_mnist(path: Path) -> bool:
@@ -238,7 +237,7 @@ def ensure_model(config: StackConfig, say) -> None:
     say("$ " + shlex.join(argv))
     started = time.monotonic()
     # In the foreground with the terminal: the trainer's progress bar stays a progress bar.
-    result = subprocess.run(argv, check=False, env={"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ})
+    result = subprocess.run(argv, check=False)
     if result.returncode != 0:
         raise StackError(f"training failed (exit code {result.returncode}); nothing was started")
     say(f"trained in {time.monotonic() - started:.0f} s")
@@ -332,7 +331,7 @@ def serve_command(config: StackConfig) -> list[str]:
 
 
 def service_env(config: StackConfig, token: str) -> dict[str, str]:
-    """The DESIGN.md settings every part reads, pointing at the local parts."""
+    """The shared settings every part reads (docs/contracts.md), pointing at the local parts."""
     env = dict(os.environ)
     env.update(
         MODEL_BASE_PATH=str(config.model_base_path),
@@ -350,8 +349,6 @@ def service_env(config: StackConfig, token: str) -> dict[str, str]:
         GATEWAY_SPOOL_DIR=str(config.state_dir / "spool"),
         OPS_TOKEN=token,
     )
-    # TensorFlow's C++ start-up chatter (no GPU, CPU features) drowns the useful lines; errors still show.
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 
