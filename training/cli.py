@@ -4,9 +4,10 @@
                 [--max-train-samples N] [--seed N] [--download]
     mnist-train evaluate <version dir> [--data-dir D] [--json]
     mnist-train inspect <version dir>
+    (each also takes --verbose)
 
 Every failure is one line on stderr and a non-zero exit; tensorflow is imported only after arguments and data
-have been checked, with its start-up chatter kept off the terminal.
+have been checked, with its start-up noise kept off the terminal unless --verbose (training/quiet.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from training import settings as settings_module
@@ -111,29 +112,21 @@ def build_parsers(env: settings_module.Settings) -> dict[str, argparse.ArgumentP
         description="Print an exported version's signatures (as saved_model_cli show --all) and its metrics.",
     )
     inspect.add_argument("version_dir", type=Path, help="an exported version, e.g. models/mnist/3")
+    for parser in (train, evaluate, inspect):
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's start-up logs and warnings (also shown when TF_CPP_MIN_LOG_LEVEL is set)",
+        )
     return {"train": train, "evaluate": evaluate, "inspect": inspect}
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence fd 2 while tensorflow loads: its CUDA probing logs before its own log level applies."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+def import_tensorflow(args: argparse.Namespace) -> None:
+    from training.quiet import import_tensorflow as import_quietly
+    from training.quiet import wants_quiet
 
-
-def import_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        with _quiet_stderr():
-            import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+        import_quietly(quiet=wants_quiet(args.verbose))
     except ImportError as exc:
         raise TrainingError(f"tensorflow is not installed ({exc}); install the 'training' extra") from None
 
@@ -185,7 +178,7 @@ def run_train(args: argparse.Namespace, env: settings_module.Settings) -> int:
         seed=args.seed,
         max_train_samples=args.max_train_samples,
     )
-    import_tensorflow()
+    import_tensorflow(args)
     from training.export import export_version
     from training.model import train
     from training.report import evaluate_model, report_files
@@ -223,7 +216,7 @@ def run_evaluate(args: argparse.Namespace, env: settings_module.Settings) -> int
     if args.data_dir is None:
         raise TrainingError("no MNIST data directory: pass --data-dir D (or set MNIST_DATA_DIR)")
     data = load_mnist(args.data_dir)
-    import_tensorflow()
+    import_tensorflow(args)
     probabilities = predict_with_signature(args.version_dir, data.test_images)
     scores = classification_metrics(data.test_labels, probabilities)
     recorded = (read_metrics(args.version_dir) or {}).get("test_accuracy")
@@ -244,7 +237,7 @@ def run_inspect(args: argparse.Namespace, env: settings_module.Settings) -> int:
     from training.artifact import check_version_dir, contract_violations, describe_signatures, read_metrics
 
     check_version_dir(args.version_dir)
-    import_tensorflow()
+    import_tensorflow(args)
     print(describe_signatures(args.version_dir))
     problems = contract_violations(args.version_dir)
     print()

@@ -23,7 +23,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mnist-serve: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(flags.log_format, flags.log_level)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner is noise here
 
     stop = threading.Event()
 
@@ -46,7 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mnist-serve: error: {exc}", file=sys.stderr)
         return 2
 
-    from serving.local_server.server import ModelServer  # imports TensorFlow: only after the cheap checks
+    from training.quiet import import_tensorflow, wants_quiet
+
+    # Only after the cheap checks; CUDA probing and NodeDef warnings stay off the terminal unless --verbose.
+    import_tensorflow(quiet=wants_quiet(flags.verbose))
+    from serving.local_server.server import ModelServer
 
     try:
         server = ModelServer(flags, files)

@@ -47,6 +47,7 @@ class ServerFlags:
     monitoring_config_file: str | None = None
     log_format: str = "json"
     log_level: str = "INFO"
+    verbose: bool = False
 
 
 def _bool(text: str) -> bool:
@@ -195,6 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--log_format", choices=("json", "text"), default=defaults.log_format, help="Log line format.")
     add("--log_level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), default=defaults.log_level)
+    add(
+        "--verbose",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=defaults.verbose,
+        help="Show TensorFlow's start-up logs and warnings (also shown when TF_CPP_MIN_LOG_LEVEL is set). "
+        "Not a TF flag.",
+    )
     return parser
 
 
