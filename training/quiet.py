@@ -41,8 +41,8 @@ def _stderr_to_devnull() -> Iterator[None]:
 def import_tensorflow(*, quiet: bool) -> None:
     """Import tensorflow (and keras); when quiet, with C++ logs at FATAL only and Python warnings off."""
     if not quiet:
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
+        import keras
+        import tensorflow
 
         return
     os.environ[LOG_LEVEL_VARIABLE] = "3"  # read by TensorFlow when it loads
