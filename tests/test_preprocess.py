@@ -27,6 +27,17 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.astype(np.float64).ravel(), b.astype(np.float64).ravel())[0, 1])
 
 
+def shift_tolerant_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """`similarity` after a 3x3 box blur of both: forgives the one-pixel shift that alone takes a thin
+    stroke (a "1") below 0.6, so a whole batch of real digits can be held to a tight bar."""
+
+    def blurred(image: np.ndarray) -> np.ndarray:
+        padded = np.pad(image.astype(np.float64), 1)
+        return sum(padded[dy : dy + 28, dx : dx + 28] for dy in range(3) for dx in range(3))
+
+    return similarity(blurred(a), blurred(b))
+
+
 def test_an_mnist_image_goes_through_unchanged(mnist):
     digits, _ = mnist
     unchanged = 0
@@ -60,9 +71,9 @@ def test_each_kind_of_upload_becomes_the_mnist_digit(mnist, kind):
         frame = out.image.astype(np.float64)
         frame[2:-2, 2:-2] = 0
         assert frame.sum() < 0.06 * out.image.sum()  # a (nearly) black frame, like MNIST
-        scores.append(similarity(out.image, digit))
-    assert np.median(scores) > 0.85, scores
-    assert min(scores) > 0.6, scores
+        scores.append(shift_tolerant_similarity(out.image, digit))
+    assert np.median(scores) > 0.93, scores
+    assert min(scores) > 0.7, scores
 
 
 def test_upload_metadata(mnist):
