@@ -37,9 +37,9 @@ def init_app(app: Flask, settings: Settings) -> None:
     body_limit = settings.max_upload_bytes
     app.config.update(
         UPLOAD_LIMIT_BYTES=body_limit,
-        # Werkzeug's own body limit is one byte higher: under a server that terminates the input stream
-        # (gunicorn) werkzeug refuses a multipart body of exactly its limit (it reads once more to see the
-        # end), and it cuts a streamed raw body at its limit without a word. With one byte of room, a body
+        # Werkzeug's own body limit is one byte higher: the server sets wsgi.input_terminated, and then
+        # werkzeug refuses a multipart body of exactly its limit (it reads once more to see the end) and
+        # cuts a streamed raw body at its limit without a word. With one byte of room, a body
         # of exactly the limit is read whole and anything longer is seen to be longer.
         MAX_CONTENT_LENGTH=body_limit + 1,
         MAX_FORM_MEMORY_SIZE=settings.max_form_field_bytes,

@@ -1,7 +1,7 @@
 """`mnist-gateway`: the gateway under Granian's WSGI server, on GATEWAY_HOST:GATEWAY_PORT.
 
 Granian parses HTTP in Rust and hands each request to one of GATEWAY_THREADS Python threads per worker
-process (GATEWAY_WORKERS): 13-19% less CPU per request than gunicorn `gthread` here (docs/gateway.md).
+process (GATEWAY_WORKERS); docs/gateway.md gives its CPU per request.
 
 Each worker builds its own app after the fork (`worker_app`), so its gRPC channel and Cassandra session are
 its own; a background warm-up opens both before the first request needs them. On SIGTERM/SIGINT Granian
@@ -27,8 +27,8 @@ from gateway.settings import Settings, SettingsError
 
 log = logging.getLogger("gateway.server")
 
-# Granian's HTTP/1 read buffer: the request line and headers must fit (larger: 431/400 from Granian, as
-# gunicorn's 8190-byte line limit did); the body is the app's (MAX_CONTENT_LENGTH -> 413 JSON).
+# Granian's HTTP/1 read buffer: the request line and headers must fit (larger: 431/400 from Granian);
+# the body is the app's (MAX_CONTENT_LENGTH -> 413 JSON).
 HEADER_BUFFER_BYTES = 64 * 1024
 
 
@@ -80,8 +80,8 @@ def worker_app():
 def _warm_up(services) -> None:
     """Connect to the model server and Cassandra now rather than on the first request.
 
-    Starting the store also starts its replay of spool files left by a previous process, so predictions
-    spooled before a restart reach Cassandra even if no request comes.
+    Starting the store also starts shipping the records a previous process left pending in the write-ahead
+    log, so predictions logged before a restart reach Cassandra even if no request comes.
     """
     settings = services.settings
 

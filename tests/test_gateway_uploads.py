@@ -1,4 +1,4 @@
-"""Real-size uploads through every entry point of the real gateway (gunicorn, mnist-serve, Cassandra).
+"""Real-size uploads through every entry point of the real gateway (Granian, mnist-serve, Cassandra).
 
 Phone photos (12 MP JPEGs of 1-2 MB, some stored sideways with an EXIF orientation) and a ~4 MB PNG scan, made
 at test time (tests/fixtures/photos.py), posted as multipart `image` and `pic` to /v1/predict, as the raw

@@ -376,7 +376,7 @@ def _predict_in_child(client: ModelClient, images: np.ndarray, queue) -> None:
 
 def test_a_forked_child_makes_its_own_channel(server, images):
     client = ModelClient(server.address)
-    client.predict(images)  # the parent's channel exists before the fork, as in a preloaded gunicorn app
+    client.predict(images)  # the parent's channel exists before the fork, as in an app loaded pre-fork
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_predict_in_child, args=(client, images, queue))

@@ -1,4 +1,4 @@
-"""What the store keeps about one prediction, and its spool encoding (JSON: readable with `jq`)."""
+"""What the store keeps about one prediction, and its write-ahead log encoding (JSON: readable with `jq`)."""
 
 from __future__ import annotations
 
