@@ -268,3 +268,39 @@ def test_a_busy_log_under_a_small_cap_keeps_taking_records_while_they_ship(tmp_p
     assert wal.pending()[0] == 3
     drain(wal, 64)
     wal.close()
+
+
+def unreachable_store(tmp_path, **options):
+    from gateway.store import PredictionStore
+
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    return PredictionStore("127.0.0.1", port=9, spool_dir=tmp_path, connect_timeout=0.5, **options)
+
+
+def a_record():
+    from gateway.store.records import PredictionRecord
+
+    return PredictionRecord(
+        id=uuid_from_time(datetime.now(UTC)),
+        created_at=datetime.now(UTC),
+        filename="x.png",
+        image_sha256="0" * 64,
+        input_image=b"",
+        digit=3,
+        probabilities=[0.1] * 10,
+        model_name="mnist",
+        model_version=1,
+        preprocess_ms=1.0,
+        model_ms=1.0,
+        total_ms=2.0,
+        client_addr="127.0.0.1",
+    )
+
+
+def test_closing_with_records_left_says_how_many(tmp_path, caplog):
+    store = unreachable_store(tmp_path)
+    store.record(a_record())
+    store.record(a_record())
+    with caplog.at_level("INFO", logger="gateway.store.store"):
+        store.close(timeout=1)
+    assert "store closed; 2 prediction(s) left" in caplog.text

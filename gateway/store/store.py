@@ -170,12 +170,12 @@ class PredictionStore:
         self._shipper.join(max(deadline - time.monotonic(), 1.0))
         if self._cluster is not None:
             self._cluster.shutdown()
+        records, _ = self._log.pending()  # before closing the log, which forgets its segments
         # A shipper stuck in the driver keeps the log's descriptors: the process is ending anyway.
         if self._shipper.is_alive():
             log.warning("the store's shipper did not stop within %.0f s", timeout)
         else:
             self._log.close()
-        records, _ = self._log.pending()
         if records:
             log.info("store closed; %d prediction(s) left in %s for the next start", records, self.spool_dir)
         self._pid = None
