@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -304,3 +305,18 @@ def test_closing_with_records_left_says_how_many(tmp_path, caplog):
     with caplog.at_level("INFO", logger="gateway.store.store"):
         store.close(timeout=1)
     assert "store closed; 2 prediction(s) left" in caplog.text
+
+
+def test_a_hidden_new_file_left_by_a_dead_process_is_removed_when_claiming(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".wal-00000000000000000001-{int(dead.stdout)}-000001.log.new"
+    live = tmp_path / f".wal-00000000000000000001-{os.getppid()}-000001.log.new"  # the test runner's parent
+    stale.touch()
+    live.touch()
+    wal = WriteAheadLog(tmp_path)
+    assert wal.claim_orphans() == 0
+    assert not stale.exists()
+    assert live.exists()
+    wal.close()

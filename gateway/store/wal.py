@@ -186,8 +186,6 @@ class WriteAheadLog:
             except OSError as exc:
                 raise LogError(f"cannot sync {self._own[-1].path}: {exc}") from exc
             self._synced = self._written
-            if self._own[-1].records == 0:
-                self._drop(self._own.pop())
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._seq += 1
@@ -255,6 +253,7 @@ class WriteAheadLog:
             return 0
         with self._lock:
             known = {s.path for s in [*self._claimed, *self._own]}
+        self._remove_stale_new_files()
         found = 0
         for path in candidates:
             if path in known:
@@ -267,6 +266,18 @@ class WriteAheadLog:
                 self._held_bytes += segment.size
             found += segment.records
         return found
+
+    def _remove_stale_new_files(self) -> None:
+        """Remove the hidden, empty `.wal-*.log.new` a process left when it died between creating a segment
+        and renaming it (its name carries the creator's pid)."""
+        with contextlib.suppress(OSError):
+            for path in self.directory.glob(".wal-*.log.new"):
+                try:
+                    pid = int(path.name.split("-")[2])
+                except (IndexError, ValueError):
+                    continue
+                if pid != os.getpid() and not _alive(pid):
+                    path.unlink(missing_ok=True)
 
     def _claim(self, path: Path) -> _Segment | None:
         try:
@@ -350,6 +361,16 @@ def set_aside(directory: Path, payload: bytes) -> Path:
         out.flush()
         os.fsync(out.fileno())
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
