@@ -320,3 +320,43 @@ def test_a_hidden_new_file_left_by_a_dead_process_is_removed_when_claiming(tmp_p
     assert not stale.exists()
     assert live.exists()
     wal.close()
+
+
+def test_after_a_failed_fsync_every_frame_it_left_unsynced_fails_and_appends_move_on(tmp_path, monkeypatch):
+    real_fdatasync, entered, release, calls = os.fdatasync, threading.Event(), threading.Event(), []
+
+    def failing_once(fd):  # like Linux: the error is reported once, a second sync of the file returns 0
+        calls.append(fd)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+            raise OSError(5, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_once)
+    wal = WriteAheadLog(tmp_path)
+    outcomes: dict[str, object] = {}
+
+    def append(name):
+        try:
+            wal.append(name.encode())
+            outcomes[name] = "ok"
+        except OSError as exc:
+            outcomes[name] = exc
+
+    leader = threading.Thread(target=append, args=("leader",))
+    leader.start()
+    assert entered.wait(30)
+    waiter = threading.Thread(target=append, args=("waiter",))
+    waiter.start()
+    while wal.pending()[0] < 2:  # the waiter's frame is written and it waits on the leader's sync
+        threading.Event().wait(0.01)
+    release.set()
+    leader.join(30)
+    waiter.join(30)
+    assert isinstance(outcomes["leader"], OSError)
+    assert isinstance(outcomes["waiter"], OSError)  # not "ok" on a second sync that proves nothing
+    failed_segment = files(tmp_path)
+    wal.append(b"after")  # a new segment takes appends
+    assert len(files(tmp_path)) == len(failed_segment) + 1
+    wal.close()

@@ -11,7 +11,10 @@ has it.
 - **Group commit.** `append` writes the frame and waits until an `fdatasync` covers it. The first waiter syncs
   for everyone whose frame is written by then, so concurrent requests share one sync. With `sync=False` the
   append returns once the kernel has the bytes: that survives the process (SIGKILL, OOM kill), not the
-  machine.
+  machine. A failed sync fails every append whose frame it left unsynced, and seals that segment (the next
+  append starts a new one): a failed `fdatasync` reports its error once, so a later one on the same file
+  proves nothing. Those refused frames stay in the sealed segment and are shipped like any other (the
+  shipper reads frames as soon as they are written): rows whose id no client was given.
 - **Shipping and trimming.** `read` hands out the oldest unacknowledged records of one segment (claimed
   segments first, then this process's own, oldest first), at most `limit` records and about `chunk_bytes`:
   constant memory, each byte read once. `commit` marks them acknowledged; a sealed segment whose records are
@@ -81,6 +84,9 @@ class _Segment:
     acked: int = 0  # records before this offset are in Cassandra
     records: int = 0  # records between `acked` and `size`
     own: bool = True
+    sync_failed: bool = (
+        False  # an fdatasync of it failed: no later one can vouch for it, take no more appends
+    )
 
 
 @dataclass(frozen=True)
@@ -150,11 +156,17 @@ class WriteAheadLog:
     def _wait_synced(self, position: int) -> None:
         """Group commit (called holding the lock): wait for a sync covering `position`, or lead one."""
         while self._synced < position:
+            # A failed fdatasync reports its error once: a second one on the same file may return 0 with
+            # the frame lost. So every frame written before the failure fails, and appends move to a new
+            # segment (see `_writable_segment`).
+            if self._sync_failure and self._synced < position <= self._sync_failure[0]:
+                raise LogError(f"cannot sync the log in {self.directory}: {self._sync_failure[1]}")
             if self._syncing:
                 self._synced_cond.wait()
                 continue
+            segment = self._own[-1]
             try:  # a duplicate: the segment may be trimmed and its descriptor closed during the sync
-                fd = os.dup(self._own[-1].fd)
+                fd = os.dup(segment.fd)
             except OSError as exc:
                 raise LogError(f"cannot sync the log in {self.directory}: {exc}") from exc
             self._syncing, target = True, self._written
@@ -172,15 +184,17 @@ class WriteAheadLog:
                 if failure is None:
                     self._synced = max(self._synced, target)
                 else:
-                    self._sync_failure = (target, failure)
+                    self._sync_failure = (self._written, failure)
+                    segment.sync_failed = True
                 self._synced_cond.notify_all()
-            if self._sync_failure and self._synced < position <= self._sync_failure[0]:
-                raise LogError(f"cannot sync the log in {self.directory}: {self._sync_failure[1]}")
 
     def _writable_segment(self) -> _Segment:
-        if self._own and self._own[-1].size < self.segment_bytes:
+        if self._own and self._own[-1].size < self.segment_bytes and not self._own[-1].sync_failed:
             return self._own[-1]
-        if self._own:  # sealed: make it whole on disk now, so the next syncs need only the new segment
+        if self._own and self._own[-1].sync_failed:  # sealed as it is: a sync of it would prove nothing
+            if self._own[-1].records == 0:
+                self._drop(self._own.pop())
+        elif self._own:  # sealed: make it whole on disk now, so the next syncs need only the new segment
             try:
                 os.fdatasync(self._own[-1].fd)
             except OSError as exc:
