@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tracemalloc
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -360,3 +361,28 @@ def test_after_a_failed_fsync_every_frame_it_left_unsynced_fails_and_appends_mov
     wal.append(b"after")  # a new segment takes appends
     assert len(files(tmp_path)) == len(failed_segment) + 1
     wal.close()
+
+
+def test_the_shipper_survives_a_disk_error_and_reports_it(tmp_path, monkeypatch, caplog):
+    from gateway.store import store as store_module
+
+    calls = []
+
+    def failing_first(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return 0
+
+    monkeypatch.setattr(store_module, "_ORPHAN_SCAN_S", 0.0)
+    monkeypatch.setattr(WriteAheadLog, "claim_orphans", failing_first)
+    store = unreachable_store(tmp_path, max_backoff=0.05)
+    with caplog.at_level("WARNING", logger="gateway.store.store"):
+        store.record(a_record())
+        deadline = time.monotonic() + 30
+        while len(calls) < 2 and time.monotonic() < deadline:  # a later pass runs: the thread lives on
+            threading.Event().wait(0.01)
+    assert len(calls) >= 2
+    assert store._shipper.is_alive()
+    assert "the shipper failed (OSError" in caplog.text
+    store.close(timeout=1)

@@ -208,37 +208,48 @@ class PredictionStore:
         self._work.set()
 
     def _ship_forever(self) -> None:
-        """The shipper thread: claim orphans, connect, ship rounds oldest first, back off while failing."""
-        backoff, last_scan = 0.2, float("-inf")
+        """The shipper thread: one pass after another until closed. A pass that fails outside Cassandra (the
+        disk, a bug) is reported once and retried after a backoff: a shipper that stopped would let the log
+        fill up unseen while predictions still answer."""
+        self._backoff, self._last_scan = 0.2, float("-inf")
         while not self._stopping.is_set():
-            if time.monotonic() - last_scan > _ORPHAN_SCAN_S:
-                last_scan = time.monotonic()
-                found = self._log.claim_orphans()
-                if found:
-                    log.info("claimed %d logged prediction(s) left by a stopped process", found)
-            if self._session is None and not self._connect():  # reads wait for it too, so even when idle
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            self._work.clear()
-            pending = self._log.pending()[0]
-            if pending == 0:
-                self._work.wait(_ORPHAN_SCAN_S)
-                continue
-            if not self._healthy and not self.ping():  # failing: probe, not re-read and re-send a shipment
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            if self.write_linger > 0 and pending < self.max_in_flight // 4 and not self._draining.is_set():
-                self._flush.wait(self.write_linger)  # let more records join this round
-                self._flush.clear()
-            error = self._ship(self._log.read(self.max_in_flight))
-            if error is None:
-                backoff = 0.2
-                continue
-            self._problem(f"writing to Cassandra failed ({_describe(error)})")
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            try:
+                self._ship_pass()
+            except Exception as exc:
+                self._problem(f"the shipper failed ({_describe(exc)}); retrying")
+                self._back_off()
+
+    def _ship_pass(self) -> None:
+        """Claim orphans now and then, connect, ship one round oldest first; back off while failing."""
+        if time.monotonic() - self._last_scan > _ORPHAN_SCAN_S:
+            self._last_scan = time.monotonic()
+            found = self._log.claim_orphans()
+            if found:
+                log.info("claimed %d logged prediction(s) left by a stopped process", found)
+        if self._session is None and not self._connect():  # reads wait for it too, so even when idle
+            self._back_off()
+            return
+        self._work.clear()
+        pending = self._log.pending()[0]
+        if pending == 0:
+            self._work.wait(_ORPHAN_SCAN_S)
+            return
+        if not self._healthy and not self.ping():  # failing: probe, not re-read and re-send a shipment
+            self._back_off()
+            return
+        if self.write_linger > 0 and pending < self.max_in_flight // 4 and not self._draining.is_set():
+            self._flush.wait(self.write_linger)  # let more records join this round
+            self._flush.clear()
+        error = self._ship(self._log.read(self.max_in_flight))
+        if error is None:
+            self._backoff = 0.2
+            return
+        self._problem(f"writing to Cassandra failed ({_describe(error)})")
+        self._back_off()
+
+    def _back_off(self) -> None:
+        self._stopping.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, self.max_backoff)
 
     def _ship(self, batch: Batch | None) -> BaseException | None:
         """Send one round and wait for it; on success trim it from the log. Returns the error, if any."""
@@ -249,7 +260,7 @@ class PredictionStore:
             try:
                 records.append(PredictionRecord.from_json_bytes(payload))
             except (ValueError, TypeError, KeyError) as exc:
-                self._reject(payload, exc)
+                self._reject(payload, exc)  # an OSError leaves the round in the log, retried later
         try:
             futures = [
                 self._session.execute_async(self._statement(name, group))
@@ -319,11 +330,12 @@ class PredictionStore:
             return self._counts["shipped"] - before
 
     def _reject(self, payload: bytes, exc: BaseException) -> None:
-        """A logged record that cannot be decoded (a bug, a format change): set aside loudly, not dropped."""
+        """A logged record that cannot be decoded or written (a bug, a format change): set aside loudly, not
+        dropped."""
         path = set_aside(self.spool_dir, payload)
         with self._lock:
             self._counts["rejected"] += 1
-        log.error("a logged record could not be decoded (%s); kept in %s", exc, path)
+        log.error("a logged record could not be stored (%s); kept in %s", exc, path)
 
     def _connect(self) -> bool:
         cluster = build_cluster(
