@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import struct
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cassandra import DriverException
+from cassandra import DriverException, InvalidRequest
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
@@ -255,28 +256,37 @@ class PredictionStore:
         """Send one round and wait for it; on success trim it from the log. Returns the error, if any."""
         if batch is None:
             return None
-        records = []
+        records, bound = [], {}
         for payload in batch.payloads:
             try:
-                records.append(PredictionRecord.from_json_bytes(payload))
-            except (ValueError, TypeError, KeyError) as exc:
+                record = PredictionRecord.from_json_bytes(payload)
+                # Bound here, one record at a time: a value the driver cannot encode is this record's fault.
+                bound[record.id] = {name: self._bind(name, record) for name in _IDEMPOTENT}
+                records.append(record)
+            except (ValueError, TypeError, KeyError, OverflowError, struct.error) as exc:
                 self._reject(payload, exc)  # an OSError leaves the round in the log, retried later
-        try:
-            futures = [
-                self._session.execute_async(self._statement(name, group))
-                for name in ("write_by_day", "write_by_id")
-                for group in _groups(name, records)
-            ]
-            for future in futures:
+        sent = [
+            (group, self._session.execute_async(self._statement([bound[r.id][name] for r in group])))
+            for name in ("write_by_day", "write_by_id")
+            for group in _groups(name, records)
+        ]
+        refused: dict[uuid.UUID, tuple[PredictionRecord, BaseException]] = {}
+        for group, future in sent:
+            try:
                 future.result()
-        except Exception as exc:  # the rows stay logged; the same round is retried
-            with self._lock:
-                self._healthy = False
-            return exc
+            except InvalidRequest as exc:  # never succeeds, however often retried: set aside
+                refused.update((r.id, (r, exc)) for r in group)
+            except Exception as exc:  # the rows stay logged; the same round is retried
+                with self._lock:
+                    self._healthy = False
+                return exc
+        for record, exc in refused.values():
+            self._reject(record.to_json_bytes(), exc)
+        records = [r for r in records if r.id not in refused]
         self._log.commit(batch)
         with self._shipped_cond:
             self._counts["shipped"] += len(records)
-            self._held.difference_update(r.id for r in records)
+            self._held.difference_update(bound)  # shipped or set aside: nothing to wait for
             if not self._healthy and self._last_problem:
                 log.warning("Cassandra takes writes again; shipping the log")
                 self._last_problem = ""
@@ -284,12 +294,12 @@ class PredictionStore:
             self._shipped_cond.notify_all()
         return None
 
-    def _statement(self, name: str, group: list[PredictionRecord]):
-        if len(group) == 1:
-            return self._bind(name, group[0])
+    def _statement(self, statements: list):
+        if len(statements) == 1:
+            return statements[0]
         batch = BatchStatement(BatchType.UNLOGGED)
-        for record in group:
-            batch.add(self._bind(name, record))
+        for statement in statements:
+            batch.add(statement)
         batch.is_idempotent = True  # the same rows again: retrying is safe
         return batch
 
