@@ -386,3 +386,21 @@ def test_the_shipper_survives_a_disk_error_and_reports_it(tmp_path, monkeypatch,
     assert store._shipper.is_alive()
     assert "the shipper failed (OSError" in caplog.text
     store.close(timeout=1)
+
+
+def test_a_replacement_claims_a_nearly_full_orphan_and_still_takes_records(tmp_path):
+    cap, payload = 64 * 1024, b"p" * 1000
+    nearly_full = tmp_path / "wal-00000000000000000001-1-000001.log"
+    nearly_full.write_bytes(encode_frame(payload) * 60)  # ~59 KiB of a 64 KiB cap
+    another = tmp_path / "wal-00000000000000000002-1-000001.log"
+    another.write_bytes(encode_frame(payload) * 10)
+    wal = WriteAheadLog(tmp_path, max_bytes=cap)
+    assert wal.claim_orphans() == 60  # the second would take the claimed bytes past the cap: left for later
+    for _ in range(60):
+        wal.append(payload)  # the worker's own records: its predecessor's log does not fill its cap
+    with pytest.raises(LogFull):
+        wal.append(payload * 10)
+    assert len(drain(wal, 64)) == 120
+    assert wal.claim_orphans() == 10
+    assert len(drain(wal)) == 10
+    wal.close()

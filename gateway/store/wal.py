@@ -23,8 +23,11 @@ has it.
 - **Orphans.** A segment whose lock can be taken belongs to a process that is gone: `claim_orphans` takes it
   over, checking its frames in one streaming pass outside the lock appends take. Files of the earlier
   single-file spool (`spool-*.log`, the same frames) are claimed the same way.
-- **Cap.** The bytes this process holds (own and claimed segments) never exceed `max_bytes`: an append past it
-  raises `LogFull`, and nothing already logged is ever dropped.
+- **Cap.** The bytes of this process's own segments never exceed `max_bytes`: an append past it raises
+  `LogFull`, and nothing already logged is ever dropped. Claimed segments do not count against it (a
+  replacement worker must not refuse predictions because its predecessor died with a full log); a process
+  claims orphans while they add up to at most another `max_bytes` (one larger file on its own is still taken)
+  and leaves the rest to a later scan or another process.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class WriteAheadLog:
         self._synced_cond = threading.Condition(self._lock)
         self._own: list[_Segment] = []  # oldest first; the last one takes appends
         self._claimed: list[_Segment] = []
-        self._held_bytes = 0  # size of every segment held (own and claimed): what the cap counts
+        self._own_bytes = 0  # size of this process's own segments: what the cap counts
         self._written = 0  # bytes appended by this process, ever: the position group commit syncs up to
         self._synced = 0
         self._syncing = False
@@ -133,9 +136,9 @@ class WriteAheadLog:
         """Write one record; return once it is durable (fsynced, or in the kernel with `sync=False`)."""
         frame = encode_frame(payload)
         with self._lock:
-            if self._held_bytes + len(frame) > self.max_bytes:
+            if self._own_bytes + len(frame) > self.max_bytes:
                 raise LogFull(
-                    f"the log in {self.directory} holds {self._held_bytes} bytes (cap {self.max_bytes})"
+                    f"the log in {self.directory} holds {self._own_bytes} bytes (cap {self.max_bytes})"
                 )
             segment = self._writable_segment()
             try:
@@ -148,7 +151,7 @@ class WriteAheadLog:
                 raise LogError(f"cannot append to {segment.path}: {exc}") from exc
             segment.size += len(frame)
             segment.records += 1
-            self._held_bytes += len(frame)
+            self._own_bytes += len(frame)
             self._written += len(frame)
             if self.sync:
                 self._wait_synced(self._written)
@@ -247,7 +250,7 @@ class WriteAheadLog:
                 return
             if self._own and segment is self._own[-1]:
                 os.ftruncate(segment.fd, 0)  # appends hold the same lock: nothing unshipped is cut
-                self._held_bytes -= segment.size
+                self._own_bytes -= segment.size
                 segment.size = segment.acked = 0
             else:
                 (self._own if segment.own else self._claimed).remove(segment)
@@ -256,7 +259,8 @@ class WriteAheadLog:
     def _drop(self, segment: _Segment) -> None:
         segment.path.unlink(missing_ok=True)  # unlinked before unlocked: no one claims a finished file
         os.close(segment.fd)
-        self._held_bytes -= segment.size
+        if segment.own:
+            self._own_bytes -= segment.size
 
     # -- orphans
     def claim_orphans(self) -> int:
@@ -267,17 +271,21 @@ class WriteAheadLog:
             return 0
         with self._lock:
             known = {s.path for s in [*self._claimed, *self._own]}
+            claimed_bytes = sum(s.size for s in self._claimed)
         self._remove_stale_new_files()
         found = 0
         for path in candidates:
             if path in known:
                 continue
+            with contextlib.suppress(OSError):
+                if claimed_bytes and claimed_bytes + path.stat().st_size > self.max_bytes:
+                    continue  # for a later scan (once these are shipped) or another process
             segment = self._claim(path)
             if segment is None:
                 continue
             with self._lock:
                 self._claimed.append(segment)
-                self._held_bytes += segment.size
+            claimed_bytes += segment.size
             found += segment.records
         return found
 
@@ -362,7 +370,7 @@ class WriteAheadLog:
                 if segment.records == 0:
                     segment.path.unlink(missing_ok=True)
                 os.close(segment.fd)
-            self._own, self._claimed, self._held_bytes = [], [], 0
+            self._own, self._claimed, self._own_bytes = [], [], 0
 
 
 def set_aside(directory: Path, payload: bytes) -> Path:
