@@ -75,7 +75,9 @@ class Services:
                         max_log_bytes=s.wal_max_bytes,
                         sync=s.wal_sync == "fsync",
                     )
-                    self._owned.append(store)
+                    # The server kills a worker GATEWAY_GRACEFUL_TIMEOUT_S after asking it to stop: flush the
+                    # log to Cassandra until a second before that.
+                    self._owned.append(_Closing(store, timeout=max(1, s.graceful_timeout_s - 1)))
                     self._store = store
         return self._store
 
@@ -87,7 +89,17 @@ class Services:
             try:
                 resource.close()
             except Exception:
-                log.exception("closing %s failed", type(resource).__name__)
+                log.exception("closing %s failed", type(getattr(resource, "resource", resource)).__name__)
+
+
+class _Closing:
+    """A resource whose `close` takes arguments, closed with them."""
+
+    def __init__(self, resource: Any, **close_args: Any) -> None:
+        self.resource, self.close_args = resource, close_args
+
+    def close(self) -> None:
+        self.resource.close(**self.close_args)
 
 
 def current() -> Services:

@@ -290,3 +290,25 @@ def test_the_log_settings_agree_across_settings_env_example_compose_configmap_an
         assert f"{name}: ${{{name}:-{default}}}" in compose, name
         assert f"| `{name}` | `{default}` |" in docs, name
         Settings.from_env({name: config_map[name]})  # present in the ConfigMap and accepted
+
+
+def test_the_store_is_closed_within_the_graceful_timeout(monkeypatch):
+    import gateway.store
+    from gateway.metrics import GatewayMetrics
+    from gateway.services import Services
+
+    closed = []
+
+    class Store:
+        def __init__(self, **_):
+            pass
+
+        def close(self, timeout: float = 10.0) -> None:
+            closed.append(timeout)
+
+    monkeypatch.setattr(gateway.store, "PredictionStore", Store)
+    for graceful, expected in ((30, 29), (2, 1), (1, 1)):  # the server kills the worker after `graceful`
+        services = Services(Settings(graceful_timeout_s=graceful), GatewayMetrics())
+        assert isinstance(services.store, Store)
+        services.close()
+        assert closed.pop() == expected

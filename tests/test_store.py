@@ -22,6 +22,7 @@ from gateway.errors import InvalidInput, NotFound, StoreUnavailable
 from gateway.store import PredictionRecord, PredictionStore
 from gateway.store.buckets import day_of
 from gateway.store.store import _BATCH_ROWS, _groups
+from gateway.store.wal import scan_frames
 from tests.fixtures.cassandra_node import qualified, wait_for_session
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -444,3 +445,17 @@ def test_a_full_log_refuses_new_predictions_and_keeps_the_logged_ones(tmp_path):
         assert stats["pending_bytes"] == 5 * frame
     finally:
         store.close(timeout=2)
+
+
+def test_a_record_cassandra_can_never_take_is_set_aside_and_the_rest_ship(
+    store, cassandra_session, clean_tables
+):
+    unwritable = replace(make_record(1), model_version=2**64)  # beyond CQL `bigint`
+    good = make_record(2)
+    store.record(unwritable)
+    store.record(good)
+    assert wait_until(lambda: settled(store), timeout=30), "a record that can never be written blocks the log"
+    assert rows_by_id(cassandra_session, clean_tables, [good.id, unwritable.id]) == {good.id}
+    assert store.stats()["rejected"] == 1
+    payloads, _ = scan_frames((store.spool_dir / "rejected" / f"rejected-{os.getpid()}.log").read_bytes())
+    assert [PredictionRecord.from_json_bytes(p).id for p in payloads] == [unwritable.id]

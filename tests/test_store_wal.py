@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import tracemalloc
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -267,4 +269,138 @@ def test_a_busy_log_under_a_small_cap_keeps_taking_records_while_they_ship(tmp_p
             wal.commit(wal.read(1))
     assert wal.pending()[0] == 3
     drain(wal, 64)
+    wal.close()
+
+
+def unreachable_store(tmp_path, **options):
+    from gateway.store import PredictionStore
+
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    return PredictionStore("127.0.0.1", port=9, spool_dir=tmp_path, connect_timeout=0.5, **options)
+
+
+def a_record():
+    from gateway.store.records import PredictionRecord
+
+    return PredictionRecord(
+        id=uuid_from_time(datetime.now(UTC)),
+        created_at=datetime.now(UTC),
+        filename="x.png",
+        image_sha256="0" * 64,
+        input_image=b"",
+        digit=3,
+        probabilities=[0.1] * 10,
+        model_name="mnist",
+        model_version=1,
+        preprocess_ms=1.0,
+        model_ms=1.0,
+        total_ms=2.0,
+        client_addr="127.0.0.1",
+    )
+
+
+def test_closing_with_records_left_says_how_many(tmp_path, caplog):
+    store = unreachable_store(tmp_path)
+    store.record(a_record())
+    store.record(a_record())
+    with caplog.at_level("INFO", logger="gateway.store.store"):
+        store.close(timeout=1)
+    assert "store closed; 2 prediction(s) left" in caplog.text
+
+
+def test_a_hidden_new_file_left_by_a_dead_process_is_removed_when_claiming(tmp_path):
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale = tmp_path / f".wal-00000000000000000001-{int(dead.stdout)}-000001.log.new"
+    live = tmp_path / f".wal-00000000000000000001-{os.getppid()}-000001.log.new"  # the test runner's parent
+    stale.touch()
+    live.touch()
+    wal = WriteAheadLog(tmp_path)
+    assert wal.claim_orphans() == 0
+    assert not stale.exists()
+    assert live.exists()
+    wal.close()
+
+
+def test_after_a_failed_fsync_every_frame_it_left_unsynced_fails_and_appends_move_on(tmp_path, monkeypatch):
+    real_fdatasync, entered, release, calls = os.fdatasync, threading.Event(), threading.Event(), []
+
+    def failing_once(fd):  # like Linux: the error is reported once, a second sync of the file returns 0
+        calls.append(fd)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+            raise OSError(5, "Input/output error")
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_once)
+    wal = WriteAheadLog(tmp_path)
+    outcomes: dict[str, object] = {}
+
+    def append(name):
+        try:
+            wal.append(name.encode())
+            outcomes[name] = "ok"
+        except OSError as exc:
+            outcomes[name] = exc
+
+    leader = threading.Thread(target=append, args=("leader",))
+    leader.start()
+    assert entered.wait(30)
+    waiter = threading.Thread(target=append, args=("waiter",))
+    waiter.start()
+    while wal.pending()[0] < 2:  # the waiter's frame is written and it waits on the leader's sync
+        threading.Event().wait(0.01)
+    release.set()
+    leader.join(30)
+    waiter.join(30)
+    assert isinstance(outcomes["leader"], OSError)
+    assert isinstance(outcomes["waiter"], OSError)  # not "ok" on a second sync that proves nothing
+    failed_segment = files(tmp_path)
+    wal.append(b"after")  # a new segment takes appends
+    assert len(files(tmp_path)) == len(failed_segment) + 1
+    wal.close()
+
+
+def test_the_shipper_survives_a_disk_error_and_reports_it(tmp_path, monkeypatch, caplog):
+    from gateway.store import store as store_module
+
+    calls = []
+
+    def failing_first(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return 0
+
+    monkeypatch.setattr(store_module, "_ORPHAN_SCAN_S", 0.0)
+    monkeypatch.setattr(WriteAheadLog, "claim_orphans", failing_first)
+    store = unreachable_store(tmp_path, max_backoff=0.05)
+    with caplog.at_level("WARNING", logger="gateway.store.store"):
+        store.record(a_record())
+        deadline = time.monotonic() + 30
+        while len(calls) < 2 and time.monotonic() < deadline:  # a later pass runs: the thread lives on
+            threading.Event().wait(0.01)
+    assert len(calls) >= 2
+    assert store._shipper.is_alive()
+    assert "the shipper failed (OSError" in caplog.text
+    store.close(timeout=1)
+
+
+def test_a_replacement_claims_a_nearly_full_orphan_and_still_takes_records(tmp_path):
+    cap, payload = 64 * 1024, b"p" * 1000
+    nearly_full = tmp_path / "wal-00000000000000000001-1-000001.log"
+    nearly_full.write_bytes(encode_frame(payload) * 60)  # ~59 KiB of a 64 KiB cap
+    another = tmp_path / "wal-00000000000000000002-1-000001.log"
+    another.write_bytes(encode_frame(payload) * 10)
+    wal = WriteAheadLog(tmp_path, max_bytes=cap)
+    assert wal.claim_orphans() == 60  # the second would take the claimed bytes past the cap: left for later
+    for _ in range(60):
+        wal.append(payload)  # the worker's own records: its predecessor's log does not fill its cap
+    with pytest.raises(LogFull):
+        wal.append(payload * 10)
+    assert len(drain(wal, 64)) == 120
+    assert wal.claim_orphans() == 10
+    assert len(drain(wal)) == 10
     wal.close()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import struct
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cassandra import DriverException
+from cassandra import DriverException, InvalidRequest
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
@@ -170,12 +171,12 @@ class PredictionStore:
         self._shipper.join(max(deadline - time.monotonic(), 1.0))
         if self._cluster is not None:
             self._cluster.shutdown()
+        records, _ = self._log.pending()  # before closing the log, which forgets its segments
         # A shipper stuck in the driver keeps the log's descriptors: the process is ending anyway.
         if self._shipper.is_alive():
             log.warning("the store's shipper did not stop within %.0f s", timeout)
         else:
             self._log.close()
-        records, _ = self._log.pending()
         if records:
             log.info("store closed; %d prediction(s) left in %s for the next start", records, self.spool_dir)
         self._pid = None
@@ -208,64 +209,84 @@ class PredictionStore:
         self._work.set()
 
     def _ship_forever(self) -> None:
-        """The shipper thread: claim orphans, connect, ship rounds oldest first, back off while failing."""
-        backoff, last_scan = 0.2, float("-inf")
+        """The shipper thread: one pass after another until closed. A pass that fails outside Cassandra (the
+        disk, a bug) is reported once and retried after a backoff: a shipper that stopped would let the log
+        fill up unseen while predictions still answer."""
+        self._backoff, self._last_scan = 0.2, float("-inf")
         while not self._stopping.is_set():
-            if time.monotonic() - last_scan > _ORPHAN_SCAN_S:
-                last_scan = time.monotonic()
-                found = self._log.claim_orphans()
-                if found:
-                    log.info("claimed %d logged prediction(s) left by a stopped process", found)
-            if self._session is None and not self._connect():  # reads wait for it too, so even when idle
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            self._work.clear()
-            pending = self._log.pending()[0]
-            if pending == 0:
-                self._work.wait(_ORPHAN_SCAN_S)
-                continue
-            if not self._healthy and not self.ping():  # failing: probe, not re-read and re-send a shipment
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            if self.write_linger > 0 and pending < self.max_in_flight // 4 and not self._draining.is_set():
-                self._flush.wait(self.write_linger)  # let more records join this round
-                self._flush.clear()
-            error = self._ship(self._log.read(self.max_in_flight))
-            if error is None:
-                backoff = 0.2
-                continue
-            self._problem(f"writing to Cassandra failed ({_describe(error)})")
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, self.max_backoff)
+            try:
+                self._ship_pass()
+            except Exception as exc:
+                self._problem(f"the shipper failed ({_describe(exc)}); retrying")
+                self._back_off()
+
+    def _ship_pass(self) -> None:
+        """Claim orphans now and then, connect, ship one round oldest first; back off while failing."""
+        if time.monotonic() - self._last_scan > _ORPHAN_SCAN_S:
+            self._last_scan = time.monotonic()
+            found = self._log.claim_orphans()
+            if found:
+                log.info("claimed %d logged prediction(s) left by a stopped process", found)
+        if self._session is None and not self._connect():  # reads wait for it too, so even when idle
+            self._back_off()
+            return
+        self._work.clear()
+        pending = self._log.pending()[0]
+        if pending == 0:
+            self._work.wait(_ORPHAN_SCAN_S)
+            return
+        if not self._healthy and not self.ping():  # failing: probe, not re-read and re-send a shipment
+            self._back_off()
+            return
+        if self.write_linger > 0 and pending < self.max_in_flight // 4 and not self._draining.is_set():
+            self._flush.wait(self.write_linger)  # let more records join this round
+            self._flush.clear()
+        error = self._ship(self._log.read(self.max_in_flight))
+        if error is None:
+            self._backoff = 0.2
+            return
+        self._problem(f"writing to Cassandra failed ({_describe(error)})")
+        self._back_off()
+
+    def _back_off(self) -> None:
+        self._stopping.wait(self._backoff)
+        self._backoff = min(self._backoff * 2, self.max_backoff)
 
     def _ship(self, batch: Batch | None) -> BaseException | None:
         """Send one round and wait for it; on success trim it from the log. Returns the error, if any."""
         if batch is None:
             return None
-        records = []
+        records, bound = [], {}
         for payload in batch.payloads:
             try:
-                records.append(PredictionRecord.from_json_bytes(payload))
-            except (ValueError, TypeError, KeyError) as exc:
-                self._reject(payload, exc)
-        try:
-            futures = [
-                self._session.execute_async(self._statement(name, group))
-                for name in ("write_by_day", "write_by_id")
-                for group in _groups(name, records)
-            ]
-            for future in futures:
+                record = PredictionRecord.from_json_bytes(payload)
+                # Bound here, one record at a time: a value the driver cannot encode is this record's fault.
+                bound[record.id] = {name: self._bind(name, record) for name in _IDEMPOTENT}
+                records.append(record)
+            except (ValueError, TypeError, KeyError, OverflowError, struct.error) as exc:
+                self._reject(payload, exc)  # an OSError leaves the round in the log, retried later
+        sent = [
+            (group, self._session.execute_async(self._statement([bound[r.id][name] for r in group])))
+            for name in ("write_by_day", "write_by_id")
+            for group in _groups(name, records)
+        ]
+        refused: dict[uuid.UUID, tuple[PredictionRecord, BaseException]] = {}
+        for group, future in sent:
+            try:
                 future.result()
-        except Exception as exc:  # the rows stay logged; the same round is retried
-            with self._lock:
-                self._healthy = False
-            return exc
+            except InvalidRequest as exc:  # never succeeds, however often retried: set aside
+                refused.update((r.id, (r, exc)) for r in group)
+            except Exception as exc:  # the rows stay logged; the same round is retried
+                with self._lock:
+                    self._healthy = False
+                return exc
+        for record, exc in refused.values():
+            self._reject(record.to_json_bytes(), exc)
+        records = [r for r in records if r.id not in refused]
         self._log.commit(batch)
         with self._shipped_cond:
             self._counts["shipped"] += len(records)
-            self._held.difference_update(r.id for r in records)
+            self._held.difference_update(bound)  # shipped or set aside: nothing to wait for
             if not self._healthy and self._last_problem:
                 log.warning("Cassandra takes writes again; shipping the log")
                 self._last_problem = ""
@@ -273,12 +294,12 @@ class PredictionStore:
             self._shipped_cond.notify_all()
         return None
 
-    def _statement(self, name: str, group: list[PredictionRecord]):
-        if len(group) == 1:
-            return self._bind(name, group[0])
+    def _statement(self, statements: list):
+        if len(statements) == 1:
+            return statements[0]
         batch = BatchStatement(BatchType.UNLOGGED)
-        for record in group:
-            batch.add(self._bind(name, record))
+        for statement in statements:
+            batch.add(statement)
         batch.is_idempotent = True  # the same rows again: retrying is safe
         return batch
 
@@ -319,11 +340,12 @@ class PredictionStore:
             return self._counts["shipped"] - before
 
     def _reject(self, payload: bytes, exc: BaseException) -> None:
-        """A logged record that cannot be decoded (a bug, a format change): set aside loudly, not dropped."""
+        """A logged record that cannot be decoded or written (a bug, a format change): set aside loudly, not
+        dropped."""
         path = set_aside(self.spool_dir, payload)
         with self._lock:
             self._counts["rejected"] += 1
-        log.error("a logged record could not be decoded (%s); kept in %s", exc, path)
+        log.error("a logged record could not be stored (%s); kept in %s", exc, path)
 
     def _connect(self) -> bool:
         cluster = build_cluster(

@@ -11,7 +11,10 @@ has it.
 - **Group commit.** `append` writes the frame and waits until an `fdatasync` covers it. The first waiter syncs
   for everyone whose frame is written by then, so concurrent requests share one sync. With `sync=False` the
   append returns once the kernel has the bytes: that survives the process (SIGKILL, OOM kill), not the
-  machine.
+  machine. A failed sync fails every append whose frame it left unsynced, and seals that segment (the next
+  append starts a new one): a failed `fdatasync` reports its error once, so a later one on the same file
+  proves nothing. Those refused frames stay in the sealed segment and are shipped like any other (the
+  shipper reads frames as soon as they are written): rows whose id no client was given.
 - **Shipping and trimming.** `read` hands out the oldest unacknowledged records of one segment (claimed
   segments first, then this process's own, oldest first), at most `limit` records and about `chunk_bytes`:
   constant memory, each byte read once. `commit` marks them acknowledged; a sealed segment whose records are
@@ -20,8 +23,11 @@ has it.
 - **Orphans.** A segment whose lock can be taken belongs to a process that is gone: `claim_orphans` takes it
   over, checking its frames in one streaming pass outside the lock appends take. Files of the earlier
   single-file spool (`spool-*.log`, the same frames) are claimed the same way.
-- **Cap.** The bytes this process holds (own and claimed segments) never exceed `max_bytes`: an append past it
-  raises `LogFull`, and nothing already logged is ever dropped.
+- **Cap.** The bytes of this process's own segments never exceed `max_bytes`: an append past it raises
+  `LogFull`, and nothing already logged is ever dropped. Claimed segments do not count against it (a
+  replacement worker must not refuse predictions because its predecessor died with a full log); a process
+  claims orphans while they add up to at most another `max_bytes` (one larger file on its own is still taken)
+  and leaves the rest to a later scan or another process.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ class _Segment:
     acked: int = 0  # records before this offset are in Cassandra
     records: int = 0  # records between `acked` and `size`
     own: bool = True
+    sync_failed: bool = (
+        False  # an fdatasync of it failed: no later one can vouch for it, take no more appends
+    )
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class WriteAheadLog:
         self._synced_cond = threading.Condition(self._lock)
         self._own: list[_Segment] = []  # oldest first; the last one takes appends
         self._claimed: list[_Segment] = []
-        self._held_bytes = 0  # size of every segment held (own and claimed): what the cap counts
+        self._own_bytes = 0  # size of this process's own segments: what the cap counts
         self._written = 0  # bytes appended by this process, ever: the position group commit syncs up to
         self._synced = 0
         self._syncing = False
@@ -127,9 +136,9 @@ class WriteAheadLog:
         """Write one record; return once it is durable (fsynced, or in the kernel with `sync=False`)."""
         frame = encode_frame(payload)
         with self._lock:
-            if self._held_bytes + len(frame) > self.max_bytes:
+            if self._own_bytes + len(frame) > self.max_bytes:
                 raise LogFull(
-                    f"the log in {self.directory} holds {self._held_bytes} bytes (cap {self.max_bytes})"
+                    f"the log in {self.directory} holds {self._own_bytes} bytes (cap {self.max_bytes})"
                 )
             segment = self._writable_segment()
             try:
@@ -142,7 +151,7 @@ class WriteAheadLog:
                 raise LogError(f"cannot append to {segment.path}: {exc}") from exc
             segment.size += len(frame)
             segment.records += 1
-            self._held_bytes += len(frame)
+            self._own_bytes += len(frame)
             self._written += len(frame)
             if self.sync:
                 self._wait_synced(self._written)
@@ -150,11 +159,17 @@ class WriteAheadLog:
     def _wait_synced(self, position: int) -> None:
         """Group commit (called holding the lock): wait for a sync covering `position`, or lead one."""
         while self._synced < position:
+            # A failed fdatasync reports its error once: a second one on the same file may return 0 with
+            # the frame lost. So every frame written before the failure fails, and appends move to a new
+            # segment (see `_writable_segment`).
+            if self._sync_failure and self._synced < position <= self._sync_failure[0]:
+                raise LogError(f"cannot sync the log in {self.directory}: {self._sync_failure[1]}")
             if self._syncing:
                 self._synced_cond.wait()
                 continue
+            segment = self._own[-1]
             try:  # a duplicate: the segment may be trimmed and its descriptor closed during the sync
-                fd = os.dup(self._own[-1].fd)
+                fd = os.dup(segment.fd)
             except OSError as exc:
                 raise LogError(f"cannot sync the log in {self.directory}: {exc}") from exc
             self._syncing, target = True, self._written
@@ -172,22 +187,22 @@ class WriteAheadLog:
                 if failure is None:
                     self._synced = max(self._synced, target)
                 else:
-                    self._sync_failure = (target, failure)
+                    self._sync_failure = (self._written, failure)
+                    segment.sync_failed = True
                 self._synced_cond.notify_all()
-            if self._sync_failure and self._synced < position <= self._sync_failure[0]:
-                raise LogError(f"cannot sync the log in {self.directory}: {self._sync_failure[1]}")
 
     def _writable_segment(self) -> _Segment:
-        if self._own and self._own[-1].size < self.segment_bytes:
+        if self._own and self._own[-1].size < self.segment_bytes and not self._own[-1].sync_failed:
             return self._own[-1]
-        if self._own:  # sealed: make it whole on disk now, so the next syncs need only the new segment
+        if self._own and self._own[-1].sync_failed:  # sealed as it is: a sync of it would prove nothing
+            if self._own[-1].records == 0:
+                self._drop(self._own.pop())
+        elif self._own:  # sealed: make it whole on disk now, so the next syncs need only the new segment
             try:
                 os.fdatasync(self._own[-1].fd)
             except OSError as exc:
                 raise LogError(f"cannot sync {self._own[-1].path}: {exc}") from exc
             self._synced = self._written
-            if self._own[-1].records == 0:
-                self._drop(self._own.pop())
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._seq += 1
@@ -235,7 +250,7 @@ class WriteAheadLog:
                 return
             if self._own and segment is self._own[-1]:
                 os.ftruncate(segment.fd, 0)  # appends hold the same lock: nothing unshipped is cut
-                self._held_bytes -= segment.size
+                self._own_bytes -= segment.size
                 segment.size = segment.acked = 0
             else:
                 (self._own if segment.own else self._claimed).remove(segment)
@@ -244,7 +259,8 @@ class WriteAheadLog:
     def _drop(self, segment: _Segment) -> None:
         segment.path.unlink(missing_ok=True)  # unlinked before unlocked: no one claims a finished file
         os.close(segment.fd)
-        self._held_bytes -= segment.size
+        if segment.own:
+            self._own_bytes -= segment.size
 
     # -- orphans
     def claim_orphans(self) -> int:
@@ -255,18 +271,35 @@ class WriteAheadLog:
             return 0
         with self._lock:
             known = {s.path for s in [*self._claimed, *self._own]}
+            claimed_bytes = sum(s.size for s in self._claimed)
+        self._remove_stale_new_files()
         found = 0
         for path in candidates:
             if path in known:
                 continue
+            with contextlib.suppress(OSError):
+                if claimed_bytes and claimed_bytes + path.stat().st_size > self.max_bytes:
+                    continue  # for a later scan (once these are shipped) or another process
             segment = self._claim(path)
             if segment is None:
                 continue
             with self._lock:
                 self._claimed.append(segment)
-                self._held_bytes += segment.size
+            claimed_bytes += segment.size
             found += segment.records
         return found
+
+    def _remove_stale_new_files(self) -> None:
+        """Remove the hidden, empty `.wal-*.log.new` a process left when it died between creating a segment
+        and renaming it (its name carries the creator's pid)."""
+        with contextlib.suppress(OSError):
+            for path in self.directory.glob(".wal-*.log.new"):
+                try:
+                    pid = int(path.name.split("-")[2])
+                except (IndexError, ValueError):
+                    continue
+                if pid != os.getpid() and not _alive(pid):
+                    path.unlink(missing_ok=True)
 
     def _claim(self, path: Path) -> _Segment | None:
         try:
@@ -337,7 +370,7 @@ class WriteAheadLog:
                 if segment.records == 0:
                     segment.path.unlink(missing_ok=True)
                 os.close(segment.fd)
-            self._own, self._claimed, self._held_bytes = [], [], 0
+            self._own, self._claimed, self._own_bytes = [], [], 0
 
 
 def set_aside(directory: Path, payload: bytes) -> Path:
@@ -350,6 +383,16 @@ def set_aside(directory: Path, payload: bytes) -> Path:
         out.flush()
         os.fsync(out.fileno())
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def _fsync_dir(directory: Path) -> None:
