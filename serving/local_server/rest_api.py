@@ -45,8 +45,10 @@ _STATUS_PATH = re.compile(
 # tensors rarely exceed rank 8. Deeper bodies are refused before parsing.
 MAX_JSON_DEPTH = 32
 _JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)  # possessive: linear on any input
-_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
-_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)  # byte -> change of nesting depth
+_DEPTH_STEP[list(b"[{")] = 1
+_DEPTH_STEP[list(b"]}")] = -1
+_DEPTH_CHUNK = 1 << 20
 
 
 class RestApi:
@@ -150,8 +152,16 @@ def json_depth(body: bytes) -> int:
     structure = np.frombuffer(_JSON_STRING.sub(b'""', body), dtype=np.uint8)
     if not structure.size:
         return 0
-    steps = np.isin(structure, _OPENERS).astype(np.int32) - np.isin(structure, _CLOSERS).astype(np.int32)
-    return int(np.cumsum(steps).max())
+    # One int8 step per byte (+1 opener, -1 closer), summed in int32 chunks: about 3.5 bytes per body byte at
+    # the peak, 2 of them the copy without strings (int32 steps and an int64 running sum: 21; parsing: 5).
+    steps = _DEPTH_STEP[structure]
+    depth = deepest = 0
+    for start in range(0, steps.size, _DEPTH_CHUNK):
+        running = np.cumsum(steps[start : start + _DEPTH_CHUNK], dtype=np.int32)
+        running += depth
+        deepest = max(deepest, int(running.max()))
+        depth = int(running[-1])
+    return deepest
 
 
 def _ref(name: str, version: str | None, label: str | None) -> ModelRef:
