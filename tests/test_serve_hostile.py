@@ -8,6 +8,8 @@ deadline) so that each limit is tested just under and just over without moving m
 from __future__ import annotations
 
 import http.client
+import json
+import select
 import socket
 import threading
 import time
@@ -218,6 +220,37 @@ def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_deadline(server):
         finally:
             stop.set()
             sender.join(5)
+
+
+def answered_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server sent anything on `sock` within `seconds` (nothing is read)."""
+    readable, _, _ = select.select([sock], [], [], seconds)
+    return bool(readable)
+
+
+def test_a_body_is_read_only_once_it_has_a_processing_slot(server):
+    """Bodies still arriving hold the processing slots (so at most that many bodies sit in memory): a complete
+    request waits for one, and is answered as soon as a partial body's client hangs up."""
+    partial = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+    body = json.dumps({"instances": [[[0] * 28] * 28]}).encode()
+    complete = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    holders = [rest_connection(server) for _ in range(HOSTILE_LIMITS["rest_api_num_threads"])]
+    try:
+        started = time.monotonic()
+        for holder in holders:
+            holder.sendall(partial)
+        with rest_connection(server) as sock:
+            sock.sendall(complete + body)
+            # Well before the holders' deadline (which would free their slots), nothing is answered...
+            assert not answered_within(sock, started + REQUEST_DEADLINE_S / 2 - time.monotonic())
+            assert time.monotonic() - started < REQUEST_DEADLINE_S * 0.9, "too slow to tell: rerun"
+            holders.pop().close()
+            # ...and a freed slot answers it at once.
+            sock.settimeout(TIMEOUT)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 def server_threads(server) -> int:

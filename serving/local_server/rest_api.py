@@ -308,7 +308,9 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def do_GET(self) -> None:
-        self._serve(b"")
+        with self.slots:
+            answer = self._answer(b"")
+        self._reply(*answer)
 
     def do_POST(self) -> None:
         length_header = self.headers.get("Content-Length")
@@ -329,11 +331,16 @@ class _Handler(BaseHTTPRequestHandler):
                 close=True,
             )
             return
-        body = self.rfile.read(length)
-        if len(body) < length:  # the client hung up (or was hung up on) mid-body: nobody to answer
-            self.close_connection = True
-            return
-        self._serve(body)
+        # The slot comes before the body, so at most num_threads bodies are in memory at once. The connection
+        # still counts as waiting while its body arrives: it can be closed to make room, and the deadline
+        # bounds how long it holds the slot.
+        with self.slots:
+            body = self.rfile.read(length)
+            if len(body) < length:  # the client hung up (or was hung up on) mid-body: nobody to answer
+                self.close_connection = True
+                return
+            answer = self._answer(body)
+        self._reply(*answer)  # outside the slot: a client slow to read its answer holds only its connection
 
     def _method_not_allowed(self) -> None:
         status, content_type, payload = _json_error(
@@ -348,11 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
         """http.server's own refusals (bad request line, headers too long, unknown method) as JSON."""
         self._reply(*_json_error(code, message or HTTPStatus(code).phrase), close=True)
 
-    def _serve(self, body: bytes) -> None:
+    def _answer(self, body: bytes) -> tuple[int, str, bytes]:
+        """The answer to a request that has fully arrived; the caller holds a slot."""
         self.connections.busy(self.connection)
-        with self.slots:
-            status, content_type, payload = self.api.handle(self.command, self.path, body)
-        self._reply(status, content_type, payload)
+        return self.api.handle(self.command, self.path, body)
 
     def _reply(self, status: int, content_type: str, payload: bytes, *, close: bool = False) -> None:
         self.connection.settimeout(self.request_timeout)  # a client that does not read cannot hold us
