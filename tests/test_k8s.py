@@ -342,12 +342,11 @@ def allowed_to_connect(docs: list[dict], source: str, target: str, port_name: st
     return False
 
 
-# (source, target, port) allowed; the gateway's http port is open to every source; everything else is refused.
+# (source, target, port) allowed; the gateway's http port is open to every source; everything else is refused
+# (the trainer only writes to the models volume: it never calls TF Serving).
 NETWORK_MATRIX = {
     ("gateway", "tfserving", "grpc"): True,
     ("gateway", "tfserving", "http"): True,
-    ("mnist-train", "tfserving", "grpc"): True,
-    ("mnist-train", "tfserving", "http"): True,
     ("gateway", "cassandra", "cql"): True,
     ("mnist-migrate", "cassandra", "cql"): True,
     ("cassandra", "cassandra", "intra-node"): True,

@@ -8,9 +8,12 @@ deadline) so that each limit is tested just under and just over without moving m
 from __future__ import annotations
 
 import http.client
+import json
+import select
 import socket
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import grpc
@@ -19,6 +22,7 @@ import requests
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from serving.local_server import rest_api
 from serving.local_server.rest_api import MAX_JSON_DEPTH
 from tests.fixtures.model_server import HOSTILE_LIMITS
 
@@ -131,6 +135,25 @@ def test_brackets_inside_strings_do_not_count_as_depth(server):
     assert "nested deeper" not in response.json()["error"]
 
 
+def test_depth_is_counted_across_the_chunks_it_is_summed_in():
+    chunk = rest_api._DEPTH_CHUNK
+    assert rest_api.json_depth(b"[[" + b" " * chunk + b"[]]]") == 3
+    assert rest_api.json_depth(b" " * (chunk - 1) + b"[[]][[[]]]") == 3
+    assert rest_api.json_depth(b"]]]" + b"[" * 5) == 2  # unbalanced: what the parser then refuses
+
+
+def test_measuring_depth_takes_less_memory_than_parsing():
+    """Parsing this body peaks at about 5 bytes per body byte; measuring its depth first costs less."""
+    body = b'{"instances": [[' + b"0," * (4 << 20) + b"0]]}"  # 8 MiB, at the default body limit
+    tracemalloc.start()
+    try:
+        assert rest_api.json_depth(body) == 3
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * len(body), f"{peak / len(body):.1f} bytes per body byte"
+
+
 # -- methods -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "status"),
@@ -197,6 +220,37 @@ def test_a_request_trickled_a_byte_at_a_time_is_cut_at_the_deadline(server):
         finally:
             stop.set()
             sender.join(5)
+
+
+def answered_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server sent anything on `sock` within `seconds` (nothing is read)."""
+    readable, _, _ = select.select([sock], [], [], seconds)
+    return bool(readable)
+
+
+def test_a_body_is_read_only_once_it_has_a_processing_slot(server):
+    """Bodies still arriving hold the processing slots (so at most that many bodies sit in memory): a complete
+    request waits for one, and is answered as soon as a partial body's client hangs up."""
+    partial = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+    body = json.dumps({"instances": [[[0] * 28] * 28]}).encode()
+    complete = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    holders = [rest_connection(server) for _ in range(HOSTILE_LIMITS["rest_api_num_threads"])]
+    try:
+        started = time.monotonic()
+        for holder in holders:
+            holder.sendall(partial)
+        with rest_connection(server) as sock:
+            sock.sendall(complete + body)
+            # Well before the holders' deadline (which would free their slots), nothing is answered...
+            assert not answered_within(sock, started + REQUEST_DEADLINE_S / 2 - time.monotonic())
+            assert time.monotonic() - started < REQUEST_DEADLINE_S * 0.9, "too slow to tell: rerun"
+            holders.pop().close()
+            # ...and a freed slot answers it at once.
+            sock.settimeout(TIMEOUT)
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for holder in holders:
+            holder.close()
 
 
 def server_threads(server) -> int:

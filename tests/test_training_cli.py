@@ -126,7 +126,32 @@ def mirror_url(mnist_dir):
     server.server_close()
 
 
-def test_download_train_and_export(mirror_url, tmp_path):
+def test_download_refuses_the_committed_sample(mnist_dir, mirror_url, tmp_path):
+    if load_mnist(mnist_dir).dataset != "mnist-sample":
+        pytest.skip(
+            "the mirror serves the full set (MNIST_DATA_DIR): covered by test_download_train_and_export"
+        )
+    cache = tmp_path / "cache"
+    models = str(tmp_path / "models")
+    result = run(
+        "--download",
+        "--data-dir",
+        str(cache),
+        "--model-base-path",
+        models,
+        env={"MNIST_MIRROR_URL": mirror_url},
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        "train-images-idx3-ubyte.gz: checksum mismatch after download" in result.stderr
+    )  # after the progress
+    assert "Traceback" not in result.stderr
+    assert not list(cache.glob("*.gz"))
+
+
+def test_download_train_and_export(mnist_dir, mirror_url, tmp_path):
+    if load_mnist(mnist_dir).dataset != "mnist":
+        pytest.skip("a download accepts only the full set: needs MNIST_DATA_DIR pointing at it")
     cache, models = tmp_path / "cache", tmp_path / "models"
     result = run(
         "--download",

@@ -227,7 +227,13 @@ def mirror_root(tmp_path, mnist_dir) -> Path:
     return root
 
 
-def test_download_fetches_and_verifies(serve_dir, mirror_root, mnist_dir, tmp_path):
+@pytest.fixture
+def mirror_set(mnist_dir) -> dict[str, data.IdxFile]:
+    """The files the mirror serves (the committed sample unless MNIST_DATA_DIR is the full set)."""
+    return data.KNOWN_SETS[data.load_mnist(mnist_dir).dataset]
+
+
+def test_download_fetches_and_verifies(serve_dir, mirror_root, mirror_set, mnist_dir, tmp_path):
     url = serve_dir(mirror_root)
     cache = tmp_path / "cache"
     progress: dict[str, int] = {}
@@ -235,7 +241,7 @@ def test_download_fetches_and_verifies(serve_dir, mirror_root, mnist_dir, tmp_pa
     def record(name, size, total):
         progress[name] = progress.get(name, 0) + size
 
-    assert data.download(url, cache, progress=record) == cache
+    assert data.download(url, cache, progress=record, expected=mirror_set) == cache
     assert sorted(p.name for p in cache.iterdir()) == sorted(
         spec.name + ".gz" for spec in data.FILES.values()
     )
@@ -244,17 +250,27 @@ def test_download_fetches_and_verifies(serve_dir, mirror_root, mnist_dir, tmp_pa
 
     # Verified files already in the cache are not fetched again.
     progress.clear()
-    data.download(url, cache, progress=record)
+    data.download(url, cache, progress=record, expected=mirror_set)
     assert progress == {}
 
 
-def test_download_rejects_a_corrupt_mirror_file(serve_dir, mirror_root, tmp_path):
+def test_download_accepts_only_the_full_set(serve_dir, tmp_path):
+    """The committed sample, served under the full set's names, is refused: it is only read locally."""
+    mirror = tmp_path / "mirror"
+    shutil.copytree(mnist_sample.SAMPLE_DIR, mirror / "mnist")
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: checksum mismatch after download"):
+        data.download(serve_dir(mirror), cache)
+    assert not list(cache.iterdir())
+
+
+def test_download_rejects_a_corrupt_mirror_file(serve_dir, mirror_root, mirror_set, tmp_path):
     served = mirror_root / "mnist" / "t10k-labels-idx1-ubyte.gz"
     served.chmod(0o644)
     served.write_bytes(gzip.compress(b"not the real labels"))
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: checksum mismatch after download"):
-        data.download(serve_dir(mirror_root), cache)
+        data.download(serve_dir(mirror_root), cache, expected=mirror_set)
     assert not (cache / "t10k-labels-idx1-ubyte.gz").exists()
     assert not [p for p in cache.iterdir() if p.name.startswith(".download-")]
 

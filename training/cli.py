@@ -7,7 +7,7 @@
     (each also takes --verbose)
 
 Every failure is one line on stderr and a non-zero exit; tensorflow is imported only after arguments and data
-have been checked, with its start-up noise kept off the terminal unless --verbose (training/quiet.py).
+have been checked, with TensorFlow's C++ logs kept off the terminal unless --verbose (training/quiet.py).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def build_parsers(env: settings_module.Settings) -> dict[str, argparse.ArgumentP
         parser.add_argument(
             "--verbose",
             action="store_true",
-            help="show TensorFlow's start-up logs and warnings (also shown when TF_CPP_MIN_LOG_LEVEL is set)",
+            help="show TensorFlow's C++ logs and warnings (also shown when TF_CPP_MIN_LOG_LEVEL is set)",
         )
     return {"train": train, "evaluate": evaluate, "inspect": inspect}
 

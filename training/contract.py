@@ -39,7 +39,8 @@ def version_of(name: str) -> int | None:
 
 def version_dirs(model_dir: Path) -> dict[int, Path]:
     """{version: directory} under `model_dir`, ascending; OSError when `model_dir` cannot be listed.
-    When two spellings name one version ("7" and "007"), the last in name order wins, as in TF Serving."""
+    When two spellings name one version ("7" and "007"), the last in name order wins here; TF Serving keeps
+    whichever its directory listing gives last (an unsorted order), so such a pair is best avoided."""
     found: dict[int, Path] = {}
     for path in sorted(model_dir.iterdir(), key=lambda p: p.name):
         version = version_of(path.name)

@@ -65,8 +65,8 @@ FILES = {
 
 
 # A stratified subset of the same files, committed with the tests (tests/data/mnist-sample/, drawn by
-# tests/mnist_sample.py, 300 training and 100 test images per digit): accepted like the full set, so the tests
-# and a first try need no download.
+# tests/mnist_sample.py, 300 training and 100 test images per digit): read from a directory like the full set,
+# so the tests and a first try need no download (a download accepts only the full set).
 SAMPLE_FILES = {
     "train_images": IdxFile(
         "train-images-idx3-ubyte",
@@ -203,19 +203,20 @@ def download(
     *,
     timeout_s: float = 60.0,
     progress: Callable[[str, int, int | None], None] | None = None,
+    expected: dict[str, IdxFile] = FILES,
 ) -> Path:
     """Fetch the four `.gz` files from mirror_url into cache_dir (skipping verified ones); returns cache_dir.
 
-    Each file is downloaded to a temporary name, its IDX content checked against the known sets' sha256 and
-    only then renamed, so the cache never holds a partial or corrupt file under a real name.
+    Each file is downloaded to a temporary name, its IDX content checked against ``expected``'s sha256 (the
+    full set: the committed sample is only read locally, never accepted from a mirror under the full set's
+    names) and only then renamed, so the cache never holds a partial or corrupt file under a real name.
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     base = mirror_url if mirror_url.endswith("/") else mirror_url + "/"
-    for key, spec in FILES.items():
-        accepted = {files[key].sha256 for files in KNOWN_SETS.values()}
+    for spec in expected.values():
         target = cache_dir / (spec.name + ".gz")
-        if target.is_file() and _content_sha256(target) in accepted:
+        if target.is_file() and _content_sha256(target) == spec.sha256:
             continue
         url = base + spec.name + ".gz"
         fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=cache_dir)
@@ -223,7 +224,7 @@ def download(
             with os.fdopen(fd, "wb") as out:
                 _fetch(url, out, timeout_s=timeout_s, name=spec.name + ".gz", progress=progress)
             digest = _content_sha256(Path(tmp_name))
-            if digest not in accepted:
+            if digest != spec.sha256:
                 found = f"content sha256 {digest[:16]}…" if digest else "not an IDX or gzip'ed IDX file"
                 raise DataError(f"{url}: checksum mismatch after download ({found})")
             os.replace(tmp_name, target)

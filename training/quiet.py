@@ -1,8 +1,10 @@
-"""Keep TensorFlow's start-up noise off the terminal of `mnist-train` and `mnist-serve`.
+"""Keep TensorFlow's C++ logs (start-up noise and all) off the terminal of `mnist-train` and `mnist-serve`.
 
 On a machine without a GPU, TensorFlow prints lines nobody can act on: CUDA probing ("Could not find cuda
 drivers", "failed call to cuInit: ... CUDA error"), CPU feature notes, NodeDef and retracing warnings. Some
 are written before its own log level applies, so the import itself runs with file descriptor 2 on /dev/null.
+The level stays at 3 for the whole run (at 2, training with TensorFlow 2.21 still prints a harmless
+`NodeDef mentions attribute` error line), so C++ error lines are hidden too; errors raised to Python are not.
 `--verbose`, or `TF_CPP_MIN_LOG_LEVEL` set in the environment, leaves everything as TensorFlow prints it.
 Tensorflow-free on purpose: both CLIs call this before importing it.
 """

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=True,
         default=defaults.verbose,
-        help="Show TensorFlow's start-up logs and warnings (also shown when TF_CPP_MIN_LOG_LEVEL is set). "
+        help="Show TensorFlow's C++ logs and warnings (also shown when TF_CPP_MIN_LOG_LEVEL is set). "
         "Not a TF flag.",
     )
     return parser
