@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from gateway.settings import Settings, SettingsError
+from gateway.store.wal import process_alive
 
 log = logging.getLogger("gateway.server")
 
@@ -119,18 +120,8 @@ def _forget_dead_workers() -> None:
 
     for path in Path(directory).glob("gauge_live*_*.db"):
         match = re.search(r"_(\d+)\.db$", path.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             multiprocess.mark_process_dead(int(match.group(1)), directory)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def build_server(settings: Settings):

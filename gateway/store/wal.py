@@ -298,7 +298,7 @@ class WriteAheadLog:
                     pid = int(path.name.split("-")[2])
                 except (IndexError, ValueError):
                     continue
-                if pid != os.getpid() and not _alive(pid):
+                if pid != os.getpid() and not process_alive(pid):
                     path.unlink(missing_ok=True)
 
     def _claim(self, path: Path) -> _Segment | None:
@@ -385,7 +385,8 @@ def set_aside(directory: Path, payload: bytes) -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a pid in a file name may belong to a dead worker)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
