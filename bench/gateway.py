@@ -49,6 +49,7 @@ from PIL import Image
 from bench import profile
 from bench.data import mnist_dir
 from bench.models import default_model_base
+from training.contract import version_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KEYSPACE = "mnist_bench"
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
         stack.callback(shutil.rmtree, scratch, True)
         models = resolve_models(args.model_base_path, scratch)
-        version = max(int(p.name) for p in (models / "mnist").iterdir() if p.name.isdigit())
+        version = max(version_dirs(models / "mnist"))
 
         print("starting Cassandra ...", flush=True)
         node = CassandraNode(scratch / "cassandra", unsafe_system=True)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from training.contract import version_dirs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def versions(base: Path, model_name: str = "mnist") -> list[int]:
     folder = base / model_name
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    return list(version_dirs(folder)) if folder.is_dir() else []
 
 
 def default_model_base(model_name: str = "mnist") -> Path | None:

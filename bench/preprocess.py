@@ -29,6 +29,7 @@ import numpy as np
 
 from bench.data import mnist_dir
 from bench.models import default_model_base
+from training.contract import version_dirs
 
 DEFAULT_MODEL_DIR = default_model_base()
 GOAL_OVERALL, GOAL_PER_KIND = 0.99, 0.985
@@ -39,9 +40,9 @@ def find_saved_model(path: Path, model_name: str = "mnist") -> Path:
     if (path / "saved_model.pb").exists():
         return path
     for candidate in (path, path / model_name):
-        versions = sorted((int(p.name) for p in candidate.glob("[0-9]*") if p.name.isdigit()), reverse=True)
+        versions = version_dirs(candidate) if candidate.is_dir() else {}
         if versions:
-            return candidate / str(versions[0])
+            return versions[max(versions)]
     raise FileNotFoundError(f"no SavedModel under {path}")
 
 

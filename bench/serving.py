@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.models import default_model_base, versions
+from training.contract import version_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCHING = (
@@ -109,7 +110,8 @@ def model_base_path(explicit: Path | None, scratch: Path) -> tuple[Path, str]:
 
 
 def latest_version(base: Path) -> Path:
-    return max((p for p in (base / "mnist").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    versions = version_dirs(base / "mnist")
+    return versions[max(versions)]
 
 
 def main(argv: list[str] | None = None) -> int:
