@@ -4,6 +4,10 @@ Speaks the TF Serving wire protocol through the project's own protos (gateway/tf
 import). One channel per client instance, created on first use and again in a forked child (the server forks
 after the app is built, and a gRPC channel must not cross a fork). Every call carries a deadline; UNAVAILABLE
 (server down or restarting) is retried with exponential backoff and full jitter, always inside that deadline.
+Several model-server replicas (an `ipv4:` list or a `dns:///` name, gateway/settings.py) share the load
+through gRPC's own `round_robin` policy over the replicas its health checks (grpc.health.v1) report SERVING
+for `<model>:<label>`; a replica without the health service (TF Serving) counts as healthy while connected. A
+retried UNAVAILABLE call is picked again, so it lands on another ready replica.
 gRPC failures become the gateway's errors: the model server can't answer -> ModelUnavailable (503), it
 does not serve the label or version the caller named -> ModelVersionNotFound (404), it does not serve the
 model at all (no label or version named) -> ModelUnavailable (503), it rejected what we sent -> ModelError
@@ -12,6 +16,7 @@ model at all (no label or version named) -> ModelUnavailable (503), it rejected 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -68,6 +73,22 @@ _UNAVAILABLE_CODES = frozenset(
 )
 
 
+def health_service(model_name: str, label: str | None) -> str:
+    """The grpc.health.v1 service name that is SERVING when `label` of the model answers (mnist-serve's
+    rule, serving/local_server/health.py; tests/test_one_rule.py pins the copy); no label: any version."""
+    return f"{model_name}:{label}" if label else model_name
+
+
+def service_config(health_service_name: str) -> str:
+    """The channel's service config: round_robin over the resolved addresses, each health-checked."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": health_service_name},
+        }
+    )
+
+
 def _named(label: str | None, version: int | None) -> bool:
     return label is not None or version is not None
 
@@ -122,7 +143,8 @@ def tensor_to_array(tensor: tensor_pb2.TensorProto) -> np.ndarray:
 
 
 class ModelClient:
-    """Predict and GetModelStatus against one model server. Thread-safe; share one instance per process."""
+    """Predict and GetModelStatus against the model server (one or several replicas). Thread-safe; share one
+    instance per process."""
 
     def __init__(
         self,
@@ -136,6 +158,7 @@ class ModelClient:
         max_backoff_s: float = 1.0,
         max_message_bytes: int = 4 * 1024 * 1024,
         keepalive_s: float = 60.0,
+        health_label: str | None = None,
     ) -> None:
         if timeout_s <= 0 or retries < 0 or max_message_bytes < 1024:
             raise ValueError("timeout_s must be > 0, retries >= 0 and max_message_bytes >= 1024")
@@ -159,6 +182,9 @@ class ModelClient:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1_000),
             ("grpc.enable_retries", 0),  # retries are ours, bounded by the call's deadline
+            ("grpc.service_config", service_config(health_service(model_name, health_label))),
+            # Our config, not one a DNS TXT record might carry.
+            ("grpc.service_config_disable_resolution", 1),
         ]
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None

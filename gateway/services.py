@@ -41,10 +41,11 @@ class Services:
 
                     s = self.settings
                     client = ModelClient(
-                        s.model_server_grpc,
+                        s.model_server_target,
                         timeout_s=s.model_timeout_s,
                         model_name=s.model_name,
                         retries=s.model_retries,
+                        health_label=s.model_label,
                     )
                     self._owned.append(client)
                     self._model_client = client

@@ -28,7 +28,10 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `GATEWAY_RETRY_AFTER_S` (`5`): `Retry-After` seconds sent with 503 answers.
 - `GATEWAY_RATE_LIMIT` (`20000/minute`): requests per client address to the write routes (predictions,
   feedback), per worker, as `N/second|minute|hour|day` (several separated by `;`); more is a 429.
-- `MODEL_SERVER_GRPC` (`localhost:8500`): TF Serving (or `mnist-serve`) gRPC address.
+- `MODEL_SERVER_GRPC` (`localhost:8500`): the model servers' (TF Serving or `mnist-serve`) gRPC address:
+  `host:port`; several replicas as `ip:port,ip:port` (IP literals, all IPv4 or all IPv6, at most 64); or
+  `dns:///name:port`, a name resolving to every replica (a headless Kubernetes Service). Calls are spread by
+  gRPC's `round_robin` over the replicas its health checks find ready (gateway/model_client.py).
 - `MODEL_NAME` (`mnist`), `MODEL_LABEL` (`stable`): the model asked, and the label used unless a request asks.
 - `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
 - `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
@@ -48,6 +51,7 @@ them.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -78,6 +82,8 @@ _KEYSPACE_RE = re.compile(KEYSPACE_PATTERN)
 MIN_FORM_FIELD_BYTES = 128 * 1024
 # Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS): above it Pillow, not the setting, would refuse.
 MAX_IMAGE_PIXELS = 89_478_485
+MAX_MODEL_SERVERS = 64  # addresses in one MODEL_SERVER_GRPC list (a larger fleet: a dns:/// name)
+DNS_SCHEME = "dns:///"
 _WEAK_TOKENS = {"changeme", "changethis", "secret", "token", "password", "ops"}
 
 
@@ -229,10 +235,7 @@ class Settings:
             _is_rate_limit(self.rate_limit),
             f"GATEWAY_RATE_LIMIT must be like 600/minute (several separated by ';'), got {self.rate_limit!r}",
         )
-        check(
-            _is_host_port(self.model_server_grpc),
-            f"MODEL_SERVER_GRPC must be host:port, got {self.model_server_grpc!r}",
-        )
+        model_server_target(self.model_server_grpc)  # raises SettingsError naming MODEL_SERVER_GRPC
         check(bool(self.model_name), "MODEL_NAME must not be empty")
         check(is_label(self.model_label), f"MODEL_LABEL must be {LABEL_RULE}, got {self.model_label!r}")
         check(0 < self.model_timeout_s <= 300, "MODEL_TIMEOUT_S must be in (0, 300]")
@@ -268,6 +271,11 @@ class Settings:
     def ops_enabled(self) -> bool:
         return bool(self.ops_token)
 
+    @property
+    def model_server_target(self) -> str:
+        """MODEL_SERVER_GRPC as the gRPC channel target (see model_server_target())."""
+        return model_server_target(self.model_server_grpc)
+
 
 def _is_rate_limit(value: str) -> bool:
     try:
@@ -280,6 +288,41 @@ def is_keyspace(value: str) -> bool:
     return bool(_KEYSPACE_RE.fullmatch(value))
 
 
-def _is_host_port(value: str) -> bool:
+def _host_port(value: str) -> tuple[str, int] | None:
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return host, int(port)
+
+
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        return None
+
+
+def model_server_target(value: str) -> str:
+    """The gRPC target of MODEL_SERVER_GRPC: `host:port` and `dns:///name:port` as they are, a list of
+    `ip:port` as gRPC's multi-address `ipv4:`/`ipv6:` target. Raises SettingsError when malformed."""
+    rule = (
+        "MODEL_SERVER_GRPC must be host:port, dns:///name:port or a comma-separated list of up to "
+        f"{MAX_MODEL_SERVERS} ip:port (all IPv4 or all IPv6), got {value!r}"
+    )
+    if value.startswith(DNS_SCHEME):
+        if _host_port(value[len(DNS_SCHEME) :]) is None or "," in value:
+            raise SettingsError(rule)
+        return value
+    parts = [part.strip() for part in value.split(",")]
+    addresses = [_host_port(part) for part in parts]
+    if not parts or any(a is None or "/" in a[0] for a in addresses) or len(parts) > MAX_MODEL_SERVERS:
+        raise SettingsError(rule)
+    if len(parts) == 1:
+        return parts[0]
+    ips = [_ip(host) for host, _ in addresses]  # type: ignore[misc]
+    versions = {ip.version if ip is not None else None for ip in ips}
+    if versions not in ({4}, {6}) or len(set(parts)) != len(parts):
+        raise SettingsError(rule + ": several addresses must be distinct IP literals (names: dns:///)")
+    if versions == {4}:
+        return "ipv4:" + ",".join(f"{ip}:{port}" for ip, (_, port) in zip(ips, addresses, strict=True))
+    return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, (_, port) in zip(ips, addresses, strict=True))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gateway.settings import Settings, SettingsError
+from gateway.settings import MAX_MODEL_SERVERS, Settings, SettingsError
 from gateway.store.migrate import MigrationError, validate_keyspace
 
 
@@ -128,6 +128,51 @@ def test_bad_values_are_refused_with_the_variable_named(env, names):
         Settings.from_env(env)
 
 
+def _servers(count: int) -> str:
+    return ",".join(f"10.0.{i // 250}.{i % 250 + 1}:8500" for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("value", "target"),
+    [
+        ("localhost:8500", "localhost:8500"),
+        ("tfserving:8500", "tfserving:8500"),
+        ("[::1]:8500", "[::1]:8500"),
+        (
+            "dns:///tfserving-pods.mnist.svc.cluster.local:8500",
+            "dns:///tfserving-pods.mnist.svc.cluster.local:8500",
+        ),
+        ("127.0.0.1:8500, 127.0.0.2:8500", "ipv4:127.0.0.1:8500,127.0.0.2:8500"),
+        ("127.0.0.1:8500,127.0.0.1:8501", "ipv4:127.0.0.1:8500,127.0.0.1:8501"),
+        ("[::1]:8500,[fe80::1]:8500", "ipv6:[::1]:8500,[fe80::1]:8500"),
+        (_servers(MAX_MODEL_SERVERS), "ipv4:" + _servers(MAX_MODEL_SERVERS)),  # the most addresses
+    ],
+)
+def test_model_servers_become_one_grpc_target(value, target):
+    s = Settings.from_env({"MODEL_SERVER_GRPC": value})
+    assert s.model_server_target == target
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "no-port",
+        "a:8500,",  # an empty entry
+        "tfserving:8500,tfserving-2:8500",  # names in a list: one dns:/// name resolves to every replica
+        "127.0.0.1:8500,[::1]:8500",  # gRPC's ipv4:/ipv6: targets do not mix
+        "127.0.0.1:8500,127.0.0.1:8500",  # twice the same replica
+        "127.0.0.1:8500,127.0.0.2:0",
+        "dns:///tfserving",  # no port
+        "dns:///a:8500,b:8500",
+        "dns://8.8.8.8/tfserving:8500",  # an authority: the cluster's resolver, not one named here
+        _servers(MAX_MODEL_SERVERS + 1),  # one address too many
+    ],
+)
+def test_malformed_model_servers_are_refused(value):
+    with pytest.raises(SettingsError, match="MODEL_SERVER_GRPC"):
+        Settings.from_env({"MODEL_SERVER_GRPC": value})
+
+
 def test_the_keyspace_rule_is_the_migrations():
     assert Settings.from_env({"CASSANDRA_KEYSPACE": "k" * 48}).cassandra_keyspace == "k" * 48
     for name in ("mnist", "k" * 48, "a_1"):
@@ -182,7 +227,7 @@ WIRING = {
     "model_label": "canary",  # the default label asked: test_gateway_http.py
     "ops_token": "0123456789abcdef0123",  # guards /ops: test_gateway_http.py
     "env": "production",  # refuses weak tokens: test_bad_values_are_refused_with_the_variable_named
-    "model_server_grpc": "models.internal:8600",
+    "model_server_grpc": "10.0.0.1:8600,10.0.0.2:8600",  # reaches the channel as one ipv4: target
     "model_timeout_s": 1.5,
     "model_name": "digits",
     "model_retries": 4,
@@ -245,8 +290,8 @@ def test_every_setting_is_wired(monkeypatch):
     services = Services(s, GatewayMetrics())
     assert services.model_client is made["model"] and services.store is made["store"]
     assert made["model"] == (
-        ("models.internal:8600",),
-        {"timeout_s": 1.5, "model_name": "digits", "retries": 4},
+        ("ipv4:10.0.0.1:8600,10.0.0.2:8600",),
+        {"timeout_s": 1.5, "model_name": "digits", "retries": 4, "health_label": "canary"},
     )
     assert made["store"] == (
         (),

@@ -387,3 +387,70 @@ def test_a_forked_child_makes_its_own_channel(server, images):
     assert outcome[1] == 3 and outcome[2] == child.pid
     assert client.predict(images).model_version == 3  # the parent's channel still works
     client.close()
+
+
+# --- several replicas: gRPC's round_robin with health checking --------------------------------------
+
+
+@pytest.fixture
+def two_servers():
+    servers = [ScriptedServer(), ScriptedServer()]
+    for srv in servers:
+        srv.start()
+    yield servers
+    for srv in servers:
+        srv.stop()
+
+
+def replicas_target(servers) -> str:
+    return "ipv4:" + ",".join(srv.address for srv in servers)
+
+
+def test_calls_are_spread_over_replicas_without_a_health_service(two_servers, images):
+    """TF Serving has no grpc.health.v1 service: a replica without it counts as healthy while connected."""
+    with ModelClient(replicas_target(two_servers), health_label="stable") as client:
+        eventually(
+            lambda: client.predict(images, label="stable") and all(len(s.requests) >= 5 for s in two_servers),
+            what="both replicas to answer",
+            retry_on=(),
+        )
+
+
+def test_unavailable_is_retried_on_another_replica(two_servers, images):
+    down, up = two_servers
+
+    def unavailable(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "shutting down")
+
+    down.script = unavailable
+    with ModelClient(replicas_target(two_servers), retries=1, backoff_s=0.001) as client:
+        # Round robin: the one retry goes to the other replica, so no call fails (retry_on=(): none may).
+        eventually(
+            lambda: client.predict(images) and len(down.requests) >= 5,
+            what="the failing replica to be tried",
+            retry_on=(),
+        )
+
+
+def test_a_replica_reporting_not_serving_gets_no_calls(two_servers, images):
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    sick, well = two_servers
+    sick.stop()  # again, now with a health service saying NOT_SERVING for what the client watches
+    status = health.HealthServicer()
+    status.set("mnist:stable", health_pb2.HealthCheckResponse.NOT_SERVING)
+    sick.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(sick, sick.server)
+    health_pb2_grpc.add_HealthServicer_to_server(status, sick.server)
+    sick.server.add_insecure_port(sick.address)
+    sick.server.start()
+
+    with ModelClient(replicas_target(two_servers), health_label="stable") as client:
+        for _ in range(20):
+            client.predict(images, label="stable")
+        assert (len(sick.requests), len(well.requests)) == (0, 20)
+        status.set("mnist:stable", health_pb2.HealthCheckResponse.SERVING)
+        eventually(
+            lambda: client.predict(images, label="stable") and len(sick.requests) >= 3,
+            what="the replica to get calls once SERVING",
+        )
