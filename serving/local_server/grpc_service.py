@@ -1,5 +1,6 @@
 """The gRPC front end: tensorflow.serving.PredictionService (Predict, GetModelMetadata) and
-ModelService (GetModelStatus, HandleReloadConfigRequest), on the official generated stubs.
+ModelService (GetModelStatus, HandleReloadConfigRequest), on the official generated stubs, plus the standard
+grpc.health.v1.Health (serving/local_server/health.py).
 Classify, Regress and MultiInference answer UNIMPLEMENTED (the generated base class does that)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from concurrent import futures
 from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -23,6 +25,7 @@ from tensorflow_serving.apis import (
 from serving.local_server import tensors
 from serving.local_server.core import ModelRef, ServingCore
 from serving.local_server.errors import ServingError, invalid_argument
+from serving.local_server.health import ModelHealth
 from serving.local_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -114,7 +117,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def create_grpc_server(
-    core: ServingCore, metrics: ServerMetrics, *, address: str, port: int, max_threads: int
+    core: ServingCore,
+    metrics: ServerMetrics,
+    *,
+    address: str,
+    port: int,
+    max_threads: int,
+    health: ModelHealth | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started server and the port it bound (``port`` 0 picks one)."""
     server = grpc.server(
@@ -129,6 +138,8 @@ def create_grpc_server(
         PredictionService(core, metrics), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, metrics), server)
+    if health is not None:  # Watch is non-blocking: a watching client holds no server thread
+        health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     try:
         bound = server.add_insecure_port(f"{address}:{port}")
     except RuntimeError as exc:

@@ -105,6 +105,11 @@ class ModelManager:
         self._models: dict[str, _Model] = {}
         self._labels: dict[str, dict[str, int]] = {}
         self._thread: threading.Thread | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (under the manager's lock: it must be quick) whenever a state or label changes."""
+        self._listeners.append(listener)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -168,6 +173,7 @@ class ModelManager:
                 if name not in wanted:
                     entry.config = None
             self._labels = labels
+            self._notify()
         log.info("config applied", extra={"models": sorted(wanted), "labels": labels})
         return new_models
 
@@ -247,6 +253,18 @@ class ModelManager:
                 if available:
                     return model.versions[max(available)].servable
             raise not_found(f"Servable not found for request: Latest({name})")
+
+    def availability(self) -> dict[str, tuple[frozenset[int], dict[str, int]]]:
+        """{model: (its AVAILABLE versions, its labels)} for each model of the current config."""
+        with self._lock:
+            return {
+                name: (
+                    frozenset(v for v, r in model.versions.items() if r.status.state == "AVAILABLE"),
+                    dict(self._labels.get(name, {})),
+                )
+                for name, model in self._models.items()
+                if model.config is not None
+            }
 
     def model_status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         """GetModelStatus: every known version, newest first, or the one asked for."""
@@ -394,6 +412,14 @@ class ModelManager:
     def _set_state(self, name: str, record: _Version, state: str) -> None:
         record.status.state = state
         self._metrics.set_state(name, record.status.version, state)
+        self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:  # a listener must not break loading
+                log.exception("state listener failed")
 
 
 def _copy(status: VersionStatus) -> VersionStatus:

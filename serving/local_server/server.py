@@ -13,6 +13,7 @@ from serving.local_server.core import ServingCore
 from serving.local_server.errors import ServingError, StartupError
 from serving.local_server.flags import ServerFlags
 from serving.local_server.grpc_service import create_grpc_server
+from serving.local_server.health import ModelHealth
 from serving.local_server.metrics import ServerMetrics
 from serving.local_server.model_manager import ModelManager
 from serving.local_server.rest_api import RestApi, RestServer
@@ -131,6 +132,7 @@ class ModelServer:
             metrics=self.metrics,
         )
         self.core = ServingCore(self.manager, max_tensor_bytes=flags.max_tensor_bytes)
+        self.health = ModelHealth(self.manager)
         self.grpc_port: int | None = None
         self.rest_port: int | None = None
         self._grpc = None
@@ -150,6 +152,7 @@ class ModelServer:
                 address=address,
                 port=self.flags.port,
                 max_threads=self.flags.grpc_max_threads,
+                health=self.health,
             )
             if self.flags.rest_api_port:
                 api = RestApi(self.core, self.metrics, self.monitoring)
@@ -186,7 +189,9 @@ class ModelServer:
             )
 
     def stop(self, grace_seconds: float = 5.0) -> None:
-        """Stop taking calls, let in-flight ones finish (up to ``grace_seconds``), unload everything."""
+        """Report NOT_SERVING (load balancers pick other replicas), stop taking calls, let in-flight ones
+        finish (up to ``grace_seconds``), unload everything."""
+        self.health.drain()
         if self._watcher is not None:
             self._watcher.stop()
         if self._rest is not None:
