@@ -303,7 +303,7 @@ def test_gateway_environment_is_accepted_by_the_gateway_settings(rendered):
     env = rendered["services"]["gateway"]["environment"]
     settings = Settings.from_env(env)
     assert settings.env == "production" and settings.ops_token == TOKEN
-    assert settings.model_server_grpc == "tfserving:8500"
+    assert settings.model_server_target == "dns:///tfserving:8500"  # every replica: round_robin
     assert settings.cassandra_hosts == ("cassandra",)
     assert (settings.cassandra_username, settings.cassandra_password) == (
         "cassandra",
@@ -509,3 +509,10 @@ def test_tf_serving_healthcheck_passes_against_mnist_serve(rendered, model_serve
     assert result.returncode == 0, result.stderr
     other = local.replace("/v1/models/mnist ", "/v1/models/missing ")
     assert subprocess.run(["bash", "-c", other], capture_output=True, timeout=30).returncode != 0
+
+
+def test_model_server_containers_can_be_scaled(rendered):
+    """`docker compose up --scale tfserving=N`: the service name resolves to every container, and the
+    gateway's dns:/// target (test above) makes gRPC round_robin over them (tests/test_model_replicas.py)."""
+    tfserving = rendered["services"]["tfserving"]
+    assert "container_name" not in tfserving and not tfserving.get("ports")  # nothing stops a second one

@@ -243,7 +243,7 @@ def test_gateway_settings_are_accepted_and_the_token_comes_from_a_secret(rendere
     settings = Settings.from_env(container_env(docs, gateway, secrets))
     assert settings.env == "production" and settings.ops_token == token
     assert (settings.cassandra_username, settings.cassandra_password) == ("mnist", "from-the-secret")
-    assert settings.model_server_grpc == "tfserving:8500"
+    assert settings.model_server_target == "dns:///tfserving-grpc:8500"  # every ready pod: round_robin
     assert settings.cassandra_hosts == ("cassandra",)
     container = pod_spec(gateway)["containers"][0]
     assert settings.port == container["ports"][0]["containerPort"]
@@ -255,6 +255,56 @@ def test_gateway_settings_are_accepted_and_the_token_comes_from_a_secret(rendere
     claim = one(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas replay a dead one's spool
     assert container["securityContext"]["readOnlyRootFilesystem"] is True and "/tmp" in mounts
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_gateway_resolves_every_ready_model_server_pod(rendered, target):
+    """MODEL_SERVER_GRPC is a dns:/// name of a headless Service over the model-server pods (what
+    tests/test_model_replicas.py runs with several addresses): gRPC round_robin sees each pod, and the
+    readiness probe (model AVAILABLE) decides which pods the name lists."""
+    docs = rendered[target]
+    config = one(docs, "ConfigMap", "mnist-settings")["data"]
+    name, _, port = config["MODEL_SERVER_GRPC"].removeprefix("dns:///").rpartition(":")
+    assert config["MODEL_SERVER_GRPC"].startswith("dns:///")
+    service = one(docs, "Service", name)
+    assert service["spec"]["clusterIP"] == "None" and not service["spec"].get("publishNotReadyAddresses")
+    assert [p["port"] for p in service["spec"]["ports"]] == [int(port)]
+    server = one(docs, "Deployment", "tfserving")
+    assert service["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
+    container = pod_spec(server)["containers"][0]
+    assert {"name": "grpc", "containerPort": int(port)} in container["ports"]
+    assert container["readinessProbe"]
+
+
+def spreads_over_nodes(workload: dict) -> bool:
+    """Anti-affinity on the node (hostname) against its own pods, preferred or required."""
+    anti = pod_spec(workload).get("affinity", {}).get("podAntiAffinity", {})
+    terms = [t["podAffinityTerm"] for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+    terms += anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return any(
+        t["topologyKey"] == "kubernetes.io/hostname"
+        and t["labelSelector"]["matchLabels"].items() <= labels.items()
+        for t in terms
+    )
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_replicas_spread_over_nodes_and_disruptions_leave_some_up(rendered, target):
+    docs = rendered[target]
+    pdbs = list(by_kind(docs, "PodDisruptionBudget").values())
+    for kind, name in (("Deployment", "tfserving"), ("Deployment", "gateway"), ("StatefulSet", "cassandra")):
+        workload = one(docs, kind, name)
+        assert spreads_over_nodes(workload), (target, name)
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        budget = [p for p in pdbs if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(budget) == 1, (target, name)
+        replicas, spec = workload["spec"]["replicas"], budget[0]["spec"]
+        if replicas > 1:  # a drain may take some, never all
+            assert spec.get("minAvailable", 0) >= 1 or 1 <= spec["maxUnavailable"] < replicas, (target, name)
+    if target == "overlays/prod":
+        assert one(docs, "Deployment", "tfserving")["spec"]["replicas"] >= 2
+        assert one(docs, "Deployment", "gateway")["spec"]["replicas"] >= 2
 
 
 def test_jobs_run_commands_the_programs_accept(rendered, monkeypatch):
