@@ -75,7 +75,7 @@ _UNAVAILABLE_CODES = frozenset(
 
 def health_service(model_name: str, label: str | None) -> str:
     """The grpc.health.v1 service name that is SERVING when `label` of the model answers (mnist-serve's
-    rule, serving/local_server/health.py; tests/test_one_rule.py pins the copy); no label: any version."""
+    rule, serving/local_server/health.py; tests/test_serve_health.py pins the copy); no label: any version."""
     return f"{model_name}:{label}" if label else model_name
 
 

@@ -89,7 +89,9 @@ def gains(server: ModelServerProcess, at_least: float, what: str) -> None:
     eventually(lambda: predict_count(server) >= start + at_least, what=what, timeout_s=120)
 
 
-def test_a_killed_replica_costs_no_request_and_gets_traffic_back(replicas, start_gateway, mnist_test_set):
+def test_a_killed_or_stopped_replica_costs_no_request_and_gets_traffic_back(
+    replicas, start_gateway, mnist_test_set
+):
     first, second = replicas
     gateway = start_gateway(MODEL_SERVER_GRPC=f"{first.grpc_address},{second.grpc_address}")
     with SteadyLoad(gateway.url, as_upload(mnist_test_set[0][0])) as load:
@@ -105,8 +107,11 @@ def test_a_killed_replica_costs_no_request_and_gets_traffic_back(replicas, start
         first.start()  # the same port; its counters start from zero
         gains(first, 20, "traffic to return to the restarted replica")
         gains(second, 20, "the second replica to keep its share")
+
+        assert second.stop() == 0  # SIGTERM: NOT_SERVING first, then in-flight calls finish
+        gains(first, 100, "the first replica to take the whole load")
     assert set(load.statuses) == {200}, load.statuses  # not one failed user request
-    assert load.statuses[200] >= 200
+    assert load.statuses[200] >= 300
 
 
 def test_a_replica_joins_only_once_its_stable_version_is_available(
