@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-ORDER = ["startup", "store", "serving", "preprocess", "hostile", "gateway"]
+ORDER = ["startup", "store", "serving", "preprocess", "hostile", "gateway", "scaleout"]
 
 
 def main(argv: list[str] | None = None) -> int:
