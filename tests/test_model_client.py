@@ -454,3 +454,10 @@ def test_a_replica_reporting_not_serving_gets_no_calls(two_servers, images):
             lambda: client.predict(images, label="stable") and len(sick.requests) >= 3,
             what="the replica to get calls once SERVING",
         )
+
+
+def test_a_dns_name_is_resolved_to_its_replicas(server, images):
+    """`dns:///name:port` (a headless Service's form): the addresses of the name get the calls."""
+    with ModelClient(f"dns:///localhost:{server.port}", health_label="stable") as client:
+        assert client.predict(images, label="stable").model_version == 1
+    assert len(server.requests) == 1
