@@ -128,6 +128,12 @@ class GatewayMetrics:
             "Predictions answered 503 because the write-ahead log was full or could not be written",
             registry=r,
         )
+        self.shadow_copies = Counter(
+            "gateway_shadow_copies",
+            "Shadow copies of requests by outcome: answered, failed, or dropped (the queue was full)",
+            ["outcome"],
+            registry=r,
+        )
         self._versions: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 

@@ -1,6 +1,8 @@
-"""The app's resources in one object: settings, metrics, and the model client and store, made on first use.
+"""The app's resources in one object: settings, metrics, and the model client, store, rollout state cache and
+shadow worker, made on first use.
 
-Made lazily so that server workers open their gRPC channel and Cassandra session after the fork.
+Made lazily so that server workers open their gRPC channel and Cassandra session (and start their shadow
+thread) after the fork.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class Services:
         self.metrics = metrics
         self._model_client = model_client
         self._store = store
+        self._rollouts: Any = None
+        self._shadow: Any = None
         self._owned: list[Any] = []
         self._lock = threading.Lock()
 
@@ -81,6 +85,38 @@ class Services:
                     self._owned.append(_Closing(store, timeout=max(1, s.graceful_timeout_s - 1)))
                     self._store = store
         return self._store
+
+    @property
+    def rollouts(self) -> Any:
+        """The rollout state of the gateway's model, re-read at most every GATEWAY_ROLLOUT_REFRESH_S."""
+        if self._rollouts is None:
+            with self._lock:
+                if self._rollouts is None:
+                    from gateway.rollout import RolloutCache
+
+                    self._rollouts = RolloutCache(
+                        lambda model: self.store.read_rollout(model, timeout=1.0),
+                        refresh_s=self.settings.rollout_refresh_s,
+                    )
+        return self._rollouts
+
+    @property
+    def shadow(self) -> Any:
+        """The worker answering shadow copies, its queue bounded by GATEWAY_SHADOW_QUEUE."""
+        if self._shadow is None:
+            with self._lock:
+                if self._shadow is None:
+                    from gateway.prediction import answer_shadow
+                    from gateway.shadow import ShadowWorker
+
+                    worker = ShadowWorker(
+                        lambda copy: answer_shadow(self, copy),
+                        maxsize=self.settings.shadow_queue,
+                        counter=self.metrics.shadow_copies,
+                    )
+                    self._owned.append(worker)
+                    self._shadow = worker
+        return self._shadow
 
     def close(self) -> None:
         """Close what the app made (the store flushes its in-flight writes); what was handed in stays open."""

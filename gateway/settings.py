@@ -41,6 +41,10 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `CASSANDRA_TTL_DAYS` (`90`): how long prediction rows live (0: forever); feedback rows have no TTL.
 - `CASSANDRA_WRITE_LINGER_MS` (`50`): how long the store's shipper waits for more predictions before sending
   (fewer, larger requests: less CPU in the gateway and in Cassandra; 0 sends at once).
+- `GATEWAY_ROLLOUT_REFRESH_S` (`2`): how often, at most, each worker re-reads the model's rollout state from
+  Cassandra (0.1-300); every replica applies a change within this.
+- `GATEWAY_SHADOW_QUEUE` (`64`): shadow copies waiting for the other version, per worker (1-10000); more are
+  dropped (counted in `gateway_shadow_copies_total{outcome="dropped"}`), never waited for.
 - `OPS_TOKEN` (empty): bearer token of the `/ops/*` endpoints; empty disables them (refused in production).
 - `LOG_LEVEL` (`INFO`): level of the JSON logs on stderr.
 
@@ -123,6 +127,8 @@ class Settings:
     cassandra_password: str = dataclasses.field(default="", repr=False)
     cassandra_ttl_days: int = 90
     cassandra_write_linger_ms: int = 50
+    rollout_refresh_s: float = 2.0
+    shadow_queue: int = 64
     ops_token: str = ""
     log_level: str = "INFO"
 
@@ -186,6 +192,8 @@ class Settings:
             cassandra_write_linger_ms=integer(
                 "CASSANDRA_WRITE_LINGER_MS", d["cassandra_write_linger_ms"].default
             ),
+            rollout_refresh_s=number("GATEWAY_ROLLOUT_REFRESH_S", d["rollout_refresh_s"].default),
+            shadow_queue=integer("GATEWAY_SHADOW_QUEUE", d["shadow_queue"].default),
             ops_token=env.get("OPS_TOKEN", "").strip(),
             log_level=get("LOG_LEVEL", d["log_level"].default).upper(),
         )
@@ -255,6 +263,8 @@ class Settings:
             bool(self.cassandra_username) == bool(self.cassandra_password),
             "set both CASSANDRA_USERNAME and CASSANDRA_PASSWORD, or neither",
         )
+        check(0.1 <= self.rollout_refresh_s <= 300, "GATEWAY_ROLLOUT_REFRESH_S must be 0.1-300 (seconds)")
+        check(1 <= self.shadow_queue <= 10_000, "GATEWAY_SHADOW_QUEUE must be 1-10000")
         check(self.log_level in LOG_LEVELS, f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
         if self.env == "production":
             check(bool(self.ops_token), "OPS_TOKEN must be set when GATEWAY_ENV=production")

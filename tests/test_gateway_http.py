@@ -21,7 +21,7 @@ from PIL import Image
 from gateway.app import create_app
 from gateway.errors import ModelUnavailable, ModelVersionNotFound, StoreUnavailable
 from gateway.model_client import Prediction, VersionStatus
-from gateway.routes.predict import png_base64
+from gateway.prediction import png_base64
 from gateway.settings import Settings
 from gateway.store import Page
 from tests.fixtures.gateway_server import LiveGateway
@@ -59,6 +59,12 @@ class StoreDouble:
 
     def record(self, prediction) -> None:
         self.records.append(prediction)
+
+    def read_rollout(self, model, *, timeout=None):
+        return None  # no rollout: every unpinned request to the configured label
+
+    def add_counts(self, counts) -> None:
+        pass
 
     def spool_depth(self) -> int:
         return 0

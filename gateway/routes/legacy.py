@@ -13,8 +13,7 @@ import re
 
 from flask import Blueprint, Response
 
-from gateway import services
-from gateway.routes.predict import model_choice, predict_upload, read_upload
+from gateway.routes.predict import predict_request
 
 bp = Blueprint("legacy", __name__)
 
@@ -23,9 +22,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @bp.post("/mnist")
 def mnist() -> Response:
-    label, version = model_choice(services.current().settings.model_label)
-    upload = read_upload(("pic", "image"))
-    answer = predict_upload(upload, label=label, version=version)
+    answer = predict_request(("pic", "image"))
     # The name is echoed as data: control characters would forge extra lines of this text format.
     filename = _CONTROL.sub("?", answer.filename or "")
     text = (

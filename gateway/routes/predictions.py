@@ -12,7 +12,7 @@ from flask import Blueprint, jsonify, request
 from gateway import ops, services
 from gateway.errors import InvalidInput, NotFound
 from gateway.logs import add_log_fields
-from gateway.routes.predict import png_base64
+from gateway.prediction import png_base64
 from gateway.settings import MAX_PAGE_SIZE
 
 bp = Blueprint("predictions", __name__)

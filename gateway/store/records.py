@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 
+from gateway.store.stats import ROUTING_REASONS
+
 INPUT_BYTES = 28 * 28
 
 
@@ -20,6 +22,8 @@ class PredictionRecord:
 
     `filename` is the client's name for the upload, kept as data. `input_image` is the 28x28 uint8 input the
     model saw (784 bytes, row-major). `client_addr` that is not an IP address is stored as null.
+    `routing` says why this version answered (gateway/store/stats.py ROUTING_REASONS; null on records logged
+    before rollouts existed); `request_id`, on a `shadow` record, is the id of the prediction the user got.
     `feedback_label` is filled on reads only.
     """
 
@@ -36,6 +40,8 @@ class PredictionRecord:
     model_ms: float | None = None
     total_ms: float | None = None
     client_addr: str | None = None
+    routing: str | None = None
+    request_id: uuid.UUID | None = None
     feedback_label: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +71,10 @@ class PredictionRecord:
             value = getattr(self, name)
             set_(self, name, None if value is None else float(value))
         set_(self, "client_addr", _ip_or_none(self.client_addr))
+        if self.routing is not None and self.routing not in ROUTING_REASONS:
+            raise ValueError(f"routing must be one of {', '.join(ROUTING_REASONS)}, got {self.routing!r}")
+        if self.request_id is not None and not isinstance(self.request_id, uuid.UUID):
+            raise ValueError("request_id is a UUID")
 
     def to_json_bytes(self) -> bytes:
         # Field by field, not `dataclasses.asdict` (which deep-copies every value): this runs on the request
@@ -74,6 +84,7 @@ class PredictionRecord:
         data["created_at"] = self.created_at.isoformat()
         data["input_image"] = base64.b64encode(self.input_image).decode("ascii")
         data["probabilities"] = list(self.probabilities)
+        data["request_id"] = None if self.request_id is None else str(self.request_id)
         return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
@@ -82,6 +93,8 @@ class PredictionRecord:
         data["id"] = uuid.UUID(data["id"])
         data["created_at"] = datetime.fromisoformat(data["created_at"])
         data["input_image"] = base64.b64decode(data["input_image"])
+        if data.get("request_id") is not None:  # absent from records logged before rollouts existed
+            data["request_id"] = uuid.UUID(data["request_id"])
         return cls(**data)
 
 

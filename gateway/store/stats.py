@@ -71,3 +71,24 @@ def minute_of(moment: datetime) -> datetime:
 def day_of(minute: datetime) -> date:
     """The partition's day of a minute."""
     return minute.astimezone(UTC).date()
+
+
+# (model_name, model_version, minute, metric): one counter of version_stats.
+CounterKey = tuple[str, int, datetime, str]
+
+
+def count_prediction(counts: dict[CounterKey, int], record) -> None:
+    """Add one shipped prediction (a gateway/store/records.py PredictionRecord) to `counts`: `requests` or
+    `shadow`, its routing, its digit and, for a user's answer, its latency bucket."""
+    minute = minute_of(record.created_at)
+    key = (record.model_name, record.model_version, minute)
+
+    def add(metric: str) -> None:
+        counts[(*key, metric)] = counts.get((*key, metric), 0) + 1
+
+    add(SHADOW if record.routing == "shadow" else REQUESTS)
+    if record.routing is not None:  # null: logged before rollouts existed
+        add(routing(record.routing))
+    add(digit(record.digit))
+    if record.routing != "shadow" and record.total_ms is not None:
+        add(latency_bucket(record.total_ms))

@@ -21,7 +21,9 @@ fork."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import logging
 import os
 import struct
@@ -29,15 +31,17 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cassandra import DriverException, InvalidRequest
 from cassandra.cluster import Cluster, NoHostAvailable, Session
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.util import datetime_from_uuid1
 
 from gateway.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
-from gateway.store import buckets
+from gateway.rollout import Event, RolloutState, encode_detail
+from gateway.store import buckets, stats
 from gateway.store.cluster import Credentials, build_cluster, parse_hosts
 from gateway.store.migrate import validate_keyspace
 from gateway.store.records import PredictionRecord
@@ -47,13 +51,17 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "created_at, filename, image_sha256, digit, probabilities, model_name, model_version, "
-    "preprocess_ms, model_ms, total_ms, client_address"
+    "preprocess_ms, model_ms, total_ms, client_address, routing, request_id"
+)
+_ROLLOUT_COLUMNS = (
+    "status, canary_version, stable_version, canary_percent, shadow, steps, step_index, step_seconds, "
+    "step_started_at, lease_until, started_by, started_at, reason, updated_at"
 )
 _STATEMENTS = {
     "write_by_day": f"INSERT INTO {{ks}}.predictions_by_day (day, id, {_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
     "write_by_id": f"INSERT INTO {{ks}}.predictions_by_id (id, input, {_COLUMNS}) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?",
     "read_day": f"SELECT id, {_COLUMNS} FROM {{ks}}.predictions_by_day WHERE day = ? LIMIT ?",
     "read_day_before": f"SELECT id, {_COLUMNS} FROM {{ks}}.predictions_by_day "
     "WHERE day = ? AND id < ? LIMIT ?",
@@ -65,6 +73,19 @@ _STATEMENTS = {
     "correct_feedback": "UPDATE {ks}.feedback_by_id SET label = ?, updated_at = toTimestamp(now()) "
     "WHERE id = ? IF EXISTS",
     "ping": "SELECT release_version FROM system.local",
+    # Rollouts (migration v003): one row per model, written with a lightweight transaction on updated_at.
+    "read_rollout": f"SELECT {_ROLLOUT_COLUMNS} FROM {{ks}}.rollouts WHERE model_name = ?",
+    "create_rollout": f"INSERT INTO {{ks}}.rollouts (model_name, {_ROLLOUT_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    "update_rollout": "UPDATE {ks}.rollouts SET "
+    + ", ".join(f"{c} = ?" for c in _ROLLOUT_COLUMNS.split(", "))
+    + " WHERE model_name = ? IF updated_at = ?",
+    "add_rollout_event": "INSERT INTO {ks}.rollout_events (model_name, at, actor, action, canary_version, "
+    "canary_percent, detail) VALUES (?, now(), ?, ?, ?, ?, ?)",
+    "read_rollout_events": "SELECT at, actor, action, canary_version, canary_percent, detail "
+    "FROM {ks}.rollout_events WHERE model_name = ? LIMIT ?",
+    "count": "UPDATE {ks}.version_stats SET value = value + ? "
+    "WHERE model_name = ? AND model_version = ? AND day = ? AND minute = ? AND metric = ?",
 }
 _IDEMPOTENT = {"write_by_day", "write_by_id"}
 # Rows per write request. A by-day batch holds one partition (one mutation; Cassandra does not size-check it).
@@ -78,6 +99,8 @@ MAX_DAYS_PER_PAGE = 120  # day partitions one page may read (the default 90-day 
 SCAN_SECONDS = 3.0  # after this, a page stops reading partitions and comes back short, with a cursor
 _HELD_IDS = 4096  # ids of this process's unshipped records kept for read-your-writes (beyond: no waiting)
 _ORPHAN_SCAN_S = 10.0  # how often to look for logs left by processes that died
+_COUNTS_PER_BATCH = 100  # counter updates per request (one version_stats partition each)
+_MAX_PENDING_COUNTS = 10_000  # counters added outside records (errors, agreement) awaiting the shipper
 
 
 @dataclass(frozen=True)
@@ -149,6 +172,7 @@ class PredictionStore:
             self._held: set[uuid.UUID] = set()  # logged here, not yet acknowledged (read-your-writes)
             self._healthy = False  # the last round reached Cassandra: worth waiting for
             self._counts = {"logged": 0, "shipped": 0, "refused": 0, "rejected": 0}
+            self._extra_counts: dict[stats.CounterKey, int] = {}  # add_counts(), for the next round
             self._last_problem = ""
             self._shipper = threading.Thread(target=self._ship_forever, name="store-shipper", daemon=True)
             self._pid = os.getpid()
@@ -233,6 +257,12 @@ class PredictionStore:
         self._work.clear()
         pending = self._log.pending()[0]
         if pending == 0:
+            if self._extra_counts:  # counts without records (errors, agreement): sent on their own
+                error = self._write_counts({})
+                if error is not None:
+                    self._problem(f"writing counters to Cassandra failed ({_describe(error)})")
+                    self._back_off()
+                return
             self._work.wait(_ORPHAN_SCAN_S)
             return
         if not self._healthy and not self.ping():  # failing: probe, not re-read and re-send a shipment
@@ -283,6 +313,16 @@ class PredictionStore:
         for record, exc in refused.values():
             self._reject(record.to_json_bytes(), exc)
         records = [r for r in records if r.id not in refused]
+        # Counted once the rows are in, before the log forgets them: at least once (a round shipped again
+        # after a failure here or a crash counts again).
+        counts: dict[stats.CounterKey, int] = {}
+        for record in records:
+            stats.count_prediction(counts, record)
+        error = self._write_counts(counts)
+        if error is not None:
+            with self._lock:
+                self._healthy = False
+            return error
         self._log.commit(batch)
         with self._shipped_cond:
             self._counts["shipped"] += len(records)
@@ -303,6 +343,54 @@ class PredictionStore:
         batch.is_idempotent = True  # the same rows again: retrying is safe
         return batch
 
+    def add_counts(self, counts: dict[stats.CounterKey, int]) -> None:
+        """Add to version_stats counters with the shipper's next round (never a Cassandra call here): model
+        server errors and shadow agreement, which are not records. Beyond _MAX_PENDING_COUNTS waiting
+        counters (Cassandra down for long) new ones are dropped, said once."""
+        self._ensure_started()
+        with self._lock:
+            for key, value in counts.items():
+                if key in self._extra_counts or len(self._extra_counts) < _MAX_PENDING_COUNTS:
+                    self._extra_counts[key] = self._extra_counts.get(key, 0) + value
+                else:
+                    self._problem("too many counters wait for Cassandra; new ones are dropped")
+        self._work.set()
+
+    def _write_counts(self, counts: dict[stats.CounterKey, int]) -> BaseException | None:
+        """Send `counts` plus what add_counts() gathered, one counter batch per version_stats partition (at
+        most _COUNTS_PER_BATCH updates each), and wait. On failure what add_counts() gave is kept for the
+        next round; the caller retries its records (whose counts it computes again)."""
+        with self._lock:
+            extra, self._extra_counts = self._extra_counts, {}
+        merged = dict(counts)
+        for key, value in extra.items():
+            merged[key] = merged.get(key, 0) + value
+        by_partition: dict[tuple, list] = {}
+        for (model, version, minute, metric), value in merged.items():
+            day = stats.day_of(minute)
+            bound = self._prepared["count"].bind([value, model, version, day, minute, metric])
+            by_partition.setdefault((model, version, day), []).append(bound)
+        futures = []
+        for updates in by_partition.values():
+            for i in range(0, len(updates), _COUNTS_PER_BATCH):
+                chunk = updates[i : i + _COUNTS_PER_BATCH]
+                if len(chunk) == 1:
+                    statement = chunk[0]
+                else:
+                    statement = BatchStatement(BatchType.COUNTER)
+                    for update in chunk:
+                        statement.add(update)
+                futures.append(self._session.execute_async(statement))
+        try:
+            for future in futures:
+                future.result()
+        except Exception as exc:
+            with self._lock:
+                for key, value in extra.items():
+                    self._extra_counts[key] = self._extra_counts.get(key, 0) + value
+            return exc
+        return None
+
     def _bind(self, name: str, record: PredictionRecord):
         values = [
             record.created_at,
@@ -316,6 +404,8 @@ class PredictionStore:
             record.model_ms,
             record.total_ms,
             record.client_addr,
+            record.routing,
+            record.request_id,
         ]
         key = (
             [buckets.day_of(record.id), record.id]
@@ -496,6 +586,68 @@ class PredictionStore:
             )
         self._read("correct_feedback", [label, prediction_id])
 
+    def read_rollout(self, model: str, *, timeout: float | None = None) -> RolloutState | None:
+        """The model's rollout state, or None when it has none."""
+        row = self._read("read_rollout", [model], timeout=timeout).one()
+        return None if row is None else _rollout_from_row(row)
+
+    def write_rollout(
+        self, model: str, state: RolloutState, *, if_updated_at: datetime | None, event: Event
+    ) -> RolloutState:
+        """Replace the model's rollout state if nobody changed it since `if_updated_at` (None: only when it
+        has no state, or a state that is not running), then append `event`. Returns the stored state with
+        its new `updated_at`; a lost race is a Conflict."""
+        now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # Cassandra keeps milliseconds
+        if if_updated_at is None:
+            written = _rollout_values(state, now)
+            first = self._read("create_rollout", [model, *written])
+            if first.was_applied:
+                return self._rollout_written(model, state, now, event)
+            current = first.one()
+            if current.status == "running":
+                raise Conflict(f"the rollout of {model!r} is running: send its updated_at as if_updated_at")
+            if_updated_at = _aware(current.updated_at)
+        # Later than the state it replaces, even within one millisecond: every write has its own updated_at.
+        now = max(now, if_updated_at + timedelta(milliseconds=1))
+        result = self._read("update_rollout", [*_rollout_values(state, now), model, if_updated_at])
+        if not result.was_applied:
+            raise Conflict(
+                f"the rollout of {model!r} changed since {if_updated_at.isoformat()}: read it again"
+            )
+        return self._rollout_written(model, state, now, event)
+
+    def _rollout_written(
+        self, model: str, state: RolloutState, updated_at: datetime, event: Event
+    ) -> RolloutState:
+        self._read(
+            "add_rollout_event",
+            [
+                model,
+                event.actor,
+                event.action,
+                state.canary_version,
+                state.canary_percent,
+                encode_detail(event.detail),
+            ],
+        )
+        return dataclasses.replace(state, updated_at=updated_at)
+
+    def rollout_events(self, model: str, limit: int = 20) -> list[dict]:
+        """The model's last `limit` rollout events, newest first."""
+        rows = self._read("read_rollout_events", [model, limit])
+        return [
+            {
+                "at": datetime_from_uuid1(row.at).replace(tzinfo=UTC),
+                "actor": row.actor,
+                "action": row.action,
+                "canary_version": row.canary_version,
+                "canary_percent": row.canary_percent,
+                "detail": json.loads(row.detail) if row.detail else None,
+            }
+            for row in rows
+        ]
+
     def ping(self) -> bool:
         """True when Cassandra answers a query now (for /readyz)."""
         self._ensure_started()
@@ -562,7 +714,52 @@ def _record_from_row(row, input_image: bytes | None, label: int | None) -> Predi
         model_ms=row.model_ms,
         total_ms=row.total_ms,
         client_addr=row.client_address,
+        routing=row.routing,
+        request_id=row.request_id,
         feedback_label=label,
+    )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """The driver reads timestamps as naive UTC."""
+    return None if moment is None else moment.replace(tzinfo=UTC)
+
+
+def _rollout_values(state: RolloutState, updated_at: datetime) -> list:
+    return [
+        state.status,
+        state.canary_version,
+        state.stable_version,
+        state.canary_percent,
+        state.shadow,
+        list(state.steps),
+        state.step_index,
+        state.step_seconds,
+        state.step_started_at,
+        state.lease_until,
+        state.started_by,
+        state.started_at,
+        state.reason,
+        updated_at,
+    ]
+
+
+def _rollout_from_row(row) -> RolloutState:
+    return RolloutState(
+        status=row.status,
+        canary_version=row.canary_version,
+        stable_version=row.stable_version,
+        canary_percent=row.canary_percent,
+        shadow=bool(row.shadow),
+        steps=tuple(row.steps or ()),
+        step_index=row.step_index or 0,
+        step_seconds=row.step_seconds,
+        step_started_at=_aware(row.step_started_at),
+        lease_until=_aware(row.lease_until),
+        started_by=row.started_by,
+        started_at=_aware(row.started_at),
+        reason=row.reason,
+        updated_at=_aware(row.updated_at),
     )
 
 
