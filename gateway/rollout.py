@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,11 @@ MAX_EVENTS = 20  # events GET answers with
 # X-Client-Id: 1-128 printable ASCII characters, no space at either end (HTTP strips those).
 CLIENT_ID_PATTERN = r"^[!-~]([ -~]{0,126}[!-~])?$"
 MAX_TIMESTAMP_CHARS = 40
+# Free text (started_by, reason, an event's actor): no control characters (gateway/openapi.yaml repeats it).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_TEXT = re.compile(TEXT_PATTERN)
+# RFC 3339 (what `format: date-time` means); Python's ISO parser alone takes more (and no leap seconds).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @dataclass(frozen=True)
@@ -310,10 +316,9 @@ def _text(body: Mapping, name: str, max_chars: int, *, nullable: bool) -> str | 
     value = body[name]
     if value is None and nullable:
         return None
-    if not isinstance(value, str) or not 1 <= len(value) <= max_chars or not value.isprintable():
-        raise InvalidInput(
-            f"'{name}' must be 1-{max_chars} printable characters{' or null' if nullable else ''}"
-        )
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars or not _TEXT.fullmatch(value):
+        or_null = " or null" if nullable else ""
+        raise InvalidInput(f"'{name}' must be 1-{max_chars} characters, no control characters{or_null}")
     return value
 
 
@@ -321,11 +326,12 @@ def _timestamp(body: Mapping, name: str) -> datetime | None:
     value = body[name]
     if value is None:
         return None
-    rule = f"'{name}' must be an ISO 8601 time with its UTC offset (like 2026-11-30T12:00:00Z) or null"
-    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_CHARS:
+    rule = f"'{name}' must be an RFC 3339 time with its UTC offset (like 2026-11-30T12:00:00Z) or null"
+    if not isinstance(value, str) or len(value) > MAX_TIMESTAMP_CHARS or not _RFC3339.fullmatch(value):
         raise InvalidInput(rule)
     try:
-        moment = datetime.fromisoformat(value)
+        # Python 3.11 reads at most microseconds and an upper-case Z.
+        moment = datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value).replace("z", "Z"))
     except ValueError:
         raise InvalidInput(rule) from None
     if moment.tzinfo is None:
@@ -335,13 +341,13 @@ def _timestamp(body: Mapping, name: str) -> datetime | None:
 
 def _event(value: object) -> Event:
     rule = (
-        '\'event\' must be {"actor": 1-128 printable characters, "action": one of '
+        '\'event\' must be {"actor": 1-128 characters, no control characters, "action": one of '
         f'{", ".join(ACTIONS)}, "detail": a JSON object of at most {MAX_DETAIL_CHARS} characters or null}}'
     )
     if not isinstance(value, dict) or set(value) != {"actor", "action", "detail"}:
         raise InvalidInput(rule)
     actor, action, detail = value["actor"], value["action"], value["detail"]
-    if not isinstance(actor, str) or not 1 <= len(actor) <= MAX_TEXT_CHARS or not actor.isprintable():
+    if not isinstance(actor, str) or not 1 <= len(actor) <= MAX_TEXT_CHARS or not _TEXT.fullmatch(actor):
         raise InvalidInput(rule)
     if action not in ACTIONS:
         raise InvalidInput(rule)

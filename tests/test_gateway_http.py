@@ -119,7 +119,8 @@ def test_a_good_upload_answers_json_and_is_recorded(make_gateway):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["digit"] == 3 and len(body["probabilities"]) == 10
-    assert body["model"] == {"name": "mnist", "version": 7, "label": "stable"}
+    assert body["model"] == {"name": "mnist", "version": 7, "label": "stable", "routing": "stable"}
+    assert store.records[0].routing == "stable" and store.records[0].request_id is None
     assert body["filename"] == "../../etc/passwd"  # data, echoed, never a path
     assert model.calls[0]["shape"] == (1, 28, 28) and model.calls[0]["dtype"] == np.uint8
     assert model.calls[0]["label"] == "stable"

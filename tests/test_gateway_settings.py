@@ -42,6 +42,8 @@ def test_every_variable_is_read():
             "GATEWAY_WAL_SYNC": "Write",
             "GATEWAY_PAGE_SIZE": "5",
             "GATEWAY_RETRY_AFTER_S": "9",
+            "GATEWAY_ROLLOUT_REFRESH_S": "0.5",
+            "GATEWAY_SHADOW_QUEUE": "3",
             "MODEL_SERVER_GRPC": "tfs:8500",
             "MODEL_NAME": "digits",
             "MODEL_LABEL": "canary",
@@ -88,6 +90,7 @@ def test_every_variable_is_read():
     assert (s.cassandra_username, s.cassandra_password) == ("mnist", " p4ss word ")  # a password is verbatim
     assert "p4ss" not in repr(s)
     assert (s.wal_max_bytes, s.wal_sync) == (1048576, "write")
+    assert (s.rollout_refresh_s, s.shadow_queue) == (0.5, 3)
     assert s.ops_enabled and s.log_level == "DEBUG"
 
 
@@ -115,6 +118,11 @@ def test_every_variable_is_read():
         # Werkzeug bounds its multipart buffer by the form field limit: 64 KiB refused uploads by their bytes.
         ({"GATEWAY_MAX_FORM_FIELD_BYTES": "65536"}, "GATEWAY_MAX_FORM_FIELD_BYTES"),
         ({"GATEWAY_MAX_FORM_PARTS": "0"}, "GATEWAY_MAX_FORM_PARTS"),
+        ({"GATEWAY_ROLLOUT_REFRESH_S": "0.09"}, "GATEWAY_ROLLOUT_REFRESH_S"),
+        ({"GATEWAY_ROLLOUT_REFRESH_S": "301"}, "GATEWAY_ROLLOUT_REFRESH_S"),
+        ({"GATEWAY_ROLLOUT_REFRESH_S": "soon"}, "GATEWAY_ROLLOUT_REFRESH_S"),
+        ({"GATEWAY_SHADOW_QUEUE": "0"}, "GATEWAY_SHADOW_QUEUE"),
+        ({"GATEWAY_SHADOW_QUEUE": "10001"}, "GATEWAY_SHADOW_QUEUE"),
         ({"GATEWAY_MAX_IMAGE_PIXELS": "89478486"}, "GATEWAY_MAX_IMAGE_PIXELS"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
@@ -242,6 +250,8 @@ WIRING = {
     "cassandra_password": "a-password-0123456789",
     "wal_max_bytes": 2 * 1024 * 1024,
     "wal_sync": "write",
+    "rollout_refresh_s": 0.7,  # and its cache's effect: test_rollout.py, test_gateway_rollout.py
+    "shadow_queue": 5,  # and its drops: test_gateway_rollout.py
 }
 
 
@@ -308,6 +318,8 @@ def test_every_setting_is_wired(monkeypatch):
             "sync": False,
         },
     )
+    assert services.rollouts.refresh_s == 0.7
+    assert services.shadow.maxsize == 5
 
 
 def test_the_log_settings_agree_across_settings_env_example_compose_configmap_and_docs(repo_root):
@@ -320,6 +332,8 @@ def test_the_log_settings_agree_across_settings_env_example_compose_configmap_an
         "GATEWAY_WAL_MAX_BYTES": str(Settings().wal_max_bytes),
         "GATEWAY_WAL_SYNC": Settings().wal_sync,
         "CASSANDRA_WRITE_LINGER_MS": str(Settings().cassandra_write_linger_ms),
+        "GATEWAY_ROLLOUT_REFRESH_S": f"{Settings().rollout_refresh_s:g}",
+        "GATEWAY_SHADOW_QUEUE": str(Settings().shadow_queue),
     }
     env_example = dict(
         line.split("=", 1)
@@ -357,3 +371,10 @@ def test_the_store_is_closed_within_the_graceful_timeout(monkeypatch):
         assert isinstance(services.store, Store)
         services.close()
         assert closed.pop() == expected
+
+
+def test_the_rollout_settings_limits_are_accepted_at_their_edges():
+    for refresh in ("0.1", "300"):
+        assert Settings.from_env({"GATEWAY_ROLLOUT_REFRESH_S": refresh}).rollout_refresh_s == float(refresh)
+    for size in ("1", "10000"):
+        assert Settings.from_env({"GATEWAY_SHADOW_QUEUE": size}).shadow_queue == int(size)

@@ -284,3 +284,17 @@ def test_an_expired_lease_is_said_once_per_state(caplog):
             cache.get("mnist")
             clock.now += 1.0
     assert sum("lease ended" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_the_openapi_document_states_the_rollout_rules():
+    from gateway.openapi import openapi_spec
+    from gateway.rollout import CLIENT_ID_PATTERN, TEXT_PATTERN
+    from gateway.routes.rollouts import MODEL_NAME_PATTERN
+
+    spec = openapi_spec()
+    parameters = spec["components"]["parameters"]
+    assert parameters["ClientId"]["schema"]["pattern"] == CLIENT_ID_PATTERN
+    assert parameters["ModelName"]["schema"]["pattern"] == MODEL_NAME_PATTERN
+    fields = spec["components"]["schemas"]["RolloutWrite"]["properties"]
+    assert fields["started_by"]["pattern"] == fields["reason"]["pattern"] == TEXT_PATTERN
+    assert fields["event"]["properties"]["actor"]["pattern"] == TEXT_PATTERN
