@@ -298,3 +298,83 @@ def test_the_openapi_document_states_the_rollout_rules():
     fields = spec["components"]["schemas"]["RolloutWrite"]["properties"]
     assert fields["started_by"]["pattern"] == fields["reason"]["pattern"] == TEXT_PATTERN
     assert fields["event"]["properties"]["actor"]["pattern"] == TEXT_PATTERN
+
+
+# --- records and their counts ----------------------------------------------------------------------------
+
+
+def test_records_logged_before_rollouts_still_replay_and_new_ones_keep_routing():
+    import json
+    import uuid
+
+    from gateway.store import PredictionRecord
+
+    new = PredictionRecord(
+        id=uuid.uuid1(),
+        created_at=NOW,
+        filename=None,
+        image_sha256="0" * 64,
+        input_image=bytes(784),
+        digit=5,
+        probabilities=[0.1] * 10,
+        model_name="mnist",
+        model_version=2,
+        total_ms=12.5,
+        routing="shadow",
+        request_id=uuid.uuid1(),
+    )
+    assert PredictionRecord.from_json_bytes(new.to_json_bytes()) == new
+    old = json.loads(new.to_json_bytes())
+    del old["routing"], old["request_id"]
+    replayed = PredictionRecord.from_json_bytes(json.dumps(old).encode())
+    assert (replayed.routing, replayed.request_id, replayed.digit) == (None, None, 5)
+    with pytest.raises(ValueError, match="routing"):
+        PredictionRecord(
+            **{**old, "id": new.id, "created_at": NOW, "input_image": bytes(784), "routing": "x"}
+        )
+
+
+def test_a_shipped_record_counts_once_per_metric():
+    import uuid
+
+    from gateway.store import PredictionRecord, stats
+
+    def record(routing, digit, total_ms, version=1, seconds=0):
+        return PredictionRecord(
+            id=uuid.uuid1(),
+            created_at=NOW + timedelta(seconds=seconds),
+            filename=None,
+            image_sha256="0" * 64,
+            input_image=b"",
+            digit=digit,
+            probabilities=[0.1] * 10,
+            model_name="mnist",
+            model_version=version,
+            total_ms=total_ms,
+            routing=routing,
+        )
+
+    counts: dict = {}
+    for r in (
+        record("stable", 3, 4.0),
+        record("stable", 3, 4.1, seconds=59),
+        record("canary", 5, 900.0, version=2),
+        record("shadow", 5, 900.0, version=2),
+        record(None, 1, None, seconds=60),  # logged before rollouts: no routing, no latency
+    ):
+        stats.count_prediction(counts, r)
+    minute, next_minute = NOW, NOW + timedelta(minutes=1)
+    assert counts == {
+        ("mnist", 1, minute, "requests"): 2,
+        ("mnist", 1, minute, "routing:stable"): 2,
+        ("mnist", 1, minute, "digit:3"): 2,
+        ("mnist", 1, minute, stats.latency_bucket(4.0)): 2,
+        ("mnist", 2, minute, "requests"): 1,
+        ("mnist", 2, minute, "routing:canary"): 1,
+        ("mnist", 2, minute, "digit:5"): 2,
+        ("mnist", 2, minute, stats.latency_bucket(900.0)): 1,
+        ("mnist", 2, minute, "shadow"): 1,
+        ("mnist", 2, minute, "routing:shadow"): 1,
+        ("mnist", 1, next_minute, "requests"): 1,
+        ("mnist", 1, next_minute, "digit:1"): 1,
+    }

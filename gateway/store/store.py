@@ -587,7 +587,11 @@ class PredictionStore:
         self._read("correct_feedback", [label, prediction_id])
 
     def read_rollout(self, model: str, *, timeout: float | None = None) -> RolloutState | None:
-        """The model's rollout state, or None when it has none."""
+        """The model's rollout state, or None when it has none. Waits at most `timeout` for a connection too
+        (the gateway's rollout cache reads on the request path)."""
+        self._ensure_started()
+        if timeout is not None and not self._connected.wait(timeout):
+            raise StoreUnavailable("the prediction store (Cassandra) is not reachable")
         row = self._read("read_rollout", [model], timeout=timeout).one()
         return None if row is None else _rollout_from_row(row)
 
