@@ -50,6 +50,8 @@ LATENCY_BUCKETS = (
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 OTHER_METHOD = "other"
 UNMATCHED_ROUTE = "<unmatched>"
+MAX_VERSION_LABELS = 32  # model versions per metric with their own series; later ones count as `other`
+OTHER_VERSION = "other"
 
 
 def method_label(method: str) -> str:
@@ -134,8 +136,51 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.feedback_labels = Counter(
+            "gateway_feedback_labels",
+            "First feedback labels, by the model version that made the prediction",
+            ["model", "version"],
+            registry=r,
+        )
+        self.feedback_correct = Counter(
+            "gateway_feedback_correct",
+            "First feedback labels that matched the prediction, by model version",
+            ["model", "version"],
+            registry=r,
+        )
+        self.feedback_corrections = Counter(
+            "gateway_feedback_corrections",
+            "Feedback labels an operator replaced, by model version",
+            ["model", "version"],
+            registry=r,
+        )
         self._versions: dict[tuple[str, str], str] = {}
+        self._labelled_versions: set[str] = set()
         self._lock = threading.Lock()
+
+    def version_label(self, version: int | None) -> str:
+        """A version as a label value: the first MAX_VERSION_LABELS versions seen as themselves, any later
+        one as `other` (a process never makes more than that many series per metric)."""
+        value = "none" if version is None else str(int(version))
+        with self._lock:
+            if value in self._labelled_versions:
+                return value
+            if len(self._labelled_versions) < MAX_VERSION_LABELS:
+                self._labelled_versions.add(value)
+                return value
+        return OTHER_VERSION
+
+    def count_feedback(self, model: str, version: int | None, change: str, right: bool) -> None:
+        """Count a feedback label by what it changed (`first`, `same`, `corrected`)."""
+        if change == "same":
+            return
+        labels = (model, self.version_label(version))
+        if change == "corrected":
+            self.feedback_corrections.labels(*labels).inc()
+            return
+        self.feedback_labels.labels(*labels).inc()
+        if right:
+            self.feedback_correct.labels(*labels).inc()
 
     def saw_model_version(self, model: str, label: str, version: int | str) -> None:
         key, version = (model, label), str(version)

@@ -14,6 +14,7 @@ import requests
 
 from gateway import ratelimit
 from gateway.errors import Conflict
+from gateway.store.store import FeedbackOutcome
 from tests import hostile_uploads
 from tests.fixtures.gateway_server import OPS_TOKEN
 from tests.test_gateway_http import (  # noqa: F401 - make_gateway: a fixture
@@ -81,11 +82,16 @@ class FeedbackStore(StoreDouble):
         super().__init__()
         self.labels: dict = {}
 
-    def add_feedback(self, prediction_id, label, *, correct=False) -> None:
+    def add_feedback(self, prediction_id, label, *, correct=False) -> FeedbackOutcome:
+        first = prediction_id not in self.labels
         known = self.labels.setdefault(prediction_id, label)
         if known != label and not correct:
             raise Conflict(f"this prediction already has feedback (label {known})")
         self.labels[prediction_id] = label
+        change = "first" if first else "same" if known == label else "corrected"
+        return FeedbackOutcome(
+            change, label, predicted=7, model_name="mnist", model_version=1, previous=known
+        )
 
 
 def post_from(url: str, path: str, body: bytes, source: str) -> tuple[int, dict, bytes]:

@@ -96,6 +96,10 @@ def feedback(raw_id: str):
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
         raise InvalidInput('send JSON {"label": N} with the true digit N from 0 to 9')
     correct = ops.is_operator()
-    services.current().store.add_feedback(prediction_id, label, correct=correct)
+    svc = services.current()
+    outcome = svc.store.add_feedback(prediction_id, label, correct=correct)
+    svc.metrics.count_feedback(
+        outcome.model_name, outcome.model_version, outcome.change, outcome.label == outcome.predicted
+    )
     add_log_fields(prediction_id=str(prediction_id), feedback_label=label, feedback_by_operator=correct)
     return jsonify({"id": str(prediction_id), "label": label})

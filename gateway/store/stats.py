@@ -92,3 +92,11 @@ def count_prediction(counts: dict[CounterKey, int], record) -> None:
     add(digit(record.digit))
     if record.routing != "shadow" and record.total_ms is not None:
         add(latency_bucket(record.total_ms))
+
+
+def feedback_counts(label: int, predicted: int, sign: int = 1) -> dict[str, int]:
+    """The counter changes of one feedback label (`sign` -1 takes one back: an operator replaced it)."""
+    counts = {LABELS: sign, confusion(label, predicted): sign}
+    if int(label) == int(predicted):
+        counts[CORRECT] = sign
+    return counts

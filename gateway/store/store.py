@@ -22,6 +22,7 @@ fork."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import logging
@@ -70,8 +71,12 @@ _STATEMENTS = {
     # Lightweight transactions: the first label wins, and only an operator's correction replaces it.
     "write_feedback_first": "INSERT INTO {ks}.feedback_by_id (id, label, digit, input, model_name, "
     "model_version, predicted_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, toTimestamp(now())) IF NOT EXISTS",
+    # From the label read just before: a concurrent correction makes it not apply (and the counts stay right).
     "correct_feedback": "UPDATE {ks}.feedback_by_id SET label = ?, updated_at = toTimestamp(now()) "
-    "WHERE id = ? IF EXISTS",
+    "WHERE id = ? IF label = ?",
+    # The scorecard's counters (gateway/store/stats.py).
+    "read_version_stats": "SELECT minute, metric, value FROM {ks}.version_stats "
+    "WHERE model_name = ? AND model_version = ? AND day = ? AND minute >= ? AND minute <= ?",
     "ping": "SELECT release_version FROM system.local",
     # Rollouts (migration v003): one row per model, written with a lightweight transaction on updated_at.
     "read_rollout": f"SELECT {_ROLLOUT_COLUMNS} FROM {{ks}}.rollouts WHERE model_name = ?",
@@ -95,12 +100,28 @@ _BATCH_ROWS = {"write_by_day": 16, "write_by_id": 4}
 _BY_ID_ROW_BYTES = 1300
 _BY_ID_BATCH_BYTES = 4800
 _DAYS_PER_ROUND = 8  # day partitions read concurrently while looking for a page of recent predictions
+MAX_STATS_VERSIONS = 16  # versions one scorecard read may ask for
+MAX_STATS_DAYS = 8  # day partitions per version (a 7-day window touches 8)
+_CORRECTION_TRIES = 3  # an operator's correction racing another one re-reads the label this often
 MAX_DAYS_PER_PAGE = 120  # day partitions one page may read (the default 90-day retention fits in one)
 SCAN_SECONDS = 3.0  # after this, a page stops reading partitions and comes back short, with a cursor
 _HELD_IDS = 4096  # ids of this process's unshipped records kept for read-your-writes (beyond: no waiting)
 _ORPHAN_SCAN_S = 10.0  # how often to look for logs left by processes that died
 _COUNTS_PER_BATCH = 100  # counter updates per request (one version_stats partition each)
 _MAX_PENDING_COUNTS = 10_000  # counters added outside records (errors, agreement) awaiting the shipper
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    """What a feedback label changed: `first` (counted), `same` (already so: nothing), `corrected` (an
+    operator replaced `previous`: the counts moved)."""
+
+    change: str
+    label: int
+    predicted: int
+    model_name: str
+    model_version: int | None
+    previous: int | None = None
 
 
 @dataclass(frozen=True)
@@ -566,9 +587,10 @@ class PredictionStore:
             return {}
         return {row.id: row.label for row in self._read("read_labels", [ids])}
 
-    def add_feedback(self, prediction_id: uuid.UUID, label: int, *, correct: bool = False) -> None:
+    def add_feedback(self, prediction_id: uuid.UUID, label: int, *, correct: bool = False) -> FeedbackOutcome:
         """Record the true digit for a prediction. The first label wins (a lightweight transaction): the
-        same label again is a no-op, a different one is a Conflict unless `correct` (an operator's fix)."""
+        same label again is a no-op, a different one is a Conflict unless `correct` (an operator's fix).
+        A first label is counted in `version_stats` at the prediction's minute; a correction moves it."""
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 9:
             raise InvalidInput("a label is an integer from 0 to 9")
         self._flush_pending([prediction_id])
@@ -577,14 +599,81 @@ class PredictionStore:
             raise NotFound("no prediction with this id")
         copied = [row.digit, row.input, row.model_name, row.model_version, row.created_at]
         first = self._read("write_feedback_first", [prediction_id, label, *copied])
-        if first.was_applied or first.one().label == label:
+        outcome = functools.partial(
+            FeedbackOutcome,
+            label=label,
+            predicted=row.digit,
+            model_name=row.model_name,
+            model_version=row.model_version,
+        )
+        if first.was_applied:
+            self._count_feedback(row, stats.feedback_counts(label, row.digit))
+            return outcome("first")
+        current = first.one().label
+        for _ in range(_CORRECTION_TRIES):
+            if current == label:
+                return outcome("same")
+            if not correct:
+                raise Conflict(
+                    f"this prediction already has feedback (label {current}); only an operator can change it"
+                )
+            moved = self._read("correct_feedback", [label, prediction_id, current])
+            if moved.was_applied:
+                counts = stats.feedback_counts(current, row.digit, -1)
+                for metric, n in stats.feedback_counts(label, row.digit).items():
+                    counts[metric] = counts.get(metric, 0) + n
+                self._count_feedback(row, counts)
+                return outcome("corrected", previous=current)
+            current = moved.one().label
+        raise Conflict("this prediction's label is being changed by someone else; try again")
+
+    def _count_feedback(self, row, counts: dict[str, int]) -> None:
+        """Add `counts` to the prediction's version and minute in one counter batch (one partition). A
+        failure is logged, not raised: the label is stored, and a retry by the client would be a no-op."""
+        if row.model_version is None:
             return
-        if not correct:
-            raise Conflict(
-                f"this prediction already has feedback (label {first.one().label}); "
-                "only an operator can change it"
+        created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+        minute = stats.minute_of(created)
+        key = [row.model_name, row.model_version, stats.day_of(minute), minute]
+        batch = BatchStatement(BatchType.COUNTER)
+        for metric, n in counts.items():
+            if n:
+                batch.add(self._prepared["count"].bind([n, *key, metric]))
+        try:
+            self._ready_session().execute(batch, timeout=self.request_timeout)
+        except (DriverException, NoHostAvailable, OSError, StoreUnavailable) as exc:
+            log.warning("feedback counters of %s v%s not updated: %s", *key[:2], _describe(exc))
+
+    def version_stats(
+        self, model_name: str, versions: list[int], start: datetime, end: datetime
+    ) -> dict[int, list[tuple[datetime, str, int]]]:
+        """The `version_stats` rows (minute, metric, value) of each version from minute `start` to minute
+        `end` (both included): one read per version and day partition, all at once."""
+        if not 0 < len(versions) <= MAX_STATS_VERSIONS:
+            raise InvalidInput(f"ask for 1 to {MAX_STATS_VERSIONS} versions")
+        first_day, last_day = stats.day_of(start), stats.day_of(end)
+        days = [first_day + timedelta(days=i) for i in range((last_day - first_day).days + 1)]
+        if not 0 < len(days) <= MAX_STATS_DAYS:
+            raise InvalidInput(f"a scorecard reads 1 to {MAX_STATS_DAYS} days")
+        session = self._ready_session()
+        statement = self._prepared["read_version_stats"]
+        futures = [
+            (
+                version,
+                session.execute_async(
+                    statement.bind([model_name, version, day, start, end]), timeout=self.request_timeout
+                ),
             )
-        self._read("correct_feedback", [label, prediction_id])
+            for version in versions
+            for day in days
+        ]
+        rows: dict[int, list[tuple[datetime, str, int]]] = {version: [] for version in versions}
+        try:
+            for version, future in futures:
+                rows[version].extend((r.minute, r.metric, r.value) for r in future.result())
+        except (DriverException, NoHostAvailable, OSError) as exc:
+            raise StoreUnavailable(f"reading from Cassandra failed: {_describe(exc)}") from exc
+        return rows
 
     def read_rollout(self, model: str, *, timeout: float | None = None) -> RolloutState | None:
         """The model's rollout state, or None when it has none. Waits at most `timeout` for a connection too
