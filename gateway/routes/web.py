@@ -13,8 +13,12 @@ openapi_spec()
 
 @bp.get("/")
 def index():
-    response = send_from_directory(current_app.static_folder, "index.html", max_age=0)
-    # Everything the page needs is served from here: forbid anything else (no CDN, no inline script).
+    return page_headers(send_from_directory(current_app.static_folder, "index.html", max_age=0))
+
+
+def page_headers(response):
+    """The headers of an HTML page: everything it needs is served from here, forbid anything else (no CDN,
+    no inline script)."""
     response.headers["Content-Security-Policy"] = (
         "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"

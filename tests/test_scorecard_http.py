@@ -1,0 +1,200 @@
+"""`GET /v1/models/{name}/scorecard` on the real `mnist-gateway` (real model server, real Cassandra): its
+bounds just under and over, feedback sent over HTTP showing up in it and in Prometheus, and its cache (one
+computation however many ask at once)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from gateway import scorecard
+from gateway.routes.scorecard import VERSIONS_PATTERN
+from gateway.scorecard_service import ScorecardService, cache_seconds
+from gateway.settings import Settings
+from tests.fixtures.gateway_server import OPS_TOKEN
+from tests.test_gateway_e2e import as_upload, mnist_test_set  # noqa: F401 - a fixture
+from tests.waiting import eventually
+
+
+def get(url: str, **params) -> requests.Response:
+    return requests.get(f"{url}/v1/models/mnist/scorecard", params=params, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"window": "59"}, 400),
+        ({"window": "60"}, 200),
+        ({"window": "604800"}, 200),
+        ({"window": "604801"}, 400),
+        ({"window": "6e2"}, 400),
+        ({"window": ""}, 400),
+        ({"versions": "1,2,3,4,5,6,7,8"}, 200),
+        ({"versions": "1,2,3,4,5,6,7,8,9"}, 400),
+        ({"versions": "0"}, 400),
+        ({"versions": "1,"}, 400),
+        ({"versions": "9" * 18}, 200),
+        ({"versions": "1" + "0" * 18}, 400),
+    ],
+)
+def test_window_and_versions_just_under_and_over_their_bounds(gateway_server, params, status):
+    r = get(gateway_server.url, **params)
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["code"] == "invalid_input"
+    else:
+        assert r.json()["window"]["seconds"] == int(params.get("window", 600))
+
+
+def test_another_model_is_a_404_and_asked_versions_are_shown(gateway_server):
+    r = requests.get(f"{gateway_server.url}/v1/models/other/scorecard", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    card = get(gateway_server.url, versions="5,2").json()
+    # The label's version (the test model server's stable is v1) first, then those asked for.
+    assert card["stable_version"] == 1
+    assert [v["version"] for v in card["versions"]] == [1, 5, 2]
+    empty = card["versions"][1]
+    assert empty["requests"] == 0 and empty["feedback"]["accuracy"] is None
+
+
+def test_the_openapi_document_repeats_the_versions_rule(gateway_server):
+    spec = requests.get(f"{gateway_server.url}/openapi.json", timeout=30).json()
+    [versions] = [
+        p
+        for p in spec["paths"]["/v1/models/{name}/scorecard"]["get"]["parameters"]
+        if p.get("name") == "versions"
+    ]
+    assert versions["schema"]["pattern"] == VERSIONS_PATTERN
+
+
+def metric(text: str, name: str, version: int) -> float:
+    found = re.search(rf'^{name}_total{{model="mnist",version="{version}"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def feedback_numbers(url: str) -> tuple[dict, dict]:
+    card = get(url, window="600").json()
+    [v1] = [v for v in card["versions"] if v["version"] == 1]
+    text = requests.get(f"{url}/metrics", timeout=30).text
+    prom = {
+        name: metric(text, f"gateway_feedback_{name}", 1) for name in ("labels", "correct", "corrections")
+    }
+    return v1, prom
+
+
+def test_feedback_over_http_counts_once_in_the_scorecard_and_in_prometheus(
+    gateway_server,
+    mnist_test_set,  # noqa: F811
+):
+    url = gateway_server.url
+    images, _ = mnist_test_set
+    answers = []
+    for image in images[:3]:
+        r = requests.post(f"{url}/v1/predict", data=as_upload(image), timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"]["version"] == 1
+        answers.append(r.json())
+    before, prom_before = feedback_numbers(url)
+    right, wrong, changed = answers
+
+    def send(answer, label, *, operator=False):
+        headers = {"Authorization": f"Bearer {OPS_TOKEN}"} if operator else {}
+        return requests.post(
+            f"{url}/v1/predictions/{answer['id']}/feedback",
+            json={"label": label},
+            headers=headers,
+            timeout=60,
+        ).status_code
+
+    other = lambda answer: (answer["digit"] + 1) % 10  # noqa: E731 - a label that is wrong
+    assert send(right, right["digit"]) == 200
+    assert send(right, right["digit"]) == 200  # the same again: nothing more
+    assert send(wrong, other(wrong)) == 200
+    assert send(wrong, wrong["digit"]) == 409  # refused: nothing counted
+    assert send(changed, changed["digit"]) == 200
+    assert send(changed, other(changed), operator=True) == 200  # moved: right -> wrong
+
+    def settled():
+        v1, prom = feedback_numbers(url)
+        return (v1, prom) if v1["feedback"]["labels"] - before["feedback"]["labels"] == 3 else None
+
+    after, prom_after = eventually(settled, what="the scorecard's feedback", timeout_s=60, interval_s=0.5)
+    assert after["feedback"]["correct"] - before["feedback"]["correct"] == 1
+    confusion_added = {
+        (t, p): after["confusion"][t][p] - before["confusion"][t][p]
+        for t in range(10)
+        for p in range(10)
+        if after["confusion"][t][p] != before["confusion"][t][p]
+    }
+    expected: dict = {}
+    for label, digit in (
+        (right["digit"],) * 2,
+        (other(wrong), wrong["digit"]),
+        (other(changed), changed["digit"]),
+    ):
+        expected[(label, digit)] = expected.get((label, digit), 0) + 1
+    assert confusion_added == expected
+    labels, correct = after["feedback"]["labels"], after["feedback"]["correct"]
+    assert after["feedback"]["accuracy"] == pytest.approx(correct / labels, abs=1e-6)
+    assert after["feedback"]["interval"] == pytest.approx(list(scorecard.wilson(correct, labels)), abs=1e-6)
+    # Prometheus counts first labels (3, two of them right when given) and the operator's correction.
+    assert {k: prom_after[k] - prom_before[k] for k in prom_after} == {
+        "labels": 3,
+        "correct": 2,
+        "corrections": 1,
+    }
+
+
+class CountingStore:
+    """Counts the scorecard's reads (the cache's business is how often they happen)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.release = threading.Event()
+
+    def rollout_versions(self, model_name):
+        return (None, None)
+
+    def version_stats(self, model_name, versions, start, end):
+        self.reads += 1
+        self.release.wait(30)
+        return {v: [] for v in versions}
+
+
+class NoModelServer:
+    def model_status(self, **_):
+        from gateway.errors import ModelUnavailable
+
+        raise ModelUnavailable("down")
+
+
+def test_many_asking_at_once_cost_one_read_per_period():
+    now = [100.0]
+    service = ScorecardService(clock=lambda: now[0])
+    store = CountingStore()
+    svc = SimpleNamespace(settings=Settings(), store=store, model_client=NoModelServer())
+    answers: list[dict] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(service.card(svc, 600, (3,)))) for _ in range(20)
+    ]
+    for t in threads:
+        t.start()
+    eventually(lambda: store.reads == 1, what="the first read")
+    store.release.set()
+    for t in threads:
+        t.join(30)
+    assert len(answers) == 20 and store.reads == 1
+    assert [v["version"] for v in answers[0]["versions"]] == [3]  # no model server: only the asked version
+    now[0] += cache_seconds(600) - 0.01
+    service.card(svc, 600, (3,))
+    assert store.reads == 1
+    now[0] += 0.02
+    service.card(svc, 600, (3,))
+    assert store.reads == 2
+    service.card(svc, 3600, (3,))  # another window is another answer
+    assert store.reads == 3
+    assert cache_seconds(600) == 3.0 and cache_seconds(scorecard.MAX_WINDOW_S) == 60.0
