@@ -4,8 +4,9 @@ and `GET /rollouts`, the page that draws them (static, like `/`)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
-from flask import Blueprint, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, current_app, jsonify, redirect, request, send_from_directory
 
 from gateway import scorecard, services
 from gateway.errors import InvalidInput, NotFound
@@ -66,4 +67,7 @@ def get_scorecard(name: str):
 
 @bp.get("/rollouts")
 def rollouts_page():
+    """The page, for the model named by `?model=`: without one, a redirect to the gateway's model."""
+    if "model" not in request.args:
+        return redirect(f"/rollouts?{urlencode({'model': services.current().settings.model_name})}")
     return page_headers(send_from_directory(current_app.static_folder, "rollouts.html", max_age=0))
