@@ -137,12 +137,14 @@ def version_card(version: int, rows: Iterable[Row], window: Window, compare_with
     per_step: list[dict[str, int]] = [{} for _ in steps]
     step = timedelta(minutes=window.step_minutes)
     last = window.last_minute
+    seen, point = None, None  # rows come minute by minute: place each minute once, not each row
     for minute, metric, value in rows:
-        minute = _as_utc(minute)
-        if not window.start <= minute <= last or not value:
+        if minute != seen:
+            seen, at = minute, _as_utc(minute)
+            point = per_step[int((at - window.start) / step)] if window.start <= at <= last else None
+        if point is None or not value:
             continue
         totals[metric] = totals.get(metric, 0) + value
-        point = per_step[int((minute - window.start) / step)]
         point[metric] = point.get(metric, 0) + value
 
     def total(metric: str, counts: dict[str, int] = totals) -> int:
