@@ -198,3 +198,21 @@ def test_many_asking_at_once_cost_one_read_per_period():
     service.card(svc, 3600, (3,))  # another window is another answer
     assert store.reads == 3
     assert cache_seconds(600) == 3.0 and cache_seconds(scorecard.MAX_WINDOW_S) == 60.0
+
+
+def test_feedback_metrics_label_at_most_32_versions_per_process():
+    from prometheus_client import generate_latest
+
+    from gateway.metrics import MAX_VERSION_LABELS, GatewayMetrics
+
+    metrics = GatewayMetrics()
+    for version in range(1, MAX_VERSION_LABELS + 1):
+        metrics.count_feedback("mnist", version, "first", right=True)
+    metrics.count_feedback("mnist", MAX_VERSION_LABELS + 1, "first", right=False)  # one too many
+    metrics.count_feedback("mnist", 1, "same", right=True)  # a repeat: nothing
+    text = generate_latest(metrics.registry).decode()
+    assert metric(text, "gateway_feedback_labels", 1) == 1
+    assert metric(text, "gateway_feedback_labels", MAX_VERSION_LABELS) == 1
+    assert 'gateway_feedback_labels_total{model="mnist",version="other"} 1.0' in text
+    assert f'version="{MAX_VERSION_LABELS + 1}"' not in text
+    assert text.count("gateway_feedback_correct_total{") == MAX_VERSION_LABELS
