@@ -73,9 +73,9 @@ class ScorecardService:
     def _compute(self, svc: Any, window_s: int, asked: tuple[int, ...]) -> dict:
         settings = svc.settings
         label_version = _label_version(svc.model_client, settings.model_label)
-        rollout_stable, rollout_canary = svc.store.rollout_versions(settings.model_name)
-        stable = label_version if label_version is not None else rollout_stable
-        canary = rollout_canary if rollout_canary != stable else None
+        rollout = svc.store.read_rollout(settings.model_name)
+        stable = label_version if label_version is not None or rollout is None else rollout.stable_version
+        canary = rollout.canary_version if rollout is not None and rollout.canary_version != stable else None
         loaded = sorted(_loaded_versions(svc.model_client), reverse=True)
         versions = list(dict.fromkeys(v for v in (stable, canary, *asked, *loaded) if v is not None))
         versions = versions[:MAX_STATS_VERSIONS]

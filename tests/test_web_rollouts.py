@@ -78,13 +78,16 @@ def test_the_page_shows_the_scorecard_it_reads(browser, gateway_server, mnist_te
     images, _ = mnist_test_set
     before = requests.get(f"{url}/v1/models/mnist/scorecard", timeout=60).json()
     labels_before = sum(v["feedback"]["labels"] for v in before["versions"] if v["version"] == 1)
+    requests_before = sum(v["requests"] for v in before["versions"] if v["version"] == 1)
     answers = send_traffic(url, images[10:16])
     version = answers[0]["model"]["version"]
 
-    def counted():
+    def counted():  # the feedback (counted at once) and the predictions (by the store's shipper)
         card = requests.get(f"{url}/v1/models/mnist/scorecard", timeout=60).json()
         [v] = [v for v in card["versions"] if v["version"] == version]
-        return v["feedback"]["labels"] >= labels_before + 3
+        return v["feedback"]["labels"] >= labels_before + 3 and v["requests"] >= requests_before + len(
+            answers
+        )
 
     eventually(counted, what="the scorecard counting the traffic", timeout_s=90, interval_s=0.5)
 
@@ -107,7 +110,8 @@ def test_the_page_shows_the_scorecard_it_reads(browser, gateway_server, mnist_te
     card = drawn[snapshot["to"]]  # the answer the page drew last
     check_page_matches(snapshot, card)
     [v] = [v for v in card["versions"] if v["version"] == version]
-    assert v["feedback"]["labels"] >= labels_before + 3
+    assert v["feedback"]["labels"] >= labels_before + 3 and v["requests"] >= requests_before + len(answers)
+    assert v["latency_ms"]["p99"] is not None and sum(v["digits"]) >= len(answers)
 
     # Another window: a new request, drawn the same way.
     with page.expect_response(lambda r: "window=3600" in r.url):
