@@ -8,6 +8,7 @@ Cassandra session after the fork, never before.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from flask import Flask
@@ -17,9 +18,26 @@ from gateway.services import EXTENSION, Services
 from gateway.settings import Settings
 
 
+class GatewayFlask(Flask):
+    """Flask, asking once per function whether it is a coroutine function (Flask asks for every hook and
+    view on every request, through `inspect`: the answer never changes). Weak keys: a function made for
+    one request (`after_this_request`) leaves the cache with it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def ensure_sync(self, func: Any) -> Any:
+        sync = self._sync_functions.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            self._sync_functions[func] = sync
+        return sync
+
+
 def create_app(settings: Settings | None = None, *, model_client: Any = None, store: Any = None) -> Flask:
     settings = settings or Settings.from_env()
-    app = Flask(__name__, static_folder="web", static_url_path="/static")
+    app = GatewayFlask(__name__, static_folder="web", static_url_path="/static")
     app.config.update(JSON_SORT_KEYS=False, SEND_FILE_MAX_AGE_DEFAULT=300)
     app.json.sort_keys = False
     app.json.compact = True

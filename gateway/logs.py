@@ -14,9 +14,9 @@ import logging.handlers
 import os
 import queue
 import re
+import secrets
 import sys
 import time
-import uuid
 from datetime import UTC, datetime
 
 from flask import Flask, Response, g, has_request_context, request
@@ -27,6 +27,7 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _STANDARD_ATTRS = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 access_log = logging.getLogger("gateway.access")
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # access lines at DEBUG unless they fail
 
 
 class JsonFormatter(logging.Formatter):
@@ -84,12 +85,17 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else secrets.token_hex(16)
         g.started = time.perf_counter()
 
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        # Probes and scrapes are frequent and dull: log them at DEBUG.
+        quiet = request.path in QUIET_PATHS and response.status_code < 400
+        level = logging.DEBUG if quiet else logging.INFO
+        if not access_log.isEnabledFor(level):  # the line's fields cost more than the check
+            return response
         started = g.get("started")
         duration_ms = (time.perf_counter() - started) * 1000 if started else None
         fields = {
@@ -100,9 +106,7 @@ def init_app(app: Flask) -> None:
             "client": request.remote_addr,
         }
         fields.update(g.get("log_fields", {}))
-        # Probes and scrapes are frequent and dull: log them at DEBUG.
-        quiet = request.path in ("/healthz", "/readyz", "/metrics") and response.status_code < 400
-        access_log.log(logging.DEBUG if quiet else logging.INFO, "request", extra=fields)
+        access_log.log(level, "request", extra=fields)
         return response
 
 

@@ -206,14 +206,26 @@ class GatewayMetrics:
 def init_app(app: Flask, metrics: GatewayMetrics, log_pending: Callable[[], tuple[int, int]]) -> None:
     """Count every answer; serve `/metrics`, reading what the store's log holds fresh at each scrape."""
 
+    # The children of each label set, found once: `labels()` validates and locks on every call.
+    counted: dict[tuple[str, str, int], Counter] = {}
+    timed: dict[str, Histogram] = {}
+
     @app.after_request
     def _count(response: Response) -> Response:
         # Route templates, not raw paths, and known methods: unknown ones must not make new time series.
-        route = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ROUTE
-        metrics.requests.labels(route, method_label(request.method), str(response.status_code)).inc()
+        rule = request.url_rule
+        route = rule.rule if rule is not None else UNMATCHED_ROUTE
+        key = (route, method_label(request.method), response.status_code)  # a closed set: a bounded cache
+        counter = counted.get(key)
+        if counter is None:
+            counter = counted.setdefault(key, metrics.requests.labels(route, key[1], str(key[2])))
+        counter.inc()
         started = g.get("started")
         if started is not None:
-            metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+            histogram = timed.get(route)
+            if histogram is None:
+                histogram = timed.setdefault(route, metrics.request_seconds.labels(route))
+            histogram.observe(time.perf_counter() - started)
         return response
 
     @app.get("/metrics")
