@@ -88,12 +88,24 @@ def train(
     train_labels: np.ndarray,
     *,
     validation: tuple[np.ndarray, np.ndarray] | None = None,
+    extra: tuple[np.ndarray, np.ndarray, float] | None = None,
     verbose: int | str = "auto",
 ) -> tuple[keras.Model, TrainResult]:
-    """Seed, build, compile and fit; returns the trained model and its per-epoch history and duration."""
+    """Seed, build, compile and fit; returns the trained model and its per-epoch history and duration.
+
+    `extra` (images, labels, weight) is appended to the (possibly cut) training set, each of its images
+    weighing `weight` in the loss against 1 for the others: the train side of a feedback snapshot."""
     if hp.max_train_samples:
         train_images = train_images[: hp.max_train_samples]
         train_labels = train_labels[: hp.max_train_samples]
+    sample_weight = None
+    if extra is not None and len(extra[0]):
+        images, labels, weight = extra
+        sample_weight = np.concatenate(
+            [np.ones(len(train_images), np.float32), np.full(len(images), weight, np.float32)]
+        )
+        train_images = np.concatenate([train_images, images])
+        train_labels = np.concatenate([train_labels, labels])
     seed_everything(hp.seed)
     model = build_model(hp)
     steps = int(np.ceil(len(train_images) / hp.batch_size))
@@ -102,6 +114,7 @@ def train(
     history = model.fit(
         train_images,
         train_labels,
+        sample_weight=sample_weight,
         batch_size=hp.batch_size,
         epochs=hp.epochs,
         validation_data=validation,

@@ -23,6 +23,7 @@ class Settings:
     model_name: str
     mirror_url: str
     cache_dir: Path
+    snapshot_dir: Path | None = None  # FEEDBACK_SNAPSHOT_DIR; None: MODEL_BASE_PATH/feedback-snapshots
 
 
 def from_env(env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -30,10 +31,12 @@ def from_env(env: os._Environ[str] | dict[str, str] | None = None) -> Settings:
     data_dir = env.get("MNIST_DATA_DIR")
     base = env.get("MODEL_BASE_PATH")
     cache = env.get("MNIST_CACHE_DIR")
+    snapshots = env.get("FEEDBACK_SNAPSHOT_DIR")
     return Settings(
         data_dir=Path(data_dir) if data_dir else None,
         model_base_path=Path(base) if base else None,
         model_name=env.get("MODEL_NAME") or MODEL_NAME,
         mirror_url=env.get("MNIST_MIRROR_URL") or DEFAULT_MIRROR_URL,
         cache_dir=Path(cache) if cache else _default_cache_dir(),
+        snapshot_dir=Path(snapshots) if snapshots else None,
     )

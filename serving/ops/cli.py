@@ -23,7 +23,8 @@ EXIT_CODES = {
     errors.ConfigError.exit_code: "config file missing, unreadable or invalid; model directory missing",
     errors.ServerError.exit_code: "model server unreachable, too slow (deadline) or it rejected the request",
     errors.VersionNotFound.exit_code: "version not found on disk",
-    errors.QualityGateFailed.exit_code: "quality gate: test accuracy below --min-accuracy (use --force)",
+    errors.QualityGateFailed.exit_code: "quality gate: test accuracy below --min-accuracy, more than "
+    "--max-accuracy-drop below stable, or not better than stable on its feedback holdout (use --force)",
     errors.LoadFailed.exit_code: "the server could not load the version in time (config restored)",
     errors.NothingToRollBack.exit_code: "no earlier stable version to roll back to",
 }
@@ -136,7 +137,16 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
             help=f"refuse a version whose metrics.json test_accuracy is below A "
             f"(env MODEL_MIN_ACCURACY; default {settings.min_accuracy})",
         )
-        sub.add_argument("--force", action="store_true", help="go ahead despite the accuracy gate")
+        sub.add_argument(
+            "--max-accuracy-drop",
+            type=_fraction,
+            default=settings.max_accuracy_drop,
+            metavar="D",
+            help=f"refuse a version whose test accuracy is more than D below the stable version's, or that "
+            f"was trained with feedback and does not beat stable on its holdout "
+            f"(env MODEL_MAX_ACCURACY_DROP; default {settings.max_accuracy_drop})",
+        )
+        sub.add_argument("--force", action="store_true", help="go ahead despite the quality gate")
     command("rollback", "point `stable` back at the version it pointed at before the last promote")
     command("retire", "unload versions no label points at (keeps the rollback target)")
     render = command(
@@ -265,9 +275,13 @@ def _change(args: argparse.Namespace, say: Say, client: Any, err: TextIO) -> Non
         load_timeout_s=args.load_timeout,
     )
     if args.command == "promote":
-        operator.promote(args.version, min_accuracy=args.min_accuracy, force=args.force)
+        operator.promote(
+            args.version, min_accuracy=args.min_accuracy, max_drop=args.max_accuracy_drop, force=args.force
+        )
     elif args.command == "canary":
-        operator.canary(args.version, min_accuracy=args.min_accuracy, force=args.force)
+        operator.canary(
+            args.version, min_accuracy=args.min_accuracy, max_drop=args.max_accuracy_drop, force=args.force
+        )
     elif args.command == "rollback":
         operator.rollback()
     elif args.command == "retire":

@@ -32,7 +32,9 @@ class VersionNotFound(OpsError):
 
 
 class QualityGateFailed(OpsError):
-    """The version's metrics.json accuracy is below --min-accuracy (or missing); --force overrides."""
+    """The version's metrics.json accuracy is below --min-accuracy (or missing), more than --max-accuracy-drop
+    below the stable version's, or (trained with feedback) not above stable's on the feedback holdout;
+    --force overrides."""
 
     exit_code = 6
 

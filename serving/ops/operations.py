@@ -40,13 +40,27 @@ class Operator:
 
     # -- the commands --
 
-    def promote(self, version: int, *, min_accuracy: float, force: bool) -> None:
+    def promote(
+        self,
+        version: int,
+        *,
+        min_accuracy: float,
+        force: bool,
+        max_drop: float = versions.DEFAULT_MAX_ACCURACY_DROP,
+    ) -> None:
         """Point `stable` at `version` (loading it first); the old stable is remembered for rollback."""
-        self._point(STABLE, "promote", version, min_accuracy=min_accuracy, force=force)
+        self._point(STABLE, "promote", version, min_accuracy=min_accuracy, force=force, max_drop=max_drop)
 
-    def canary(self, version: int, *, min_accuracy: float, force: bool) -> None:
+    def canary(
+        self,
+        version: int,
+        *,
+        min_accuracy: float,
+        force: bool,
+        max_drop: float = versions.DEFAULT_MAX_ACCURACY_DROP,
+    ) -> None:
         """Point `canary` at `version` (loading it first)."""
-        self._point(CANARY, "canary", version, min_accuracy=min_accuracy, force=force)
+        self._point(CANARY, "canary", version, min_accuracy=min_accuracy, force=force, max_drop=max_drop)
 
     def rollback(self) -> None:
         """Point `stable` back where it was before the last promote (no quality gate: it served before)."""
@@ -88,17 +102,26 @@ class Operator:
 
     # -- the steps --
 
-    def _point(self, label: str, action: str, version: int, *, min_accuracy: float, force: bool) -> None:
-        """Move `label` to `version` past the quality gate; only `stable` keeps a rollback history."""
+    def _point(
+        self, label: str, action: str, version: int, *, min_accuracy: float, force: bool, max_drop: float
+    ) -> None:
+        """Move `label` to `version` past the quality gate (against the current stable, the version it would
+        replace); only `stable` keeps a rollback history."""
         with self.config_file.locked():
             config = self._read()
-            old = model_config.labels(config, self.model_name).get(label)
+            labels = model_config.labels(config, self.model_name)
+            old = labels.get(label)
             if old == version:
                 self.say(f"{label} already points at version {version}; nothing to do")
                 return
             self.say(
-                versions.check_quality(
-                    versions.find(self.model_dir, version), min_accuracy=min_accuracy, force=force
+                versions.quality_gate(
+                    self.model_dir,
+                    version,
+                    labels.get(STABLE),
+                    min_accuracy=min_accuracy,
+                    max_drop=max_drop,
+                    force=force,
                 )
             )
             self._move_label(config, label, version)

@@ -16,6 +16,7 @@ class Settings:
     )
     model_name: str = "mnist"  # MODEL_NAME
     min_accuracy: float = 0.99  # MODEL_MIN_ACCURACY
+    max_accuracy_drop: float = 0.002  # MODEL_MAX_ACCURACY_DROP: test accuracy a version may lose to stable
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -27,4 +28,12 @@ class Settings:
             model_base_path=env.get("MODEL_BASE_PATH") or None,
             model_name=env.get("MODEL_NAME") or defaults.model_name,
             min_accuracy=float(env.get("MODEL_MIN_ACCURACY") or defaults.min_accuracy),
+            max_accuracy_drop=_fraction(env, "MODEL_MAX_ACCURACY_DROP", defaults.max_accuracy_drop),
         )
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = float(env.get(name) or default)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    return value

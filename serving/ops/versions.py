@@ -75,17 +75,121 @@ def find(model_dir: Path, version: int) -> DiskVersion:
     raise VersionNotFound(f"version {version} not found in {model_dir} (versions on disk: {on_disk})")
 
 
-def check_quality(version: DiskVersion, *, min_accuracy: float, force: bool) -> str:
-    """One line describing the gate's verdict; raises QualityGateFailed unless it passes or `force` is set."""
+DEFAULT_MAX_ACCURACY_DROP = 0.002  # MODEL_MAX_ACCURACY_DROP: test accuracy a new version may lose
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _replacement_problems(candidate: DiskVersion, baseline: DiskVersion, max_drop: float) -> list[str]:
+    """Why `candidate` may not replace `baseline`: MNIST test accuracy lost beyond `max_drop`, or (trained
+    with feedback) not beating it on the feedback holdout. Both figures come from the candidate's metrics.json
+    when its training scored the baseline (same run, same images); else the baseline's own metrics.json."""
+    problems = []
+    feedback = (candidate.metrics or {}).get("feedback")
+    feedback = feedback if isinstance(feedback, dict) else None
+    scored = feedback.get("baseline") if feedback else None
+    scored = scored if isinstance(scored, dict) and scored.get("version") == baseline.version else None
+    reference = _number(scored.get("test_accuracy")) if scored else baseline.accuracy
+    datasets = {(v.metrics or {}).get("dataset") for v in (candidate, baseline)} - {None}
+    if candidate.accuracy is not None:
+        if reference is None:
+            why = baseline.metrics_problem or "no test_accuracy"
+            problems.append(f"the test accuracy of version {baseline.version} it replaces is unknown ({why})")
+        elif not scored and len(datasets) > 1:
+            problems.append(
+                f"versions {candidate.version} and {baseline.version} were scored on different test sets "
+                f"({', '.join(sorted(datasets))})"
+            )
+        elif round(reference - candidate.accuracy, 6) > max_drop:
+            problems.append(
+                f"test accuracy {candidate.accuracy:.4f} is {reference - candidate.accuracy:.4f} below "
+                f"{reference:.4f} of version {baseline.version} it replaces (allowed drop {max_drop:.4f})"
+            )
+    if feedback is None:
+        return problems
+    if scored is None:
+        named = feedback.get("baseline")
+        against = named.get("version") if isinstance(named, dict) else None
+        problems.append(
+            f"its feedback holdout was scored against version {against}, but it would replace version "
+            f"{baseline.version} (retrain with --baseline {baseline.version})"
+        )
+        return problems
+    new, old = _number(feedback.get("holdout_accuracy")), _number(scored.get("holdout_accuracy"))
+    where = f"snapshot {feedback.get('snapshot_id')}, {feedback.get('holdout_samples')} holdout images"
+    if new is None or old is None:
+        problems.append(f"no feedback holdout accuracy to compare ({where})")
+    elif new <= old:
+        problems.append(
+            f"feedback holdout accuracy {new:.4f} does not beat {old:.4f} of version {baseline.version} "
+            f"({where})"
+        )
+    return problems
+
+
+def check_quality(
+    version: DiskVersion,
+    *,
+    min_accuracy: float,
+    force: bool,
+    baseline: DiskVersion | None = None,
+    max_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+) -> str:
+    """The quality gate: the verdict as text; raises QualityGateFailed unless it passes or `force` is set.
+
+    `version` needs a test accuracy >= `min_accuracy`; with a `baseline` (the version it would replace) it may
+    lose at most `max_drop` of test accuracy against it, and if it was trained with feedback it must beat it
+    on the feedback holdout."""
+    problems = []
     if version.accuracy is None:
         why = version.metrics_problem or "no test_accuracy"
-        verdict = f"version {version.version}: test accuracy unknown ({why})"
+        problems.append(f"test accuracy unknown ({why})")
     elif version.accuracy < min_accuracy:
-        verdict = (
-            f"version {version.version}: test accuracy {version.accuracy:.4f} < required {min_accuracy:.4f}"
-        )
-    else:
-        return f"version {version.version}: test accuracy {version.accuracy:.4f} >= {min_accuracy:.4f}"
+        problems.append(f"test accuracy {version.accuracy:.4f} < required {min_accuracy:.4f}")
+    if baseline is not None and baseline.version != version.version:
+        problems += _replacement_problems(version, baseline, max_drop)
+    if not problems:
+        passed = f"version {version.version}: test accuracy {version.accuracy:.4f} >= {min_accuracy:.4f}"
+        if baseline is not None and baseline.version != version.version:
+            passed += _comparison_summary(version, baseline, max_drop)
+        return passed
+    verdict = f"version {version.version}: " + "; ".join(problems)
     if not force:
         raise QualityGateFailed(f"{verdict}; refusing (use --force to override)")
     return f"{verdict}; going ahead because of --force"
+
+
+def _comparison_summary(candidate: DiskVersion, baseline: DiskVersion, max_drop: float) -> str:
+    feedback = (candidate.metrics or {}).get("feedback") or {}
+    text = f", within {max_drop:.4f} of version {baseline.version}"
+    if feedback:
+        text += (
+            f"; feedback holdout accuracy {feedback['holdout_accuracy']:.4f} > "
+            f"{feedback['baseline']['holdout_accuracy']:.4f} of version {baseline.version}"
+        )
+    return text
+
+
+def quality_gate(
+    model_dir: Path,
+    version: int,
+    replaces: int | None,
+    *,
+    min_accuracy: float,
+    max_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+    force: bool,
+) -> str:
+    """The gate of promote, canary and rollout: `version` (on disk under `model_dir`) against the version it
+    would replace (`replaces`, the current stable; None: nothing to compare with). One verdict line."""
+    candidate = find(model_dir, version)
+    baseline = None
+    if replaces is not None and replaces != version:
+        try:
+            baseline = find(model_dir, replaces)
+        except VersionNotFound:
+            baseline = DiskVersion(replaces, model_dir / str(replaces), None, "not on disk")
+    return check_quality(
+        candidate, min_accuracy=min_accuracy, force=force, baseline=baseline, max_drop=max_drop
+    )

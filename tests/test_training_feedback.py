@@ -1,0 +1,299 @@
+"""Feedback snapshots: the format (training/snapshot.py) and `mnist-train dataset export` against a real
+Cassandra node (rows written with prepared statements into a keyspace of this module's own)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.snapshot import RECORD, SnapshotError, Spool, image_hash, is_holdout, load_snapshot, publish
+
+KEYSPACE = "mnist_feedback_export"
+EPOCH = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def image(seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, 784, dtype=np.uint8).tobytes()
+
+
+def records(n: int, *, labels=None) -> np.ndarray:
+    rows = np.zeros(n, dtype=RECORD)
+    for i in range(n):
+        data = image(i)
+        label = (i % 10) if labels is None else labels[i]
+        rows[i] = (image_hash(data), np.frombuffer(data, np.uint8), label, label, 1, i)
+    return rows
+
+
+def write(rows: np.ndarray, root: Path, **kw):
+    defaults = {"holdout_percent": 20, "min_labels": 10, "source": {}, "window": {}, "counts": {}}
+    return publish(rows, root, **{**defaults, **kw})
+
+
+# -- the format -------------------------------------------------------------------------------------------
+def test_a_snapshot_holds_both_sides_a_manifest_and_read_only_files(tmp_path):
+    path, manifest = write(records(200), tmp_path)
+    assert path.parent == tmp_path and path.name == manifest["id"] and not path.name.isdigit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary directory left
+    assert sorted(p.name for p in path.iterdir()) == ["holdout.npz", "manifest.json", "train.npz"]
+    for file in path.iterdir():
+        assert not file.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH), file
+    loaded = load_snapshot(path)
+    assert len(loaded.train_labels) + len(loaded.holdout_labels) == 200
+    assert manifest["rows"]["train"] == len(loaded.train_labels) and manifest["rows"]["holdout"] > 20
+    assert sum(manifest["per_digit"]["holdout"]) == len(loaded.holdout_labels)
+    assert loaded.train_images.dtype == np.uint8 and loaded.train_images.shape[1:] == (28, 28)
+    # every image is on the side its hash says, in both files
+    for images, side in ((loaded.train_images, False), (loaded.holdout_images, True)):
+        assert all(is_holdout(image_hash(im.tobytes()), 20) is side for im in images)
+    assert manifest["warnings"] == []
+    with np.load(path / "train.npz") as content:  # readable by NumPy alone
+        assert sorted(content.files) == ["images", "labels", "model_versions", "predicted"]
+
+
+def test_an_image_keeps_its_side_whatever_else_is_exported(tmp_path):
+    first, _ = write(records(100), tmp_path / "a")
+    second, _ = write(records(300), tmp_path / "b")  # the first 100 rows again, plus 200 more
+    holdout_a = {im.tobytes() for im in load_snapshot(first).holdout_images}
+    holdout_b = {im.tobytes() for im in load_snapshot(second).holdout_images}
+    assert holdout_a and holdout_a <= holdout_b
+    train_a = {im.tobytes() for im in load_snapshot(first).train_images}
+    assert not train_a & holdout_b
+
+
+def test_an_altered_snapshot_is_refused(tmp_path):
+    path, _ = write(records(50), tmp_path)
+    (path / "train.npz").chmod(0o644)
+    with open(path / "train.npz", "r+b") as file:
+        file.seek(100)
+        file.write(b"\x00\x01")
+    with pytest.raises(SnapshotError, match="sha256 differs"):
+        load_snapshot(path)
+    with pytest.raises(SnapshotError, match="not a feedback snapshot"):
+        load_snapshot(tmp_path)
+
+
+def test_too_few_labels_or_a_missing_digit_is_a_warning_and_still_written(tmp_path):
+    labels = [d for d in range(9) for _ in range(12)]  # no 9 at all; 108 rows
+    path, manifest = write(records(108, labels=labels), tmp_path, min_labels=109)
+    assert "only 108 labelled images (fewer than 109)" in manifest["warnings"][0]
+    assert any("no train images of digit(s) 9" in w for w in manifest["warnings"])
+    assert json.loads((path / "manifest.json").read_text())["warnings"] == manifest["warnings"]
+    _, enough = write(records(108, labels=labels), tmp_path / "b", min_labels=108)
+    assert not any("fewer than" in w for w in enough["warnings"])
+
+
+def test_the_spool_keeps_the_latest_label_and_resumes_at_its_checkpoint(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    assert spool.add(image(1), 3, 3, 1, 100) == ("new", False)
+    assert spool.add(image(2), 4, 4, 1, 100) == ("new", False)
+    assert spool.add(image(1), 5, 3, 1, 200) == ("replaced", True)  # a newer, different label
+    assert spool.add(image(1), 3, 3, 1, 150) == ("kept", True)  # older than the one held
+    spool.checkpoint(paging_state="ab")
+    assert spool.add(image(3), 7, 7, 1, 100) == ("new", False)  # after the checkpoint: lost in a crash
+    spool.close()
+    resumed = Spool(tmp_path / "spool")
+    assert resumed.records == 2 and resumed.state["paging_state"] == "ab"
+    rows = resumed.rows()
+    assert sorted(rows["label"].tolist()) == [4, 5]
+    assert resumed.add(image(1), 5, 3, 1, 200) == ("kept", False)  # replaying the page changes nothing
+    resumed.close()
+
+
+# -- the export against Cassandra ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def feedback_keyspace(cassandra_session) -> str:
+    from gateway.store.migrate import Migrator
+
+    Migrator(cassandra_session, KEYSPACE).migrate()
+    return KEYSPACE
+
+
+@pytest.fixture
+def feedback_rows(cassandra_session, feedback_keyspace):
+    """Fills feedback_by_id: 60 distinct images (6 per digit) labelled inside the window, 5 of them labelled
+    again later (3 with another digit), 3 labelled outside the window, 2 with an input of the wrong size."""
+    cassandra_session.execute(f"TRUNCATE {feedback_keyspace}.feedback_by_id", timeout=60)
+    insert = cassandra_session.prepare(
+        f"INSERT INTO {feedback_keyspace}.feedback_by_id (id, label, digit, input, model_name, "
+        "model_version, predicted_at, updated_at) VALUES (?, ?, ?, ?, 'mnist', 1, ?, ?)"
+    )
+
+    def add(data: bytes, label: int, when: dt.datetime) -> None:
+        cassandra_session.execute(insert, [uuid.uuid1(), label, (label + 1) % 10, data, when, when])
+
+    truth = {}
+    for i in range(60):
+        truth[image(i)] = i % 10
+        add(image(i), i % 10, EPOCH + dt.timedelta(minutes=i))
+    for i in range(5):  # the same picture again, labelled later: the later label wins
+        label = (i % 10) if i < 2 else (i + 5) % 10
+        truth[image(i)] = label
+        add(image(i), label, EPOCH + dt.timedelta(hours=2, minutes=i))
+    for i in range(3):
+        add(image(1000 + i), 1, EPOCH - dt.timedelta(days=1))
+    for i in range(2):
+        add(b"\x00" * 10, 2, EPOCH + dt.timedelta(minutes=i))
+    return truth
+
+
+def export_env(cassandra_node) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("CASSANDRA_", "MODEL_", "FEEDBACK_"))}
+    return {
+        **keep,
+        "CASSANDRA_HOSTS": cassandra_node.host,
+        "CASSANDRA_PORT": str(cassandra_node.port),
+        "CASSANDRA_USERNAME": cassandra_node.credentials.username,
+        "CASSANDRA_PASSWORD": cassandra_node.credentials.password,
+        "CASSANDRA_KEYSPACE": KEYSPACE,
+    }
+
+
+def mnist_train(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "training.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_snapshot(root: Path) -> Path:
+    found = [p for p in root.iterdir() if not p.name.startswith(".")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+WINDOW = ["--since", "2026-11-01T00:00:00Z", "--until", "2026-11-02T00:00:00Z"]
+
+
+def test_export_reads_every_page_keeps_the_latest_label_and_the_window(
+    tmp_path, cassandra_node, feedback_rows
+):
+    result = mnist_train(
+        "dataset",
+        "export",
+        "--snapshot-dir",
+        str(tmp_path),
+        "--page-size",
+        "7",
+        "--min-labels",
+        "10",
+        *WINDOW,
+        env=export_env(cassandra_node),
+    )
+    assert result.returncode == 0, result.stderr
+    path = only_snapshot(tmp_path)
+    assert f"exported {path}" in result.stdout
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["rows"] == {
+        "read": 70,
+        "outside_window": 3,
+        "invalid": 2,
+        "duplicates": 5,
+        "conflicting_labels": 3,
+        "distinct": 60,
+        "train": manifest["rows"]["train"],
+        "holdout": 60 - manifest["rows"]["train"],
+    }
+    assert manifest["window"] == {
+        "field": "updated_at",
+        "since": "2026-11-01T00:00:00+00:00",
+        "until": "2026-11-02T00:00:00+00:00",
+    }
+    assert manifest["source"] == {"table": f"{KEYSPACE}.feedback_by_id", "page_size": 7}
+    snap = load_snapshot(path)
+    got = {}
+    for images, labels in (
+        (snap.train_images, snap.train_labels),
+        (snap.holdout_images, snap.holdout_labels),
+    ):
+        got.update({im.tobytes(): int(label) for im, label in zip(images, labels, strict=True)})
+    assert got == feedback_rows
+    assert not (tmp_path / ".export-in-progress").exists()
+
+
+def test_an_interrupted_export_continues_where_it_stopped(tmp_path, cassandra_node, feedback_rows):
+    env = export_env(cassandra_node)
+    common = ["dataset", "export", "--page-size", "7", "--min-labels", "10", *WINDOW]
+    whole = mnist_train(*common, "--snapshot-dir", str(tmp_path / "whole"), env=env)
+    assert whole.returncode == 0, whole.stderr
+    first = mnist_train(*common, "--snapshot-dir", str(tmp_path / "parts"), "--max-pages", "3", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "stopped after 3 page(s), 21 rows read" in first.stderr
+    state = json.loads((tmp_path / "parts" / ".export-in-progress" / "state.json").read_text())
+    assert state["counts"]["read"] == 21 and state["paging_state"]
+    rest = mnist_train(*common, "--snapshot-dir", str(tmp_path / "parts"), env=env)
+    assert rest.returncode == 0, rest.stderr
+    assert "resuming the export: 21 rows read before" in rest.stderr
+    one = json.loads((only_snapshot(tmp_path / "whole") / "manifest.json").read_text())
+    other = json.loads((only_snapshot(tmp_path / "parts") / "manifest.json").read_text())
+    assert other["rows"] == one["rows"] and other["files"] == one["files"]  # the same bytes
+
+
+def test_a_short_snapshot_warns_on_stderr_and_is_still_written(tmp_path, cassandra_node, feedback_rows):
+    result = mnist_train(
+        "dataset",
+        "export",
+        "--snapshot-dir",
+        str(tmp_path),
+        "--min-labels",
+        "61",
+        *WINDOW,
+        env=export_env(cassandra_node),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: snapshot" in result.stderr and "only 60 labelled images (fewer than 61)" in result.stderr
+    assert only_snapshot(tmp_path).is_dir()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "message"),
+    [
+        (["--page-size", "5001"], {}, 1, "page size must be 1-5000, got 5001"),
+        (["--page-size", "0"], {}, 2, "must be at least 1"),
+        (["--holdout-percent", "100"], {}, 2, "must be 1-99"),
+        (["--since", "yesterday"], {}, 1, "not an ISO-8601 time"),
+        ([], {"CASSANDRA_KEYSPACE": "Bad-Name"}, 1, "CASSANDRA_KEYSPACE must match"),
+        ([], {"CASSANDRA_PASSWORD": ""}, 1, "set both CASSANDRA_USERNAME and CASSANDRA_PASSWORD"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, cassandra_node, args, env, code, message):
+    result = mnist_train(
+        "dataset", "export", "--snapshot-dir", str(tmp_path), *args, env={**export_env(cassandra_node), **env}
+    )
+    assert result.returncode == code and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_the_largest_page_is_accepted(tmp_path, cassandra_node, feedback_rows):
+    result = mnist_train(
+        "dataset",
+        "export",
+        "--snapshot-dir",
+        str(tmp_path),
+        "--page-size",
+        "5000",
+        *WINDOW,
+        env=export_env(cassandra_node),
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_unreachable_cassandra_is_a_clear_error(tmp_path, cassandra_node):
+    from deploy.local.readiness import free_port
+
+    env = {**export_env(cassandra_node), "CASSANDRA_PORT": str(free_port())}
+    result = mnist_train("dataset", "export", "--snapshot-dir", str(tmp_path), env=env, timeout=120)
+    assert result.returncode == 1 and "unreachable" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
