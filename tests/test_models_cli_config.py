@@ -281,6 +281,69 @@ def test_the_quality_gate(tmp_path, metrics, min_accuracy, passes):
         assert "because of --force" in versions.check_quality(version, min_accuracy=min_accuracy, force=True)
 
 
+def retrained(test: float, holdout: float, *, base_holdout: float, base_test: float, base_version: int = 1):
+    """metrics.json of a version trained with feedback, which scored its baseline in the same run."""
+    return {
+        "test_accuracy": test,
+        "dataset": "mnist",
+        "feedback": {
+            "snapshot_id": "20261130T120000Z-abc",
+            "holdout_accuracy": holdout,
+            "holdout_samples": 120,
+            "baseline": {
+                "version": base_version,
+                "holdout_accuracy": base_holdout,
+                "test_accuracy": base_test,
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "passes", "refusal"),
+    [
+        # MNIST test accuracy against the version replaced (its own metrics.json: 0.9940), margin 0.002
+        ({"test_accuracy": 0.9920, "dataset": "mnist"}, True, None),  # just within the margin
+        ({"test_accuracy": 0.9919, "dataset": "mnist"}, False, "0.9919 is 0.0021 below 0.9940 of version 1"),
+        ({"test_accuracy": 0.9960, "dataset": "mnist-sample"}, False, "scored on different test sets"),
+        # trained with feedback: the baseline figures of the same run count, and the holdout must improve
+        (retrained(0.9930, 0.81, base_holdout=0.80, base_test=0.9932), True, None),
+        (retrained(0.9930, 0.80, base_holdout=0.80, base_test=0.9932), False, "0.8000 does not beat 0.8000"),
+        (
+            retrained(0.9911, 0.95, base_holdout=0.40, base_test=0.9932),
+            False,
+            "0.9911 is 0.0021 below 0.9932",
+        ),
+        (
+            retrained(0.9930, 0.95, base_holdout=0.40, base_test=0.99, base_version=7),
+            False,
+            "against version 7",
+        ),
+    ],
+)
+def test_the_gate_compares_with_the_version_it_replaces(tmp_path, candidate, passes, refusal):
+    fake_version(tmp_path, 1, {"test_accuracy": 0.9940, "dataset": "mnist"})
+    fake_version(tmp_path, 2, candidate)
+
+    def gate(force: bool) -> str:
+        return versions.quality_gate(tmp_path, 2, 1, min_accuracy=0.99, max_drop=0.002, force=force)
+
+    if passes:
+        assert "version 2: test accuracy" in gate(False)
+        return
+    with pytest.raises(QualityGateFailed, match="use --force") as refused:
+        gate(False)
+    assert refusal in str(refused.value)
+    assert "because of --force" in gate(True)
+
+
+def test_the_gate_without_a_stable_version_checks_the_threshold_only(tmp_path):
+    fake_version(tmp_path, 2, retrained(0.9930, 0.10, base_holdout=0.80, base_test=0.9990))
+    assert "0.9930 >= 0.9900" in versions.quality_gate(tmp_path, 2, None, min_accuracy=0.99, force=False)
+    with pytest.raises(QualityGateFailed, match="version 9 it replaces is unknown"):
+        versions.quality_gate(tmp_path, 2, 9, min_accuracy=0.99, force=False)
+
+
 def test_unreadable_metrics_are_reported_not_raised(tmp_path):
     path = fake_version(tmp_path, 1)
     (path / "assets.extra" / "metrics.json").write_text("{broken")
