@@ -359,6 +359,42 @@ def test_migrate_and_trainer_commands_parse(rendered, monkeypatch):
     assert {"mnist-migrate", "mnist-gateway", "mnist-train"} <= {ep.name for ep in scripts}
 
 
+def test_the_retrain_profile_runs_the_job_script_against_cassandra_and_tf_serving():
+    from training import cli, settings
+    from training.feedback_export import CassandraSettings
+
+    result = run_compose("--profile", "retrain", "config", "--format", "json", env={"OPS_TOKEN": TOKEN})
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert (
+        "retrain"
+        not in json.loads(run_compose("config", "--format", "json", env={"OPS_TOKEN": TOKEN}).stdout)[
+            "services"
+        ]
+    )
+    retrain = services["retrain"]
+    assert retrain["profiles"] == ["retrain"] and retrain["entrypoint"] == ["mnist-retrain"]
+    assert retrain["build"]["dockerfile"] == "training/Dockerfile"
+    dockerfile = (REPO_ROOT / "training" / "Dockerfile").read_text()
+    assert "training/mnist-retrain.sh /usr/local/bin/mnist-retrain" in dockerfile
+    args = cli.build_parsers(settings.from_env({}))["train"].parse_args(retrain["command"])
+    assert (str(args.model_base_path), args.download) == ("/models", True)
+    env = retrain["environment"]
+    assert CassandraSettings.from_env(env).hosts == ("cassandra",)
+    assert env["RETRAIN_CANARY"] == "1" and env["MODEL_SERVER_GRPC"] == "tfserving:8500"
+    mounts = {v["target"]: v for v in retrain["volumes"]}
+    assert mounts["/models"]["source"] == "models"
+    config = Path(mounts[str(Path(env["MODEL_CONFIG_FILE"]).parent)]["source"]) / "models.config"
+    assert config == REPO_ROOT / "serving" / "models.config"  # the file TF Serving reads, writable here
+    assert not mounts["/etc/tfserving"].get("read_only")
+    assert set(retrain["networks"]) == {"backend", "edge"}
+    assert {name: d["condition"] for name, d in retrain["depends_on"].items()} == {
+        "cassandra": "service_healthy",
+        "tfserving": "service_healthy",
+    }
+    assert int(retrain["deploy"]["resources"]["limits"]["memory"]) <= 8 * 1024**3
+
+
 # -- Dockerfiles ---------------------------------------------------------------------------------------------
 def hadolint() -> Path:
     return Path(sys.executable).parent / "hadolint"

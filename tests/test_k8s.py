@@ -17,7 +17,7 @@ from tests.fixtures.paths import REPO_ROOT
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 TARGETS = ("base", "overlays/dev", "overlays/prod")
-WORKLOADS = ("Deployment", "StatefulSet", "Job")
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
 
 
 def kustomize(target: str | Path) -> list[dict]:
@@ -42,8 +42,13 @@ def one(docs: list[dict], kind: str, name: str) -> dict:
     return by_kind(docs, kind)[name]
 
 
+def pod_template(workload: dict) -> dict:
+    spec = workload["spec"]
+    return spec["jobTemplate"]["spec"]["template"] if workload["kind"] == "CronJob" else spec["template"]
+
+
 def pod_spec(workload: dict) -> dict:
-    return workload["spec"]["template"]["spec"]
+    return pod_template(workload)["spec"]
 
 
 def containers(docs: list[dict]):
@@ -60,6 +65,7 @@ def test_every_manifest_passes_the_kubernetes_schemas(rendered, target):
     assert kinds == sorted(
         {
             "ConfigMap",
+            "CronJob",
             "Deployment",
             "HorizontalPodAutoscaler",
             "Job",
@@ -93,7 +99,7 @@ def test_resources_probes_and_non_root_everywhere(rendered, target):
         where = f"{workload['kind']}/{workload['metadata']['name']}/{container['name']}"
         for bound in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][bound]), where
-        if workload["kind"] != "Job":
+        if workload["kind"] not in ("Job", "CronJob"):
             assert "readinessProbe" in container and "livenessProbe" in container, where
         pod_security = pod_spec(workload)["securityContext"]
         assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] > 0, where
@@ -107,7 +113,7 @@ def test_services_hpa_and_pdbs_select_real_pods(rendered, target):
     pods = [pod for pod in (d for d in docs if d["kind"] in WORKLOADS)]
 
     def selects(selector: dict) -> list[dict]:
-        return [w for w in pods if selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        return [w for w in pods if selector.items() <= pod_template(w)["metadata"]["labels"].items()]
 
     for name, service in by_kind(docs, "Service").items():
         targets = selects(service["spec"]["selector"])
@@ -330,6 +336,33 @@ def test_jobs_run_commands_the_programs_accept(rendered, monkeypatch):
     assert {"/models", str(args.data_dir)} <= mounts
 
 
+def test_the_retraining_cronjob_runs_the_job_script_on_the_models_volume(rendered):
+    from training import cli, settings
+    from training.feedback_export import CassandraSettings
+
+    docs = rendered["overlays/prod"]
+    cron = one(docs, "CronJob", "mnist-retrain")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["schedule"]
+    container = pod_spec(cron)["containers"][0]
+    trainer = pod_spec(one(docs, "Job", "mnist-train"))["containers"][0]
+    assert container["image"] == trainer["image"] and container["command"] == ["mnist-retrain"]
+    script = (REPO_ROOT / "training" / "mnist-retrain.sh").read_text()
+    assert "mnist-train dataset export" in script and "mnist-train --feedback latest --baseline" in script
+    assert subprocess.run(["bash", "-n", str(REPO_ROOT / "training" / "mnist-retrain.sh")]).returncode == 0
+    args = cli.build_parsers(settings.from_env({}))["train"].parse_args(container["args"])
+    assert str(args.model_base_path) == "/models"
+    env = container_env(docs, cron, CASSANDRA_SECRET)
+    assert env["RETRAIN_CANARY"] == "0"  # the ConfigMap'd TF Serving config cannot be rewritten from a pod
+    cassandra = CassandraSettings.from_env(env)
+    assert (cassandra.hosts, cassandra.keyspace, cassandra.username) == (("cassandra",), "mnist", "mnist")
+    volumes = {v["name"]: v for v in pod_spec(cron)["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == "mnist-models"
+    config_dir = str(Path(env["MODEL_CONFIG_FILE"]).parent)
+    assert volumes[mounts[config_dir]]["configMap"]["name"] == "tfserving-config"
+    assert container["resources"]["limits"]["memory"] == trainer["resources"]["limits"]["memory"]
+
+
 def test_shared_volumes_are_read_write_many_except_in_dev(rendered):
     for target, mode in (("overlays/prod", "ReadWriteMany"), ("overlays/dev", "ReadWriteOnce")):
         claims = by_kind(rendered[target], "PersistentVolumeClaim")
@@ -354,8 +387,8 @@ def allowed_to_connect(docs: list[dict], source: str, target: str, port_name: st
     named container port of workload `target`, by Kubernetes' rules: a pod selected by any Ingress policy
     accepts only what one of those policies' rules allows; podSelector peers are pods of this namespace."""
     workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in WORKLOADS}
-    target_labels = workloads[target]["spec"]["template"]["metadata"]["labels"]
-    source_labels = None if source == OUTSIDE else workloads[source]["spec"]["template"]["metadata"]["labels"]
+    target_labels = pod_template(workloads[target])["metadata"]["labels"]
+    source_labels = None if source == OUTSIDE else pod_template(workloads[source])["metadata"]["labels"]
     ports = {
         p["name"]: p["containerPort"] for c in pod_spec(workloads[target])["containers"] for p in c["ports"]
     }
@@ -399,6 +432,7 @@ NETWORK_MATRIX = {
     ("gateway", "tfserving", "http"): True,
     ("gateway", "cassandra", "cql"): True,
     ("mnist-migrate", "cassandra", "cql"): True,
+    ("mnist-retrain", "cassandra", "cql"): True,  # it reads feedback_by_id; it never calls TF Serving here
     ("cassandra", "cassandra", "intra-node"): True,
 }
 
@@ -407,7 +441,9 @@ NETWORK_MATRIX = {
 def test_network_policies_allow_exactly_the_needed_connections(rendered, target):
     docs = rendered[target]
     workloads = {d["metadata"]["name"]: d for d in docs if d["kind"] in WORKLOADS}
-    assert {"gateway", "tfserving", "cassandra", "mnist-migrate", "mnist-train"} <= set(workloads)
+    assert {"gateway", "tfserving", "cassandra", "mnist-migrate", "mnist-train", "mnist-retrain"} <= set(
+        workloads
+    )
     checked = 0
     for source in [OUTSIDE, *workloads]:
         for name, workload in workloads.items():
@@ -434,8 +470,7 @@ def test_every_pod_is_behind_a_default_deny(rendered, target):
         selected = [
             w
             for w in docs
-            if w["kind"] in WORKLOADS
-            and selector.items() <= w["spec"]["template"]["metadata"]["labels"].items()
+            if w["kind"] in WORKLOADS and selector.items() <= pod_template(w)["metadata"]["labels"].items()
         ]
         assert selected, f"NetworkPolicy {policy['metadata']['name']} selects no pod"
 
