@@ -90,3 +90,25 @@ def test_the_openapi_document_states_what_the_routes_accept():
 
     continuation = predictions.encode_cursor(start_of_day_cursor(date(2026, 11, 30)).bytes)
     assert re.fullmatch(predictions.CURSOR_PATTERN, continuation), continuation
+
+
+def test_the_feedback_export_reads_cassandra_settings_by_the_gateways_rules():
+    """`mnist-train dataset export` runs in the trainer image (no gateway package): its copy of the rules."""
+    from training.feedback_export import KEYSPACE_PATTERN, CassandraSettings
+
+    assert KEYSPACE_PATTERN == settings.KEYSPACE_PATTERN
+    env = {
+        "CASSANDRA_HOSTS": " a, b ,",
+        "CASSANDRA_PORT": "9142",
+        "CASSANDRA_KEYSPACE": "ks_1",
+        "CASSANDRA_LOCAL_DC": "dc2",
+        "CASSANDRA_USERNAME": "u",
+        "CASSANDRA_PASSWORD": "p",
+    }
+    ours, theirs = CassandraSettings.from_env(env), settings.Settings.from_env(env)
+    assert ours.hosts == theirs.cassandra_hosts and ours.port == theirs.cassandra_port
+    assert (ours.keyspace, ours.local_dc, ours.username) == (
+        theirs.cassandra_keyspace,
+        theirs.cassandra_local_dc,
+        theirs.cassandra_username,
+    )

@@ -297,3 +297,14 @@ def test_an_unreachable_cassandra_is_a_clear_error(tmp_path, cassandra_node):
     result = mnist_train("dataset", "export", "--snapshot-dir", str(tmp_path), env=env, timeout=120)
     assert result.returncode == 1 and "unreachable" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_feedback_training_needs_a_baseline_and_a_real_snapshot(tmp_path, mnist_dir):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "FEEDBACK_"))}
+    common = ["--data-dir", str(mnist_dir), "--model-base-path", str(tmp_path)]
+    alone = mnist_train(*common, "--feedback", str(tmp_path), env=env)
+    assert alone.returncode == 1 and "--feedback and --baseline go together" in alone.stderr
+    missing = mnist_train(*common, "--feedback", str(tmp_path), "--baseline", "1", env=env)
+    assert missing.returncode == 1 and "not a feedback snapshot (no manifest.json)" in missing.stderr
+    latest = mnist_train(*common, "--feedback", "latest", "--baseline", "1", env=env)
+    assert latest.returncode == 1 and "no snapshot directory" in latest.stderr
