@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 SCALE = 4  # the digit is drawn at 112x112 before the style is applied
 CANVAS = 160
@@ -35,7 +35,7 @@ def styled_image(digit: np.ndarray, style: str, rng: np.random.Generator) -> Ima
     canvas = Image.new("L", (CANVAS, CANVAS), 0)
     canvas.paste(big, ((CANVAS - size) // 2, (CANVAS - size) // 2))
     if width > 1:
-        canvas = canvas.filter(ImageFilter.MaxFilter(width))
+        canvas = Image.fromarray(_dilate(np.asarray(canvas), width), "L")
     if shear:
         s = shear * float(rng.uniform(0.8, 1.2))
         # x_in = x_out + s * (y_out - centre): the top of the digit leans right
@@ -48,6 +48,17 @@ def styled_image(digit: np.ndarray, style: str, rng: np.random.Generator) -> Ima
             resample=Image.Resampling.BILINEAR,
         )
     return canvas
+
+
+def _dilate(pixels: np.ndarray, width: int) -> np.ndarray:
+    """The maximum over a width x width square around each pixel (PIL's MaxFilter(width), which sorts every
+    window: ~50x slower), as two passes of shifted maxima."""
+    out = pixels
+    for axis in (0, 1):
+        padded = np.pad(out, [(width // 2, width // 2) if a == axis else (0, 0) for a in (0, 1)])
+        size = out.shape[axis]
+        out = np.max([np.take(padded, range(k, k + size), axis=axis) for k in range(width)], axis=0)
+    return out
 
 
 def styled_upload(digit: np.ndarray, style: str, rng: np.random.Generator) -> bytes:

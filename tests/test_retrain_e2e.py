@@ -40,7 +40,9 @@ POISON_SHARE = 0.15
 QUICK_TRAINING = ["--epochs", "3", "--max-train-samples", "3000", "--seed", "0"]
 QUICK_TRAINING += ["--no-augment", "--learning-rate", "0.01"]  # the session's quick model (tests/fixtures)
 
-pytestmark = pytest.mark.slow
+# ~1,000 uploads and feedback through the gateway, four trainings of the quick model: a few minutes of CPU,
+# more under load than the default test timeout allows.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 class Stack:
