@@ -202,11 +202,15 @@ def test_feedback_in_a_new_handwriting_makes_a_better_version_that_passes_the_ga
         timeout=900,
     )
     assert job.returncode == 0, job.stderr[-3000:]
-    version_dir = Path(re.search(r"^exported (.+)$", job.stdout, re.M).group(1))
+    snapshot_line, version_line = re.findall(
+        r"^exported (.+)$", job.stdout, re.M
+    )  # the snapshot, the version
+    version_dir = Path(version_line)
     version = int(version_dir.name)
     metrics = json.loads((version_dir / "assets.extra" / "metrics.json").read_text())
     feedback = metrics["feedback"]
     snapshot = Path(feedback["snapshot_path"])
+    assert snapshot == Path(snapshot_line)
     manifest = json.loads((snapshot / "manifest.json").read_text())
     assert manifest["rows"]["distinct"] == STREAM and manifest["warnings"] == []
     before, after = feedback["baseline"]["holdout_accuracy"], feedback["holdout_accuracy"]
