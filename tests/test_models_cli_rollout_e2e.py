@@ -122,11 +122,16 @@ class Load:
         with self._lock:
             self.failures.append(what)
 
+    def no_failures(self) -> None:
+        with self._lock:
+            assert not self.failures, self.failures[:5]
+
     def wait_for_answers(self, version: int, routing: str, more_than: int = 0) -> None:
         eventually(
             lambda: self.snapshot()[1][(version, routing)] > more_than,
             what=f"answers by version {version} ({routing})",
             timeout_s=60,
+            alive=self.no_failures,
         )
 
 
