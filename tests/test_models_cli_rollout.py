@@ -107,6 +107,18 @@ def test_agreement_needs_enough_pairs_with_stable():
     assert check(with_pairs(500, 0, with_version=7), "agreement").status == guards.WAIT  # not stable's pairs
 
 
+def test_agreement_reads_the_pairs_from_either_row():
+    """Pairs count on both versions' rows: the stable row's agreement with the canary serves as well."""
+    pairs = {"with_version": 2, "compared": 100, "agreed": 12}
+    decision = guards.evaluate(card(row(1, agreement=pairs), row(2)), canary=2, stable=1, limits=LIMITS)
+    assert (
+        decision.failed.guard == "agreement" and "12 of 100 pairs with version 1" in decision.failed.summary
+    )
+    other = {"with_version": 7, "compared": 100, "agreed": 12}
+    decision = guards.evaluate(card(row(1, agreement=other), row(2)), canary=2, stable=1, limits=LIMITS)
+    assert check(decision, "agreement").status == guards.WAIT
+
+
 def test_feedback_accuracy_fails_only_beyond_both_intervals_with_enough_labels():
     stable = row(1, labels=400, correct=388, interval=[0.947, 0.985])
 

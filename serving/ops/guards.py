@@ -80,7 +80,7 @@ def evaluate(scorecard: dict[str, Any], *, canary: int, stable: int, limits: Lim
         (
             error_rate(canary_row, limits),
             p99_latency(canary_row, stable_row, limits),
-            agreement(canary_row, stable, limits),
+            agreement(canary_row, stable_row, canary=canary, stable=stable, limits=limits),
             feedback_accuracy(canary_row, stable_row, limits),
         )
     )
@@ -127,11 +127,26 @@ def p99_latency(canary: dict[str, Any], stable: dict[str, Any], limits: Limits) 
     return Check("p99_latency", PASS if ok else FAIL, text, numbers)
 
 
-def agreement(canary: dict[str, Any], stable_version: int, limits: Limits) -> Check:
-    pairs = canary.get("agreement") or {}
+def _pairs(
+    canary_row: dict[str, Any], stable_row: dict[str, Any], canary: int, stable: int
+) -> dict[str, Any]:
+    """The shadow pairs of canary and stable. They are counted on both versions' rows (gateway/store/
+    stats.py), so either row's `agreement` serves, whichever of them the scorecard compared with the other."""
+    for row, other in ((canary_row, stable), (stable_row, canary)):
+        pairs = row.get("agreement") or {}
+        if pairs.get("with_version") == other:
+            return pairs
+    return {}
+
+
+def agreement(
+    canary_row: dict[str, Any], stable_row: dict[str, Any], *, canary: int, stable: int, limits: Limits
+) -> Check:
+    stable_version = stable
+    pairs = _pairs(canary_row, stable_row, canary, stable)
     compared, agreed = int(pairs.get("compared") or 0), int(pairs.get("agreed") or 0)
-    numbers = {"with_version": pairs.get("with_version"), "compared": compared, "agreed": agreed}
-    if pairs.get("with_version") != stable_version or compared < limits.min_compared:
+    numbers = {"with_version": stable, "compared": compared, "agreed": agreed}
+    if compared < limits.min_compared:
         text = f"{compared} < {limits.min_compared} pairs with version {stable_version}"
         return Check("agreement", WAIT, text, numbers)
     rate = agreed / compared
