@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from serving.ops import guards
-from serving.ops.cli import EXIT_CODES, main
+from serving.ops.cli import EXIT_CODES, check_steps, main
 from serving.ops.errors import GatewayError, RolloutConflict
 from serving.ops.gateway_client import GatewayClient
-from serving.ops.rollout import check_steps, lease_live, stored_state
+from serving.ops.rollout import lease_live, stored_state
 from serving.ops.rollout_report import rollout_status, scorecard_table
 from serving.ops.settings import Settings
 from serving.ops.versions import DiskVersion
@@ -238,6 +240,31 @@ def test_bad_rollout_command_lines_exit_2(args, message, capsys):
     code, _ = run_cli(*args)
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_parsing_a_rollout_loads_no_tensorflow():
+    """The command's own process: --steps is parsed before the protos are loaded without TensorFlow's
+    runtime, so parsing must not import them (TensorFlow would log to stderr and take seconds)."""
+    from deploy.local.readiness import free_port
+
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mnist-models"),
+            "--gateway",
+            f"http://127.0.0.1:{free_port()}",
+            "rollout",
+            "--status",
+            "--steps",
+            "10,100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 9
+    assert result.stderr.splitlines() == [result.stderr.strip()], result.stderr
+    assert result.stderr.startswith("mnist-models: error: gateway http://127.0.0.1:")
 
 
 def test_a_bad_gateway_url_in_the_environment_is_a_clear_error(monkeypatch):

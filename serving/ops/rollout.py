@@ -93,17 +93,6 @@ class Plan:
     shadow: bool
 
 
-def check_steps(steps: list[int]) -> tuple[int, ...]:
-    """Percentages 1-100, strictly increasing, ending at 100 (the promotion happens after holding 100 %)."""
-    if not steps or any(not 1 <= s <= 100 for s in steps):
-        raise ValueError("steps are percentages from 1 to 100")
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
-        raise ValueError("steps must increase")
-    if steps[-1] != 100:
-        raise ValueError("the last step must be 100")
-    return tuple(steps)
-
-
 class StopFlag:
     """SIGINT/SIGTERM set a flag (nothing else happens in the handler); the driver polls it."""
 
