@@ -40,7 +40,10 @@ from tests.fixtures.model_server import ModelServerProcess, models_config_text
 from tests.waiting import eventually
 
 MODEL = "rollout_e2e"
-CLIENTS = 100  # distinct X-Client-Id values: the sticky split sends about canary_percent % of them to canary
+# Distinct X-Client-Id values: the sticky split sends about canary_percent % of them to canary. Prime, so
+# that over the 200 images every client sends every image: with 100, client k would only ever send images k
+# and k + 100, and the canary's clients would be judged on other digits than stable's.
+CLIENTS = 97
 # Short polls and small evidence thresholds (the guards' arithmetic is tested in test_models_cli_rollout.py).
 FAST = [
     "--poll-seconds", "0.5",
