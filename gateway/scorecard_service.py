@@ -72,9 +72,8 @@ class ScorecardService:
 
     def _compute(self, svc: Any, window_s: int, asked: tuple[int, ...]) -> dict:
         settings = svc.settings
-        label_version = _label_version(svc.model_client, settings.model_label)
         rollout = svc.store.read_rollout(settings.model_name)
-        stable = label_version if label_version is not None or rollout is None else rollout.stable_version
+        stable = _stable_version(rollout, svc.metrics.seen_version(settings.model_name, settings.model_label))
         canary = rollout.canary_version if rollout is not None and rollout.canary_version != stable else None
         loaded = sorted(_loaded_versions(svc.model_client), reverse=True)
         versions = list(dict.fromkeys(v for v in (stable, canary, *asked, *loaded) if v is not None))
@@ -90,13 +89,13 @@ class ScorecardService:
         )
 
 
-def _label_version(model_client: Any, label: str) -> int | None:
-    try:
-        available = [s.version for s in model_client.model_status(label=label) if s.state == "AVAILABLE"]
-    except GatewayError as exc:
-        log.info("the scorecard goes without the %r label's version: %s", label, exc.message)
-        return None
-    return available[0] if available else None
+def _stable_version(rollout: Any, seen: int | None) -> int | None:
+    """The version the gateway's label names: the rollout's record of it (the canary once promoted), else
+    the version that last answered the label here. (GetModelStatus cannot say: TF Serving and mnist-serve
+    ignore its label and list every version.)"""
+    if rollout is not None:
+        return rollout.canary_version if rollout.status == "promoted" else rollout.stable_version
+    return seen
 
 
 def _loaded_versions(model_client: Any) -> list[int]:
