@@ -230,6 +230,21 @@ class RolloutStore(CountingStore):
         return self.rollout
 
 
+class OneLoaded:
+    def model_status(self, **_):
+        return [SimpleNamespace(version=4, state="AVAILABLE")]
+
+
+def test_a_single_loaded_version_is_stable_before_any_answer():
+    svc = SimpleNamespace(
+        settings=Settings(),
+        store=RolloutStore(None),
+        model_client=OneLoaded(),
+        metrics=GatewayMetrics(CollectorRegistry()),
+    )
+    assert ScorecardService(clock=lambda: 0.0).card(svc, 600, ())["stable_version"] == 4
+
+
 class ThreeLoaded:
     """Versions 1-3 loaded; like TF Serving, GetModelStatus lists them all whatever label is asked."""
 
@@ -240,7 +255,7 @@ class ThreeLoaded:
 @pytest.mark.parametrize(
     ("rollout", "seen", "stable", "canary"),
     [
-        (None, None, None, None),  # nothing says which version `stable` is: no roles, not the highest
+        (None, None, None, None),  # nothing says which of 3 loaded is `stable`: no roles, not the highest
         (None, 2, 2, None),  # the version that last answered the label here
         (
             RolloutState("running", canary_version=3, stable_version=1, canary_percent=5, shadow=False),
