@@ -182,6 +182,12 @@ class GatewayMetrics:
         if right:
             self.feedback_correct.labels(*labels).inc()
 
+    def seen_version(self, model: str, label: str) -> int | None:
+        """The version that last answered `label` in this process (None before the first answer)."""
+        with self._lock:
+            version = self._versions.get((model, label))
+        return int(version) if version is not None and version.isdigit() else None
+
     def saw_model_version(self, model: str, label: str, version: int | str) -> None:
         key, version = (model, label), str(version)
         with self._lock:

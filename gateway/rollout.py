@@ -101,7 +101,7 @@ class RolloutWrite:
 
     state: RolloutState
     if_updated_at: datetime | None
-    event: Event
+    event: Event | None
 
 
 @dataclass(frozen=True)
@@ -339,11 +339,13 @@ def _timestamp(body: Mapping, name: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def _event(value: object) -> Event:
+def _event(value: object) -> Event | None:
     rule = (
         '\'event\' must be {"actor": 1-128 characters, no control characters, "action": one of '
         f'{", ".join(ACTIONS)}, "detail": a JSON object of at most {MAX_DETAIL_CHARS} characters or null}}'
     )
+    if value is None:  # a write that is no event: the driver renewing its lease every few seconds
+        return None
     if not isinstance(value, dict) or set(value) != {"actor", "action", "detail"}:
         raise InvalidInput(rule)
     actor, action, detail = value["actor"], value["action"], value["detail"]

@@ -72,11 +72,11 @@ class ScorecardService:
 
     def _compute(self, svc: Any, window_s: int, asked: tuple[int, ...]) -> dict:
         settings = svc.settings
-        label_version = _label_version(svc.model_client, settings.model_label)
         rollout = svc.store.read_rollout(settings.model_name)
-        stable = label_version if label_version is not None or rollout is None else rollout.stable_version
-        canary = rollout.canary_version if rollout is not None and rollout.canary_version != stable else None
         loaded = sorted(_loaded_versions(svc.model_client), reverse=True)
+        seen = svc.metrics.seen_version(settings.model_name, settings.model_label)
+        stable = _stable_version(rollout, seen, loaded)
+        canary = rollout.canary_version if rollout is not None and rollout.canary_version != stable else None
         versions = list(dict.fromkeys(v for v in (stable, canary, *asked, *loaded) if v is not None))
         versions = versions[:MAX_STATS_VERSIONS]
         window = scorecard.window_for(window_s)
@@ -90,13 +90,15 @@ class ScorecardService:
         )
 
 
-def _label_version(model_client: Any, label: str) -> int | None:
-    try:
-        available = [s.version for s in model_client.model_status(label=label) if s.state == "AVAILABLE"]
-    except GatewayError as exc:
-        log.info("the scorecard goes without the %r label's version: %s", label, exc.message)
-        return None
-    return available[0] if available else None
+def _stable_version(rollout: Any, seen: int | None, loaded: list[int]) -> int | None:
+    """The version the gateway's label names: the rollout's record of it (the canary once promoted), else
+    the version that last answered the label here, else the only loaded one. (GetModelStatus cannot say:
+    TF Serving and mnist-serve ignore its label and list every version.)"""
+    if rollout is not None:
+        return rollout.canary_version if rollout.status == "promoted" else rollout.stable_version
+    if seen is not None:
+        return seen
+    return loaded[0] if len(loaded) == 1 else None
 
 
 def _loaded_versions(model_client: Any) -> list[int]:

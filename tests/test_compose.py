@@ -29,6 +29,7 @@ SHARED_SETTINGS = (  # the table "The settings several parts share" in docs/cont
     "CASSANDRA_PORT",
     "CASSANDRA_KEYSPACE",
     "GATEWAY_PORT",
+    "GATEWAY_URL",
     "GATEWAY_SPOOL_DIR",
     "OPS_TOKEN",
 )

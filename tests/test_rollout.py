@@ -224,6 +224,13 @@ def test_missing_or_unknown_fields_are_named():
             parse_write(not_an_object)
 
 
+def test_a_null_event_is_a_write_without_a_history_line():
+    """The driver renews its lease every few seconds: those writes are not events worth a line."""
+    assert parse_write(body(event=None)).event is None
+    with pytest.raises(InvalidInput):
+        parse_write(body(event={}))
+
+
 def test_a_detail_that_is_not_json_is_refused():
     with pytest.raises(InvalidInput):
         parse_write(body(event={"actor": "a", "action": "set", "detail": {"x": float("nan")}}))

@@ -10,8 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 import requests
+from prometheus_client import CollectorRegistry
 
 from gateway import scorecard
+from gateway.metrics import GatewayMetrics
+from gateway.rollout import RolloutState
 from gateway.routes.scorecard import VERSIONS_PATTERN
 from gateway.scorecard_service import ScorecardService, cache_seconds
 from gateway.settings import Settings
@@ -188,7 +191,12 @@ def test_many_asking_at_once_cost_one_read_per_period():
     now = [100.0]
     service = ScorecardService(clock=lambda: now[0])
     store = CountingStore()
-    svc = SimpleNamespace(settings=Settings(), store=store, model_client=NoModelServer())
+    svc = SimpleNamespace(
+        settings=Settings(),
+        store=store,
+        model_client=NoModelServer(),
+        metrics=GatewayMetrics(CollectorRegistry()),
+    )
     answers: list[dict] = []
     threads = [
         threading.Thread(target=lambda: answers.append(service.card(svc, 600, (3,)))) for _ in range(20)
@@ -210,6 +218,70 @@ def test_many_asking_at_once_cost_one_read_per_period():
     service.card(svc, 3600, (3,))  # another window is another answer
     assert store.reads == 3
     assert cache_seconds(600) == 3.0 and cache_seconds(scorecard.MAX_WINDOW_S) == 60.0
+
+
+class RolloutStore(CountingStore):
+    def __init__(self, rollout) -> None:
+        super().__init__()
+        self.rollout = rollout
+        self.release.set()
+
+    def read_rollout(self, model_name):
+        return self.rollout
+
+
+class OneLoaded:
+    def model_status(self, **_):
+        return [SimpleNamespace(version=4, state="AVAILABLE")]
+
+
+def test_a_single_loaded_version_is_stable_before_any_answer():
+    svc = SimpleNamespace(
+        settings=Settings(),
+        store=RolloutStore(None),
+        model_client=OneLoaded(),
+        metrics=GatewayMetrics(CollectorRegistry()),
+    )
+    assert ScorecardService(clock=lambda: 0.0).card(svc, 600, ())["stable_version"] == 4
+
+
+class ThreeLoaded:
+    """Versions 1-3 loaded; like TF Serving, GetModelStatus lists them all whatever label is asked."""
+
+    def model_status(self, **_):
+        return [SimpleNamespace(version=v, state="AVAILABLE") for v in (3, 2, 1)]
+
+
+@pytest.mark.parametrize(
+    ("rollout", "seen", "stable", "canary"),
+    [
+        (None, None, None, None),  # nothing says which of 3 loaded is `stable`: no roles, not the highest
+        (None, 2, 2, None),  # the version that last answered the label here
+        (
+            RolloutState("running", canary_version=3, stable_version=1, canary_percent=5, shadow=False),
+            2,
+            1,
+            3,
+        ),
+        (
+            RolloutState("promoted", canary_version=3, stable_version=1, canary_percent=0, shadow=False),
+            1,
+            3,
+            None,
+        ),
+    ],
+)
+def test_stable_is_the_labels_version_not_the_highest_loaded(rollout, seen, stable, canary):
+    metrics = GatewayMetrics(CollectorRegistry())
+    settings = Settings()
+    if seen is not None:
+        metrics.saw_model_version(settings.model_name, settings.model_label, seen)
+    svc = SimpleNamespace(
+        settings=settings, store=RolloutStore(rollout), model_client=ThreeLoaded(), metrics=metrics
+    )
+    card = ScorecardService(clock=lambda: 0.0).card(svc, 600, ())
+    assert (card["stable_version"], card["canary_version"]) == (stable, canary)
+    assert [v["version"] for v in card["versions"]][: 1 if stable else 0] == ([stable] if stable else [])
 
 
 def test_feedback_metrics_label_at_most_32_versions_per_process():

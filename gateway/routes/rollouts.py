@@ -64,8 +64,8 @@ def put_rollout(name: str):
     )
     add_log_fields(
         rollout_model=name,
-        rollout_action=write.event.action,
-        rollout_actor=write.event.actor,
+        rollout_action=write.event.action if write.event else "renew",
+        rollout_actor=write.event.actor if write.event else None,
         rollout_status=stored.status,
         canary_version=stored.canary_version,
         canary_percent=stored.canary_percent,

@@ -685,7 +685,7 @@ class PredictionStore:
         return None if row is None else _rollout_from_row(row)
 
     def write_rollout(
-        self, model: str, state: RolloutState, *, if_updated_at: datetime | None, event: Event
+        self, model: str, state: RolloutState, *, if_updated_at: datetime | None, event: Event | None
     ) -> RolloutState:
         """Replace the model's rollout state if nobody changed it since `if_updated_at` (None: only when it
         has no state, or a state that is not running), then append `event`. Returns the stored state with
@@ -711,8 +711,10 @@ class PredictionStore:
         return self._rollout_written(model, state, now, event)
 
     def _rollout_written(
-        self, model: str, state: RolloutState, updated_at: datetime, event: Event
+        self, model: str, state: RolloutState, updated_at: datetime, event: Event | None
     ) -> RolloutState:
+        if event is None:  # a lease renewal: no line in the history
+            return dataclasses.replace(state, updated_at=updated_at)
         self._read(
             "add_rollout_event",
             [

@@ -1,4 +1,4 @@
-"""`mnist-models`: list, status, promote, canary, rollback, retire, render-config, check.
+"""`mnist-models`: list, status, promote, canary, rollback, retire, rollout, scorecard, render-config, check.
 
 Errors are one line on stderr with a distinct exit code (EXIT_CODES, docs/model-ops.md), never a traceback.
 """
@@ -6,6 +6,7 @@ Errors are one line on stderr with a distinct exit code (EXIT_CODES, docs/model-
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,7 +28,21 @@ EXIT_CODES = {
     "--max-accuracy-drop below stable, or not better than stable on its feedback holdout (use --force)",
     errors.LoadFailed.exit_code: "the server could not load the version in time (config restored)",
     errors.NothingToRollBack.exit_code: "no earlier stable version to roll back to",
+    errors.GatewayError.exit_code: "gateway unreachable, too slow, refused the token or answered an error",
+    errors.RolloutConflict.exit_code: "another rollout is running, or this one changed elsewhere (--abort)",
+    errors.GuardFailed.exit_code: "rollout rolled back: a guard failed (the message names it, with numbers)",
+    errors.RolloutInterrupted.exit_code: "rollout rolled back: interrupted by SIGINT or SIGTERM",
+    errors.NoRollout.exit_code: "rollout --resume: no interrupted rollout to resume",
 }
+
+
+def _gateway_url(text: str) -> str:
+    from serving.ops.settings import check_gateway_url
+
+    try:
+        return check_gateway_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("GATEWAY_URL", "--gateway")) from None
 
 
 def _positive_version(text: str) -> int:
@@ -54,6 +69,179 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text!r}")
     return value
+
+
+def check_steps(steps: list[int]) -> tuple[int, ...]:
+    """Percentages 1-100, strictly increasing, ending at 100 (the promotion happens after holding 100 %)."""
+    if not steps or any(not 1 <= s <= 100 for s in steps):
+        raise ValueError("steps are percentages from 1 to 100")
+    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+        raise ValueError("steps must increase")
+    if steps[-1] != 100:
+        raise ValueError("the last step must be 100")
+    return tuple(steps)
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    # Checked here, while parsing: importing the rollout driver would load the protos before
+    # skip_tensorflow_runtime() (main), and with them TensorFlow's runtime.
+    try:
+        return check_steps([int(part) for part in text.split(",")])
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error} (e.g. 5,25,50,100), got {text!r}") from None
+
+
+def _whole_seconds(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 86_400:
+        raise argparse.ArgumentTypeError(f"whole seconds from 1 to 86400, got {text!r}")
+    return int(text)
+
+
+def _window(text: str) -> int:
+    if not text.isdigit() or not 60 <= int(text) <= 604_800:
+        raise argparse.ArgumentTypeError(f"a window is 60 to 604800 seconds, got {text!r}")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a count is a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _ratio(text: str) -> float:
+    value = _seconds(text)
+    if value < 1.0:
+        raise argparse.ArgumentTypeError(f"a ratio to stable is >= 1, got {text!r}")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of milliseconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def _add_rollout(command: Callable[[str, str], argparse.ArgumentParser], settings: Settings) -> None:
+    from serving.ops.guards import Limits
+
+    limits = Limits()
+    sub = command(
+        "rollout",
+        "send a growing share of traffic to VERSION through the gateway while its guards pass, then promote "
+        "it; a failed guard or Ctrl-C sends everything back to stable at once",
+    )
+    sub.add_argument("version", type=_positive_version, metavar="VERSION", nargs="?")
+    action = sub.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true", help="the stored rollout, the split now, events")
+    action.add_argument("--abort", action="store_true", help="end the running rollout: all traffic to stable")
+    action.add_argument("--resume", action="store_true", help="continue an interrupted rollout at its step")
+    sub.add_argument("--json", action="store_true", help="with --status: the gateway's JSON")
+    sub.add_argument(
+        "--steps",
+        type=_steps,
+        default=(5, 25, 50, 100),
+        metavar="P,P,..",
+        help="percentages of traffic to VERSION, increasing, ending at 100 (default 5,25,50,100)",
+    )
+    sub.add_argument(
+        "--step-seconds",
+        type=_whole_seconds,
+        default=300,
+        metavar="S",
+        help="how long each step is held while the guards pass (default 300)",
+    )
+    sub.add_argument(
+        "--shadow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the other version also answers a copy of each request, for the agreement guard (default on)",
+    )
+    sub.add_argument(
+        "--poll-seconds",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="how often the guards are checked and the lease renewed (default 5; the lease is 3 polls, "
+        "at least 10 s)",
+    )
+    sub.add_argument(
+        "--window",
+        type=_window,
+        default=600,
+        metavar="S",
+        help="the scorecard window the guards read (default 600, 60..604800)",
+    )
+    guard = sub.add_argument_group("guards (docs/model-ops.md: why these defaults)")
+    guard.add_argument(
+        "--max-error-rate",
+        type=_fraction,
+        default=limits.max_error_rate,
+        metavar="R",
+        help=f"most errors per request (default {limits.max_error_rate})",
+    )
+    guard.add_argument(
+        "--max-p99-ratio",
+        type=_ratio,
+        default=limits.max_p99_ratio,
+        metavar="X",
+        help=f"p99 latency at most X times stable's ... (default {limits.max_p99_ratio})",
+    )
+    guard.add_argument(
+        "--p99-slack-ms",
+        type=_milliseconds,
+        default=limits.p99_slack_ms,
+        metavar="MS",
+        help=f"... plus MS (default {limits.p99_slack_ms:g})",
+    )
+    guard.add_argument(
+        "--min-agreement",
+        type=_fraction,
+        default=limits.min_agreement,
+        metavar="R",
+        help=f"least share of shadow pairs agreeing with stable (default {limits.min_agreement})",
+    )
+    guard.add_argument(
+        "--min-requests",
+        type=_count,
+        default=limits.min_requests,
+        metavar="N",
+        help=f"requests before error rate and latency are judged (default {limits.min_requests})",
+    )
+    guard.add_argument(
+        "--min-compared",
+        type=_count,
+        default=limits.min_compared,
+        metavar="N",
+        help=f"shadow pairs before agreement is judged (default {limits.min_compared})",
+    )
+    guard.add_argument(
+        "--min-labels",
+        type=_count,
+        default=limits.min_labels,
+        metavar="N",
+        help=f"feedback labels on each version before accuracy is judged (default {limits.min_labels})",
+    )
+    guard.add_argument(
+        "--min-accuracy",
+        type=_fraction,
+        default=settings.min_accuracy,
+        metavar="A",
+        help=f"the metrics.json gate, at the start and at the promotion (default {settings.min_accuracy})",
+    )
+    guard.add_argument(
+        "--max-accuracy-drop",
+        type=_fraction,
+        default=settings.max_accuracy_drop,
+        metavar="D",
+        help="the quality gate against stable, as for promote (env MODEL_MAX_ACCURACY_DROP; "
+        f"default {settings.max_accuracy_drop})",
+    )
+    guard.add_argument("--force", action="store_true", help="go ahead despite the quality gate")
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -113,6 +301,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
             default=default(300.0),
             help="how long to wait for a version to become AVAILABLE (default 300)",
         )
+        target.add_argument(
+            "--gateway",
+            metavar="URL",
+            type=_gateway_url,
+            default=default(settings.gateway_url),
+            help=f"the gateway, for rollout and scorecard (env GATEWAY_URL; default {settings.gateway_url}); "
+            "changes send env OPS_TOKEN",
+        )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -147,6 +343,10 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
             f"(env MODEL_MAX_ACCURACY_DROP; default {settings.max_accuracy_drop})",
         )
         sub.add_argument("--force", action="store_true", help="go ahead despite the quality gate")
+    _add_rollout(command, settings)
+    card = command("scorecard", "the versions side by side, from the gateway's live counters")
+    card.add_argument("--window", type=_window, default=600, metavar="S", help="seconds back (default 600)")
+    card.add_argument("--json", action="store_true", help="the gateway's JSON")
     command("rollback", "point `stable` back at the version it pointed at before the last promote")
     command("retire", "unload versions no label points at (keeps the rollback target)")
     render = command(
@@ -288,7 +488,111 @@ def _change(args: argparse.Namespace, say: Say, client: Any, err: TextIO) -> Non
         operator.retire()
 
 
-def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
+class _RolloutProgress:
+    """One live line on a terminal (step, time left, guard numbers); nothing otherwise."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def __call__(self, state: dict[str, Any], decision: Any, left_s: float) -> None:
+        if self.tty:
+            from serving.ops.rollout_report import progress_line
+
+            self.stream.write("\r\033[K" + progress_line(state, decision, left_s))
+            self.stream.flush()
+
+    def end_line(self) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _gateway(args: argparse.Namespace, settings: Settings) -> Any:
+    from serving.ops.gateway_client import GatewayClient
+
+    return GatewayClient(args.gateway, token=settings.ops_token, timeout_s=args.timeout)
+
+
+def _scorecard(args: argparse.Namespace, settings: Settings, say: Say) -> None:
+    from serving.ops.rollout_report import scorecard_table
+
+    card = _gateway(args, settings).scorecard(args.model_name, window_s=args.window)
+    say(json.dumps(card) if args.json else scorecard_table(card))
+
+
+def _rollout(args: argparse.Namespace, settings: Settings, say: Say, client: Any, err: TextIO) -> None:
+    from serving.ops.config_file import ConfigFile
+    from serving.ops.guards import Limits
+    from serving.ops.operations import Operator
+    from serving.ops.rollout import Driver, Plan, StopFlag
+
+    config_file = ConfigFile(Path(args.config))
+    model_dir = _model_dir(args, config_file.read())
+    progress = _RolloutProgress(err)
+
+    def say_line(line: str) -> None:
+        progress.end_line()
+        say(line)
+
+    operator = Operator(
+        config_file=config_file,
+        client=client,
+        model_name=args.model_name,
+        model_dir=model_dir,
+        say=say_line,
+        progress=_LoadProgress(err),
+        load_timeout_s=args.load_timeout,
+    )
+    limits = Limits(
+        max_error_rate=args.max_error_rate,
+        max_p99_ratio=args.max_p99_ratio,
+        p99_slack_ms=args.p99_slack_ms,
+        min_agreement=args.min_agreement,
+        min_requests=args.min_requests,
+        min_compared=args.min_compared,
+        min_labels=args.min_labels,
+    )
+    stop = StopFlag()
+    driver = Driver(
+        gateway=_gateway(args, settings),
+        operator=operator,
+        model_name=args.model_name,
+        model_dir=model_dir,
+        limits=limits,
+        min_accuracy=args.min_accuracy,
+        max_drop=args.max_accuracy_drop,
+        force=args.force,
+        poll_s=args.poll_seconds,
+        window_s=args.window,
+        say=say_line,
+        progress=progress,
+        stop=stop,
+    )
+    with stop.installed():
+        try:
+            if args.resume:
+                driver.resume()
+            else:
+                driver.start(Plan(args.version, args.steps, args.step_seconds, args.shadow))
+        finally:
+            progress.end_line()
+
+
+def _rollout_without_server(args: argparse.Namespace, settings: Settings, say: Say) -> None:
+    from serving.ops.rollout import abort
+    from serving.ops.rollout_report import rollout_status
+
+    gateway = _gateway(args, settings)
+    if args.status:
+        answer = gateway.rollout(args.model_name)
+        say(json.dumps(answer) if args.json else rollout_status(answer))
+        return
+    # --abort needs neither the model server nor the config: only the gateway's state changes.
+    abort(gateway, args.model_name, say=say)
+
+
+def _run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> None:
     from serving.ops.server import ModelServerClient
 
     def say(line: str) -> None:
@@ -298,11 +602,17 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
         return _render_config(args, say)
     if args.command == "check":
         return _check(args, say)
+    if args.command == "scorecard":
+        return _scorecard(args, settings, say)
+    if args.command == "rollout" and (args.status or args.abort):
+        return _rollout_without_server(args, settings, say)
     with ModelServerClient(args.server, timeout_s=args.timeout) as client:
         if args.command == "list":
             return _list(args, say, client)
         if args.command == "status":
             return _status(args, say, client)
+        if args.command == "rollout":
+            return _rollout(args, settings, say, client, err)
         return _change(args, say, client, err)
 
 
@@ -314,14 +624,21 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
     except ValueError as error:
         print(f"{PROG}: error: bad environment setting: {error}", file=err)
         return 2
-    args = build_parser(settings).parse_args(argv)
+    parser = build_parser(settings)
+    args = parser.parse_args(argv)
+    if args.command == "rollout":
+        given = args.status or args.abort or args.resume
+        if (args.version is None) == (not given):
+            parser.error("rollout takes VERSION, or one of --status, --abort, --resume")
+        if args.json and not args.status:
+            parser.error("rollout --json goes with --status")
     if argv is None:
         # Our own process: load the TF Serving protos without TensorFlow's 5-10 s start-up (see protos.py).
         from serving.ops.protos import skip_tensorflow_runtime
 
         skip_tensorflow_runtime()
     try:
-        _run(args, out, err)
+        _run(args, settings, out, err)
         return 0
     except errors.OpsError as error:
         print(f"{PROG}: error: {error.message}", file=err)

@@ -49,3 +49,33 @@ class NothingToRollBack(OpsError):
     """The history beside the config file holds no earlier stable version."""
 
     exit_code = 8
+
+
+class GatewayError(OpsError):
+    """The gateway is unreachable, too slow, refused the ops token, or answered something unexpected."""
+
+    exit_code = 9
+
+
+class RolloutConflict(OpsError):
+    """Another rollout is running, or the stored rollout changed under this one (an --abort elsewhere)."""
+
+    exit_code = 10
+
+
+class GuardFailed(OpsError):
+    """A rollout guard failed: the traffic went back to stable and the rollout is rolled back."""
+
+    exit_code = 11
+
+
+class RolloutInterrupted(OpsError):
+    """SIGINT or SIGTERM stopped a rollout: the traffic went back to stable and the rollout is rolled back."""
+
+    exit_code = 12
+
+
+class NoRollout(OpsError):
+    """`--resume` found no interrupted rollout to continue."""
+
+    exit_code = 13

@@ -1,10 +1,27 @@
-"""Defaults of `mnist-models`, read from the environment in this one place (flags override them)."""
+"""Defaults of `mnist-models`, read from the environment in this one place (flags override them).
+
+- `MODEL_SERVER_GRPC` (`localhost:8500`), `MODEL_CONFIG_FILE` (`serving/models.config`), `MODEL_BASE_PATH`
+  (the config's base_path's parent), `MODEL_NAME` (`mnist`), `MODEL_MIN_ACCURACY` (`0.99`): the model server,
+  its config and the quality gate of `promote`, `canary` and `rollout`.
+- `GATEWAY_URL` (`http://localhost:8080`): the gateway `rollout` and `scorecard` talk to (http or https).
+- `OPS_TOKEN` (empty): the gateway's ops token, sent as a bearer token when `rollout` changes the rollout
+  state (reading the state and the scorecard needs none).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+def check_gateway_url(url: str) -> str:
+    """The URL without a trailing slash; ValueError unless it is http(s)://host[:port][/path]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"GATEWAY_URL must be http(s)://host[:port], got {url!r}")
+    return url.rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -17,6 +34,8 @@ class Settings:
     model_name: str = "mnist"  # MODEL_NAME
     min_accuracy: float = 0.99  # MODEL_MIN_ACCURACY
     max_accuracy_drop: float = 0.002  # MODEL_MAX_ACCURACY_DROP: test accuracy a version may lose to stable
+    gateway_url: str = "http://localhost:8080"  # GATEWAY_URL
+    ops_token: str = ""  # OPS_TOKEN
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -29,6 +48,8 @@ class Settings:
             model_name=env.get("MODEL_NAME") or defaults.model_name,
             min_accuracy=float(env.get("MODEL_MIN_ACCURACY") or defaults.min_accuracy),
             max_accuracy_drop=_fraction(env, "MODEL_MAX_ACCURACY_DROP", defaults.max_accuracy_drop),
+            gateway_url=check_gateway_url(env.get("GATEWAY_URL") or defaults.gateway_url),
+            ops_token=(env.get("OPS_TOKEN") or "").strip(),
         )
 
 
