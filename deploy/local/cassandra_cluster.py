@@ -15,11 +15,12 @@ so that read fails while the node's failure detector still holds any running pee
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy.local.cassandra_node import CassandraNode, NodeError
+from deploy.local.cassandra_node import CassandraNode, NodeError, PortInUse
 from deploy.local.readiness import NotReady, free_port, port_free, tcp_open, wait_for
 
 MAX_NODES = 9  # 127.0.0.1-127.0.0.9; replication factors go up to 9 (gateway/store/replication.py)
@@ -104,6 +105,10 @@ class CassandraCluster:
         try:
             seed = self.nodes[0]
             launched = [node for node in self.nodes if not node.is_running()]
+            for node in launched:  # all ports checked before any JVM starts
+                for port in (self.port, self.storage_port):
+                    if not port_free(node.host, port):
+                        raise PortInUse(f"port {port} on {node.host} is already in use (another Cassandra?)")
             if seed in launched:
                 seed.start(wait=False)
                 wait_for(
@@ -235,6 +240,9 @@ def run_in_foreground(args: argparse.Namespace, say: Callable[[str], None]) -> i
             time.sleep(0.5)
         dead = [node for node in cluster.nodes if not node.is_running()]
         say(f"error: Cassandra on {dead[0].host} exited unexpectedly; see {dead[0].log_path}")
+        return 1
+    except NodeError as exc:
+        print(f"mnist-cassandra: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         say("stopping every node (draining to disk) ...")
