@@ -113,6 +113,7 @@ def spool_depth(gateway: GatewayProcess) -> float:
     return metric(requests.get(f"{gateway.url}/metrics", timeout=10).text, "gateway_spool_depth")
 
 
+@pytest.mark.timeout(1500)  # the cluster's start (2-3.5 min here) plus two node restarts under load
 def test_predictions_are_answered_and_recorded_through_one_then_two_nodes_down(
     cassandra_cluster, cluster_keyspace, model_server, uploads, tmp_path
 ):
