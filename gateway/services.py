@@ -76,6 +76,7 @@ class Services:
                             if s.cassandra_username
                             else None
                         ),
+                        consistency=s.cassandra_consistency_level,
                         write_linger=s.cassandra_write_linger_ms / 1000,
                         max_log_bytes=s.wal_max_bytes,
                         sync=s.wal_sync == "fsync",

@@ -36,6 +36,11 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
 - `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
 - `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
 - `CASSANDRA_LOCAL_DC` (empty: the driver picks): the data centre whose nodes the gateway talks to.
+- `CASSANDRA_REPLICATION` (`1`): the keyspace's replication as `mnist-migrate` creates it (`3`, or
+  `dc1:3,dc2:3`); the gateway reads it only to derive the default consistency.
+- `CASSANDRA_CONSISTENCY` (empty: derived): consistency of the store's reads and writes; by default
+  LOCAL_QUORUM when every data centre keeps 3+ replicas, else ONE. Lightweight transactions (feedback) use
+  LOCAL_SERIAL with a LOCAL_ level, else SERIAL (gateway/replication.py).
 - `CASSANDRA_USERNAME`, `CASSANDRA_PASSWORD` (empty): the login (PasswordAuthenticator), both or neither;
   required in production. From a Secret or `.env`, never from the ConfigMap.
 - `CASSANDRA_TTL_DAYS` (`90`): how long prediction rows live (0: forever); feedback rows have no TTL.
@@ -62,6 +67,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from limits import parse_many
+
+from gateway.replication import Replication, ReplicationError, consistency_for
 
 ENVIRONMENTS = ("development", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -123,6 +130,8 @@ class Settings:
     cassandra_port: int = 9042
     cassandra_keyspace: str = "mnist"
     cassandra_local_dc: str = ""
+    cassandra_replication: str = "1"
+    cassandra_consistency: str = ""
     cassandra_username: str = ""
     cassandra_password: str = dataclasses.field(default="", repr=False)
     cassandra_ttl_days: int = 90
@@ -186,6 +195,8 @@ class Settings:
             cassandra_port=integer("CASSANDRA_PORT", d["cassandra_port"].default),
             cassandra_keyspace=get("CASSANDRA_KEYSPACE", d["cassandra_keyspace"].default),
             cassandra_local_dc=env.get("CASSANDRA_LOCAL_DC", "").strip(),
+            cassandra_replication=get("CASSANDRA_REPLICATION", d["cassandra_replication"].default),
+            cassandra_consistency=env.get("CASSANDRA_CONSISTENCY", "").strip().upper(),
             cassandra_username=env.get("CASSANDRA_USERNAME", "").strip(),
             cassandra_password=env.get("CASSANDRA_PASSWORD", ""),
             cassandra_ttl_days=integer("CASSANDRA_TTL_DAYS", d["cassandra_ttl_days"].default),
@@ -257,6 +268,10 @@ class Settings:
             f"CASSANDRA_KEYSPACE must be a lower-case letter then up to 47 lower-case letters, digits or _, "
             f"got {self.cassandra_keyspace!r}",
         )
+        try:
+            consistency_for(Replication.parse(self.cassandra_replication), self.cassandra_consistency)
+        except ReplicationError as exc:
+            raise SettingsError(f"CASSANDRA_REPLICATION/CASSANDRA_CONSISTENCY: {exc}") from None
         check(0 <= self.cassandra_ttl_days <= 3650, "CASSANDRA_TTL_DAYS must be 0-3650 (0: keep forever)")
         check(0 <= self.cassandra_write_linger_ms <= 1000, "CASSANDRA_WRITE_LINGER_MS must be 0-1000")
         check(
@@ -276,6 +291,11 @@ class Settings:
                 bool(self.cassandra_username),
                 "CASSANDRA_USERNAME and CASSANDRA_PASSWORD must be set when GATEWAY_ENV=production",
             )
+
+    @property
+    def cassandra_consistency_level(self) -> str:
+        """CASSANDRA_CONSISTENCY, or the level derived from CASSANDRA_REPLICATION when it is empty."""
+        return consistency_for(Replication.parse(self.cassandra_replication), self.cassandra_consistency)
 
     @property
     def ops_enabled(self) -> bool:

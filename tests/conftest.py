@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.fixtures.paths",
     "tests.fixtures.models",
     "tests.fixtures.cassandra_node",
+    "tests.fixtures.cassandra_cluster",
     "tests.fixtures.model_server",
     "tests.fixtures.gateway_server",
     "tests.fixtures.photos",

@@ -90,7 +90,20 @@ def test_cli_refuses_a_busy_port_at_once(tmp_path):
     assert "already in use" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args", [["--port", "70000"], ["--heap", "lots"]])
+def test_cli_cluster_refuses_a_port_busy_on_one_of_its_addresses(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.2", 0))  # node 2's address only: the whole cluster must refuse, naming it
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = _cli("--nodes", "2", "--port", port, "--data-dir", str(tmp_path / "cluster"))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.2 is already in use" in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("cluster/node*/conf/node.json"))  # refused before any JVM started
+
+
+@pytest.mark.parametrize(
+    "args", [["--port", "70000"], ["--heap", "lots"], ["--nodes", "0"], ["--nodes", "10"], ["--nodes", "x"]]
+)
 def test_cli_rejects_bad_arguments(args):
     result = _cli(*args)
     assert result.returncode == 2 and "Traceback" not in result.stderr

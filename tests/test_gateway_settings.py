@@ -245,6 +245,8 @@ WIRING = {
     "spool_dir": "/var/tmp/elsewhere",
     "cassandra_ttl_days": 3,
     "cassandra_local_dc": "dc2",
+    "cassandra_replication": "dc2:3",  # and the consistency it derives: test_the_consistency_*
+    "cassandra_consistency": "QUORUM",
     "cassandra_write_linger_ms": 0,
     "cassandra_username": "gateway",
     "cassandra_password": "a-password-0123456789",
@@ -313,6 +315,7 @@ def test_every_setting_is_wired(monkeypatch):
             "ttl_seconds": 3 * 86400,
             "local_dc": "dc2",
             "credentials": Credentials("gateway", "a-password-0123456789"),
+            "consistency": "QUORUM",
             "write_linger": 0.0,
             "max_log_bytes": 2 * 1024 * 1024,
             "sync": False,
@@ -378,3 +381,58 @@ def test_the_rollout_settings_limits_are_accepted_at_their_edges():
         assert Settings.from_env({"GATEWAY_ROLLOUT_REFRESH_S": refresh}).rollout_refresh_s == float(refresh)
     for size in ("1", "10000"):
         assert Settings.from_env({"GATEWAY_SHADOW_QUEUE": size}).shadow_queue == int(size)
+
+
+@pytest.mark.parametrize(
+    ("replication", "consistency", "expected"),
+    [
+        ("1", "", "ONE"),
+        ("2", "", "ONE"),  # a quorum of 2 is both replicas: one node down would stop writes
+        ("3", "", "LOCAL_QUORUM"),
+        ("dc1:3,dc2:2", "", "ONE"),  # the smallest data centre decides
+        ("dc1:3,dc2:3", "", "LOCAL_QUORUM"),
+        ("3", "quorum", "QUORUM"),
+        ("1", "LOCAL_QUORUM", "LOCAL_QUORUM"),
+        ("2", "TWO", "TWO"),  # just enough replicas
+        ("3", "THREE", "THREE"),
+    ],
+)
+def test_the_consistency_follows_the_replication_unless_set(replication, consistency, expected):
+    env = {"CASSANDRA_REPLICATION": replication, "CASSANDRA_CONSISTENCY": consistency}
+    assert Settings.from_env(env).cassandra_consistency_level == expected
+
+
+@pytest.mark.parametrize(
+    ("replication", "consistency"),
+    [
+        ("1", "TWO"),  # one replica too few
+        ("2", "THREE"),
+        ("dc1:3,dc2:2", "THREE"),
+        ("3", "SERIAL"),  # lightweight transactions only: derived, never set
+        ("3", "ANY"),  # may acknowledge a write no replica holds
+        ("3", "MOST"),
+        ("0", ""),
+        ("dc1", ""),
+    ],
+)
+def test_a_consistency_the_replication_cannot_give_is_refused(replication, consistency):
+    env = {"CASSANDRA_REPLICATION": replication, "CASSANDRA_CONSISTENCY": consistency}
+    with pytest.raises(SettingsError, match="CASSANDRA_REPLICATION/CASSANDRA_CONSISTENCY"):
+        Settings.from_env(env)
+
+
+def test_the_consistency_settings_are_named_everywhere_an_operator_looks(repo_root):
+    import yaml
+
+    import gateway.settings as settings_module
+
+    env_example = (repo_root / ".env.example").read_text()
+    compose = (repo_root / "docker-compose.yml").read_text()
+    config_map = yaml.safe_load((repo_root / "deploy/k8s/base/settings.yaml").read_text())["data"]
+    docs = (repo_root / "docs/gateway.md").read_text()
+    for name in ("CASSANDRA_REPLICATION", "CASSANDRA_CONSISTENCY"):
+        assert f"`{name}`" in settings_module.__doc__, name
+        assert f"\n{name}=" in env_example, name
+        assert f"{name}: ${{{name}:-" in compose, name
+        assert f"| `{name}` |" in docs, name
+        Settings.from_env({name: config_map[name]})

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from gateway.replication import ReplicationError
 from gateway.store.cluster import build_cluster
 from gateway.store.migrate import (
     DEFAULT_MIGRATIONS_DIR,
@@ -133,8 +134,27 @@ def test_replication_settings_are_validated_and_rendered():
         "{'class': 'NetworkTopologyStrategy', 'dc1': 3, 'eu-west.2': 2}"
     )
     for bad in ("", "0", "10", "dc1", "dc1:x", "dc1:3,dc1:2", "dc'1:3", "dc1:3}; DROP KEYSPACE x"):
-        with pytest.raises(MigrationError):
+        with pytest.raises(ReplicationError):
             Replication.parse(bad)
+
+
+def test_the_bookkeeping_consistency_follows_the_replication():
+    from cassandra import ConsistencyLevel
+
+    single = Migrator(None, "ks", replication=Replication.parse("1"))
+    assert (single.consistency, single.serial_consistency) == (ConsistencyLevel.ONE, ConsistencyLevel.SERIAL)
+    three = Migrator(None, "ks", replication=Replication.parse("dc1:3"))
+    assert (three.consistency, three.serial_consistency) == (
+        ConsistencyLevel.LOCAL_QUORUM,
+        ConsistencyLevel.LOCAL_SERIAL,
+    )
+    chosen = Migrator(None, "ks", replication=Replication.parse("3"), consistency="QUORUM")
+    assert (chosen.consistency, chosen.serial_consistency) == (
+        ConsistencyLevel.QUORUM,
+        ConsistencyLevel.SERIAL,
+    )
+    with pytest.raises(ReplicationError):
+        Migrator(None, "ks", replication=Replication.parse("1"), consistency="THREE")
 
 
 def test_statement_splitter_respects_quotes_and_comments():

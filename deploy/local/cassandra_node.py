@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,12 +151,16 @@ def _fetch_jars(version: str, lib: Path, *, quiet: bool) -> None:
 
 
 class CassandraNode:
-    """One Cassandra node on 127.0.0.1 whose state lives in `data_dir` (restart keeps the data).
+    """One Cassandra node on a loopback address (`host`, default 127.0.0.1) whose state lives in `data_dir`
+    (restart keeps the data).
 
     Ports left as None are picked free at the first start and kept for restarts, so clients can reconnect.
     `unsafe_system=True` skips fsync of system tables: quicker, for throwaway test nodes only.
     Clients log in (PasswordAuthenticator) with `credentials`: the default superuser a new node creates at
     start-up, enough for a node that listens on 127.0.0.1 only.
+    A node of a cluster (deploy/local/cassandra_cluster.py) also gets the `seeds` (addresses; the same storage
+    port on each), its `initial_token` and the `cluster_size`: system keyspaces (logins included) are then
+    replicated to every node and hinted handoff is on.
     """
 
     credentials = Credentials("cassandra", "cassandra")
@@ -169,9 +175,16 @@ class CassandraNode:
         unsafe_system: bool = False,
         version: str = CASSANDRA_VERSION,
         startup_timeout: float = 180.0,
+        host: str = "127.0.0.1",
+        seeds: Sequence[str] = (),
+        initial_token: int = 0,
+        cluster_size: int = 1,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.host = "127.0.0.1"
+        self.host = loopback(host)
+        self.seeds = tuple(loopback(seed) for seed in seeds) or (self.host,)
+        self.initial_token = int(initial_token)
+        self.cluster_size = int(cluster_size)
         self._auto_native = port is None
         self._auto_storage = storage_port is None
         saved = self._saved_ports()  # a restart on the same data dir keeps its ports when it can
@@ -286,15 +299,16 @@ class CassandraNode:
     def _choose_ports(self, *, fresh: bool) -> None:
         for attr, auto in (("port", self._auto_native), ("storage_port", self._auto_storage)):
             current = getattr(self, attr)
-            if current is not None and not fresh and port_free("127.0.0.1", current):
+            if current is not None and not fresh and port_free(self.host, current):
                 continue
             if not auto:
                 raise PortInUse(
-                    f"port {current} on 127.0.0.1 is already in use (another Cassandra?); choose another port"
+                    f"port {current} on {self.host} is already in use (another Cassandra?); "
+                    "choose another port"
                 )
-            setattr(self, attr, free_port())
+            setattr(self, attr, free_port(self.host))
         while self.storage_port == self.port:
-            self.storage_port = free_port()
+            self.storage_port = free_port(self.host)
 
     def _saved_ports(self) -> dict:
         try:
@@ -345,6 +359,10 @@ class CassandraNode:
         }
         template = string.Template((CONF_DIR / "cassandra.yaml.template").read_text())
         return template.substitute(
+            address=self.host,
+            seeds=",".join(f"{seed}:{int(self.storage_port)}" for seed in self.seeds),
+            initial_token=self.initial_token,
+            hinted_handoff="true" if self.cluster_size > 1 else "false",
             native_port=int(self.port),
             storage_port=int(self.storage_port),
             data_dir=quoted["data"],
@@ -367,8 +385,16 @@ class CassandraNode:
             f"-Dcassandra.storagedir={self.data_dir}",
             f"-Dcassandra.logdir={self.data_dir / 'logs'}",
             f"-Dlogback.configurationFile={CONF_DIR / 'logback.xml'}",
-            "-Dcassandra.initial_token=0",
+            f"-Dcassandra.initial_token={self.initial_token}",
         ]
+        if self.cluster_size > 1:
+            # Logins and repair bookkeeping survive a node going down only when every node holds them; the
+            # default login is created once a quorum is up, retried every half second until then.
+            flags += [
+                f"-Dcassandra.system_auth.default_rf={self.cluster_size}",
+                f"-Dcassandra.system_distributed.default_rf={self.cluster_size}",
+                "-Dcassandra.superuser_setup_delay_ms=500",
+            ]
         if self.unsafe_system:
             flags.append("-Dcassandra.unsafesystem=true")
         return flags
@@ -394,19 +420,28 @@ class CassandraNode:
     def _ports_text(self) -> str:
         return f"native {self.port}, storage {self.storage_port}"
 
-    def _query_system_local(self) -> bool:
+    def driver_cluster(self, timeout: float = 2.0):
+        """A driver `Cluster` that talks to this node only (not the peers it announces); not connected."""
         from cassandra.auth import PlainTextAuthProvider
-        from cassandra.cluster import Cluster
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import WhiteListRoundRobinPolicy
 
         quiet_driver_logs()
-        cluster = Cluster(
+        only_this_node = ExecutionProfile(
+            load_balancing_policy=WhiteListRoundRobinPolicy([self.host]), request_timeout=10
+        )
+        return Cluster(
             [self.host],
             port=self.port,
-            connect_timeout=2,
-            control_connection_timeout=2,
+            connect_timeout=timeout,
+            control_connection_timeout=timeout,
             protocol_version=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: only_this_node},
             auth_provider=PlainTextAuthProvider(self.credentials.username, self.credentials.password),
         )
+
+    def _query_system_local(self) -> bool:
+        cluster = self.driver_cluster()
         try:
             session = cluster.connect()
             return session.execute("SELECT release_version FROM system.local", timeout=5).one() is not None
@@ -414,6 +449,17 @@ class CassandraNode:
             return False
         finally:
             cluster.shutdown()
+
+
+def loopback(address: str) -> str:
+    """`address` when it is an IPv4 loopback address (127.0.0.0/8: local nodes never listen elsewhere)."""
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        ip = None
+    if ip is None or not ip.is_loopback:
+        raise NodeError(f"a local node listens on a 127.x.y.z address, not {address!r}")
+    return str(ip)
 
 
 def quiet_driver_logs() -> None:
@@ -434,8 +480,16 @@ def quiet_driver_logs() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mnist-cassandra",
-        description="Run a local Cassandra node in the foreground on 127.0.0.1 (Ctrl-C or SIGTERM stops it "
-        "cleanly). The first run fetches Cassandra with Maven into ~/.cache/mnist-stack/cassandra.",
+        description="Run a local Cassandra node in the foreground on 127.0.0.1, or with --nodes N a cluster "
+        "on 127.0.0.1..N (Ctrl-C or SIGTERM stops it cleanly). The first run fetches Cassandra with Maven "
+        "into ~/.cache/mnist-stack/cassandra.",
+    )
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="nodes of a local cluster: node i on 127.0.0.i with the same ports, its data in "
+        "<data-dir>/node<i>, node 1 the seed; ready when every node is Up/Normal (default: 1, a single node)",
     )
     parser.add_argument(
         "--port",
@@ -457,7 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $CASSANDRA_DATA_DIR or .state/cassandra)",
     )
     parser.add_argument(
-        "--heap", default="1g", help="maximum JVM heap, e.g. 512m or 2g (default: %(default)s)"
+        "--heap",
+        default=None,
+        help="maximum JVM heap of each node, e.g. 512m or 2g (default: 1g for one node, 512m in a cluster)",
     )
     parser.add_argument(
         "--unsafe-system",
@@ -471,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.heap = args.heap or ("1g" if args.nodes == 1 else "512m")
+    if not 1 <= args.nodes <= 9:
+        build_parser().error(f"--nodes: 1 to 9 nodes (127.0.0.1-127.0.0.9), got {args.nodes}")
     if not re.fullmatch(r"\d+[mg]", args.heap):
         build_parser().error(f"--heap: expected a size like 512m or 2g, got {args.heap!r}")
     for flag, port in (("--port", args.port), ("--storage-port", args.storage_port)):
@@ -491,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.fetch_only:
             say(f"Cassandra {CASSANDRA_VERSION} is in {lib}")
             return 0
+        if args.nodes > 1:
+            from deploy.local.cassandra_cluster import run_in_foreground
+
+            return run_in_foreground(args, say)
         node = CassandraNode(
             args.data_dir,
             port=args.port,

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cassandra import AuthenticationFailed
+from cassandra import AuthenticationFailed, ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable
 from cassandra.policies import (
@@ -14,6 +14,8 @@ from cassandra.policies import (
     ExponentialReconnectionPolicy,
     TokenAwarePolicy,
 )
+
+from gateway.replication import serial_consistency_for
 
 # The driver logs each failed (re)connection as a warning with a traceback; ours say what happened once.
 _NOISY_DRIVER_LOGGERS = (
@@ -66,11 +68,22 @@ def build_cluster(
     connect_timeout: float = 3.0,
     local_dc: str | None = None,
     credentials: Credentials | None = None,
+    consistency: str = "ONE",
 ) -> Cluster:
     """A `Cluster`, not yet connected: call `.connect()` after forking (driver threads do not survive it).
-    With `credentials` it logs in (PasswordAuthenticator); without, the node must allow anonymous clients."""
+    With `credentials` it logs in (PasswordAuthenticator); without, the node must allow anonymous clients.
+
+    Every host in `hosts` is a contact point (any one that answers is enough to learn the ring). Requests go
+    to a replica of their partition (token-aware) in the local data centre (`local_dc`, or the one of the
+    first contact point that answers), at `consistency` (a name from gateway/replication.py); lightweight
+    transactions use the matching serial level (LOCAL_SERIAL for a LOCAL_ level)."""
     load_balancing = TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=local_dc))
-    profile = ExecutionProfile(load_balancing_policy=load_balancing, request_timeout=request_timeout)
+    profile = ExecutionProfile(
+        load_balancing_policy=load_balancing,
+        request_timeout=request_timeout,
+        consistency_level=ConsistencyLevel.name_to_value[consistency],
+        serial_consistency_level=ConsistencyLevel.name_to_value[serial_consistency_for(consistency)],
+    )
     return Cluster(
         parse_hosts(hosts),
         port=int(port),

@@ -30,6 +30,7 @@ from cassandra import ConsistencyLevel, DriverException
 from cassandra.cluster import NoHostAvailable, Session
 from cassandra.query import PreparedStatement, SimpleStatement
 
+from gateway.replication import Replication, consistency_for, serial_consistency_for
 from gateway.settings import is_keyspace
 from gateway.store.cluster import (
     Credentials,
@@ -40,7 +41,6 @@ from gateway.store.cluster import (
 )
 
 DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "cassandra" / "migrations"
-DATACENTER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MIGRATION_FILE_RE = re.compile(r"v(\d{3,})_([a-z0-9_]+)\.cql")
 LOCK_NAME = "migrate"
 
@@ -58,43 +58,6 @@ def validate_keyspace(name: str) -> str:
     if not is_keyspace(name or ""):
         raise MigrationError(f"invalid keyspace name {name!r}: use lower-case letters, digits and _ (max 48)")
     return name
-
-
-@dataclass(frozen=True)
-class Replication:
-    """`"1"` -> SimpleStrategy with that factor; `"dc1:3,dc2:2"` -> NetworkTopologyStrategy per DC."""
-
-    strategy: str
-    factors: tuple[tuple[str, int], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> Replication:
-        text = (text or "").strip()
-        if text.isdigit():
-            return cls("SimpleStrategy", (("replication_factor", _factor(text)),))
-        factors = []
-        for item in text.split(","):
-            dc, sep, factor = item.strip().partition(":")
-            if not sep or not DATACENTER_RE.fullmatch(dc.strip()):
-                raise MigrationError(f"invalid replication {text!r}: use a factor (`1`) or `dc1:3,dc2:3`")
-            factors.append((dc.strip(), _factor(factor.strip())))
-        if len({dc for dc, _ in factors}) != len(factors):
-            raise MigrationError(f"invalid replication {text!r}: a data centre is named twice")
-        return cls("NetworkTopologyStrategy", tuple(factors))
-
-    def cql_map(self) -> str:
-        # Safe to render: the strategy is one of two constants, names matched DATACENTER_RE, factors are ints.
-        items = [f"'class': '{self.strategy}'"] + [f"'{name}': {factor}" for name, factor in self.factors]
-        return "{" + ", ".join(items) + "}"
-
-    def describe(self) -> str:
-        return f"{self.strategy} " + ", ".join(f"{name}={factor}" for name, factor in self.factors)
-
-
-def _factor(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 9:
-        raise MigrationError(f"invalid replication factor {text!r}: an integer from 1 to 9")
-    return int(text)
 
 
 # ------------------------------------------------------------------------------------- migration files
@@ -178,6 +141,7 @@ class Migrator:
         migrations_dir: Path | str = DEFAULT_MIGRATIONS_DIR,
         *,
         replication: Replication | None = None,
+        consistency: str = "",
         lock_ttl: int = 300,
         lock_wait: float = 330.0,
         say: Callable[[str], None] = lambda msg: log.info("%s", msg),
@@ -186,6 +150,9 @@ class Migrator:
         self.keyspace = validate_keyspace(keyspace)
         self.migrations_dir = Path(migrations_dir)
         self.replication = replication or Replication.parse("1")
+        level = consistency_for(self.replication, consistency)
+        self.consistency = ConsistencyLevel.name_to_value[level]
+        self.serial_consistency = ConsistencyLevel.name_to_value[serial_consistency_for(level)]
         self.lock_ttl = lock_ttl
         self.lock_wait = lock_wait
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -236,9 +203,9 @@ class Migrator:
             if cql not in self._prepared:
                 self._prepared[cql] = self.session.prepare(cql)
             statement = self._prepared[cql].bind(params)
-        statement.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+        statement.consistency_level = self.consistency
         if serial:
-            statement.serial_consistency_level = ConsistencyLevel.SERIAL
+            statement.serial_consistency_level = self.serial_consistency
         return self.session.execute(statement, timeout=timeout)
 
     def _keyspace_exists(self) -> bool:
@@ -391,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mnist-migrate",
         description="Apply the CQL migrations in order (default), or show their status.",
         epilog="Environment: CASSANDRA_HOSTS, CASSANDRA_PORT, CASSANDRA_KEYSPACE, CASSANDRA_REPLICATION "
-        "(`1` = SimpleStrategy RF 1, or `dc1:3,dc2:3` = NetworkTopologyStrategy), CASSANDRA_MIGRATIONS_DIR, "
+        "(`1` = SimpleStrategy RF 1, or `dc1:3,dc2:3` = NetworkTopologyStrategy), CASSANDRA_CONSISTENCY "
+        "(empty: LOCAL_QUORUM when every DC keeps 3+ replicas, else ONE), CASSANDRA_MIGRATIONS_DIR, "
         "CASSANDRA_USERNAME and CASSANDRA_PASSWORD (the login; both or neither).",
     )
     parser.add_argument("command", nargs="?", choices=("migrate", "status"), default="migrate")
@@ -404,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--replication",
         default=env("CASSANDRA_REPLICATION", "1"),
         help="replication of a new keyspace: `1` or `dc1:3,dc2:3` (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--consistency",
+        default=env("CASSANDRA_CONSISTENCY", ""),
+        help="consistency of the bookkeeping reads and writes (default: derived from --replication)",
     )
     parser.add_argument(
         "--migrations-dir", type=Path, default=Path(env("CASSANDRA_MIGRATIONS_DIR") or DEFAULT_MIGRATIONS_DIR)
@@ -451,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parse_hosts(args.hosts)
         replication = Replication.parse(args.replication)
+        consistency_for(replication, args.consistency)
         validate_keyspace(args.keyspace)
         load_migrations(args.migrations_dir)  # bad files are reported before touching the network
         session = connect(args.hosts, args.port, credentials=_credentials_from_env(), wait=args.wait, say=say)
@@ -460,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.keyspace,
                 args.migrations_dir,
                 replication=replication,
+                consistency=args.consistency,
                 lock_wait=args.lock_timeout,
                 say=say,
             )

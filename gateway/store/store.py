@@ -146,6 +146,7 @@ class PredictionStore:
         connect_timeout: float = 3.0,
         local_dc: str | None = None,
         credentials: Credentials | None = None,
+        consistency: str = "ONE",
         max_backoff: float = 10.0,
         write_linger: float = 0.05,
         max_log_bytes: int = 256 * 1024 * 1024,
@@ -163,6 +164,7 @@ class PredictionStore:
         self.connect_timeout = connect_timeout
         self.local_dc = local_dc
         self.credentials = credentials
+        self.consistency = consistency  # of every read and write (gateway/replication.py)
         self.max_backoff = max_backoff
         self.write_linger = write_linger
         self.max_log_bytes = max_log_bytes
@@ -466,6 +468,7 @@ class PredictionStore:
             connect_timeout=self.connect_timeout,
             local_dc=self.local_dc,
             credentials=self.credentials,
+            consistency=self.consistency,
         )
         try:
             session = cluster.connect()
