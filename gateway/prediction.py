@@ -59,8 +59,9 @@ class Answer:
     model_ms: float
     total_ms: float
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self, *, with_input: bool = False) -> dict:
+        """The answer's JSON; `with_input` adds the 28x28 PNG the model saw (the web page shows it)."""
+        body = {
             "id": str(self.id),
             "created_at": self.created_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "filename": self.filename,
@@ -77,8 +78,10 @@ class Answer:
                 "model": round(self.model_ms, 3),
                 "total": round(self.total_ms, 3),
             },
-            "input": {"width": 28, "height": 28, "png_base64": png_base64(self.image)},
         }
+        if with_input:
+            body["input"] = {"width": 28, "height": 28, "png_base64": png_base64(self.image)}
+        return body
 
 
 @dataclass(frozen=True)

@@ -137,14 +137,16 @@ def to_mnist(
     budget = _CpuBudget(cpu_budget_s)
     with contextlib.ExitStack() as held:  # the decoded frame's memory, until the digit is made
         decoded, mode, (width, height) = _decode(data, fmt, max_pixels, max_decode_bytes, budget, held)
-        image = _reduced(decoded, budget)
-        pixels, backdrop = _pixels(image)
         if (width, height) == (imaging.MNIST_SIZE,) * 2:
+            pixels = _plain_grey(decoded)
+            if pixels is None:
+                pixels, _ = _pixels(_reduced(decoded, budget))
             ink, inverted = imaging.ink_map(pixels)
             digit = _already_mnist(ink)
             if digit is None:
                 digit = _extract_digit(ink, smooth_radius=0)[0]
         else:
+            pixels, backdrop = _pixels(_reduced(decoded, budget))
             digit, inverted, box = _find_digit(pixels, large=min(width, height) >= LARGE)
             region = _refine_region(box, pixels.shape, decoded.size)
             if region is not None:
@@ -390,6 +392,16 @@ def _normalised(image: Image.Image, grey_scale: float = 1.0) -> Image.Image:
     if image.mode not in ("L", "RGB", "RGBA"):
         return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
     return image
+
+
+def _plain_grey(decoded: _Decoded) -> np.ndarray | None:
+    """An upright, opaque 8-bit grey picture's pixels as float32, else None. For a 28x28 picture this is
+    exactly what _pixels(_reduced(...)) gives (no reduction, no conversion, no resize: the same values)
+    without the copies they make (a third of a 28x28 PNG's preprocessing)."""
+    image = decoded.image
+    if image.mode != "L" or decoded.transpose is not None or "transparency" in image.info:
+        return None
+    return np.asarray(image, dtype=np.float32)
 
 
 def _pixels(image: Image.Image, *, backdrop: float | None = None) -> tuple[np.ndarray, float | None]:

@@ -92,7 +92,9 @@ def test_predictions_are_right_answered_and_recorded(
     images, labels = mnist_test_set
     answers = []
     for image, label in zip(images[:20], labels[:20], strict=True):
-        r = predict(gateway_server.url, as_upload(image), filename=f"digit-{label}.png")
+        r = predict(
+            gateway_server.url, as_upload(image), filename=f"digit-{label}.png", params={"input": "png"}
+        )
         assert r.status_code == 200, r.text
         answers.append(r.json())
     correct = sum(a["digit"] == int(label) for a, label in zip(answers, labels[:20], strict=True))

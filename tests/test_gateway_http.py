@@ -124,9 +124,23 @@ def test_a_good_upload_answers_json_and_is_recorded(make_gateway):
     assert body["filename"] == "../../etc/passwd"  # data, echoed, never a path
     assert model.calls[0]["shape"] == (1, 28, 28) and model.calls[0]["dtype"] == np.uint8
     assert model.calls[0]["label"] == "stable"
-    seen = Image.open(io.BytesIO(__import__("base64").b64decode(body["input"]["png_base64"])))
-    assert seen.size == (28, 28)
+    assert "input" not in body  # the 28x28 PNG only when asked for (?input=png)
     assert len(store.records) == 1 and str(store.records[0].id) == body["id"]
+
+
+def test_the_input_png_comes_only_when_asked_for(make_gateway):
+    gw, _, store = make_gateway()
+    r = requests.post(f"{gw.url}/v1/predict?input=png", files={"image": ("d.png", png(), "image/png")})
+    assert r.status_code == 200, r.text
+    shown = r.json()["input"]
+    assert shown["width"] == 28 and shown["height"] == 28
+    seen = Image.open(io.BytesIO(base64.b64decode(shown["png_base64"])))
+    assert seen.size == (28, 28) and np.asarray(seen).tobytes() == store.records[0].input_image
+    for wrong in ("PNG", "jpeg", "", "png,png"):
+        r = requests.post(f"{gw.url}/v1/predict", params={"input": wrong}, files={"image": ("d.png", png())})
+        assert r.status_code == 400 and error_of(r)["code"] == "invalid_input"
+        assert "'input'" in error_of(r)["message"]
+    assert len(store.records) == 1  # a bad flag is refused before the model is asked
 
 
 @pytest.mark.parametrize("seed", range(3))

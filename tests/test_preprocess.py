@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gateway import preprocess
 from gateway.errors import GatewayError, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from gateway.preprocess import Preprocessed, sniff_format, to_mnist
 from tests import uploads
@@ -20,6 +21,14 @@ def mnist(mnist_dir):
 
     data = load_mnist(mnist_dir)
     return data.test_images[:200], data.test_labels[:200]
+
+
+@pytest.fixture(scope="module")
+def mnist_all(mnist_dir):
+    from training.data import load_mnist
+
+    data = load_mnist(mnist_dir)
+    return np.concatenate([data.test_images, data.train_images])
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
@@ -53,6 +62,45 @@ def test_an_mnist_image_goes_through_unchanged(mnist):
                 for dx in (-1, 0, 1)
             )
     assert unchanged >= 0.95 * len(digits)
+
+
+def grey_28x28_variants(digit: np.ndarray) -> dict[str, np.ndarray]:
+    """MNIST-style, dark on light, off-centre and too big for 20x20: every branch after decoding."""
+    return {
+        "mnist": digit,
+        "inverted": 255 - digit,
+        "off_centre": np.roll(digit, (5, -6), axis=(0, 1)),
+        "too_big": np.asarray(Image.fromarray(digit).resize((40, 40)))[6:34, 6:34],
+    }
+
+
+def test_a_grey_28x28_upload_skips_the_resampling(mnist, monkeypatch):
+    calls = []
+    reduced = preprocess._reduced
+    monkeypatch.setattr(preprocess, "_reduced", lambda *a, **k: calls.append(a) or reduced(*a, **k))
+    for variant in grey_28x28_variants(mnist[0][0]).values():
+        to_mnist(uploads.encode(Image.fromarray(variant, "L")))
+    assert calls == []
+    to_mnist(uploads.encode(Image.fromarray(mnist[0][0], "L").convert("RGB")))  # not grey: the full path
+    assert len(calls) == 1
+
+
+def test_the_grey_28x28_quick_path_gives_what_the_full_path_gives(mnist_all):
+    """On every committed sample image: a grey PNG (quick path) and the same pixels as an RGB PNG (the full
+    path: converted, resampled, collapsed to grey) give the same input, or the same error."""
+    for digit in mnist_all:
+        for name, variant in grey_28x28_variants(digit).items():
+            grey = Image.fromarray(variant, "L")
+            assert outcome(grey) == outcome(grey.convert("RGB")), name
+
+
+def outcome(image: Image.Image) -> tuple[str, bytes | str]:
+    try:
+        out = to_mnist(uploads.encode(image)).image
+    except InvalidInput as exc:
+        return "error", exc.message
+    assert out.dtype == np.uint8 and out.shape == (28, 28)
+    return "ok", out.tobytes()
 
 
 @pytest.mark.parametrize("kind", list(uploads.KINDS))

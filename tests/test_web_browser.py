@@ -93,7 +93,7 @@ def test_draw_a_digit_get_the_answer_and_send_feedback(
     page.goto(gateway_server.url + "/")
     assert page.title() == "MNIST digit reader"
 
-    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as predicted:
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as predicted:
         draw(page, SEVEN)  # the page reads the drawing by itself when the pen stays up
     answer = predicted.value.json()
     assert predicted.value.status == 200
@@ -150,7 +150,7 @@ def test_upload_by_file_picker_and_errors_are_shown(browser, gateway_server, mni
     page.goto(gateway_server.url + "/")
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("hello")
-    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as rejected:
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as rejected:
         page.set_input_files("#file", str(not_an_image))
     assert rejected.value.status == 415
     expect(page.locator("#status")).to_have_class(re.compile(r"\berror\b"))
@@ -160,7 +160,7 @@ def test_upload_by_file_picker_and_errors_are_shown(browser, gateway_server, mni
     image, _ = mnist_test_digit(mnist_dir, index=0)
     upload = tmp_path / "scan of a digit.png"
     Image.fromarray(255 - image).resize((300, 300), Image.Resampling.BICUBIC).save(upload)
-    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as predicted:
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as predicted:
         page.set_input_files("#file", str(upload))
     assert predicted.value.status == 200
     expect(page.locator("#digit")).to_have_text(str(predicted.value.json()["digit"]))
@@ -233,7 +233,7 @@ def test_a_phone_photo_is_shrunk_by_the_page_and_read_right(
     page.add_init_script(RECORD_SENT)
     seen = watch(page, gateway_server.url)
     page.goto(gateway_server.url + "/")
-    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as answered:
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as answered:
         if how == "picker":
             path = tmp_path / photo.filename
             path.write_bytes(photo.data)
@@ -257,7 +257,7 @@ def test_a_small_picture_is_sent_as_it_is(browser, gateway_server, mnist_dir, tm
     page = browser.new_page()
     page.add_init_script(RECORD_SENT)
     page.goto(gateway_server.url + "/")
-    with page.expect_response(lambda r: r.url.endswith("/v1/predict")) as answered:
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as answered:
         drop_file(page, upload.read_bytes(), upload.name, "image/png")
     assert answered.value.status == 200
     sent = page.evaluate("window.sentImages")

@@ -1,8 +1,9 @@
 """`POST /v1/predict`: an upload in, the model's answer out (the flow itself: gateway/prediction.py).
 
 This module only reads HTTP: the upload (multipart `image` or `pic`, or a raw body), the model the client
-names (`?label=` or `?version=`: pinned) and the client key of the sticky traffic split (`X-Client-Id`, else
-the client's address). The original `/mnist` form (gateway/routes/legacy.py) reads the same way.
+names (`?label=` or `?version=`: pinned), whether the answer shows the model's input (`?input=png`) and the
+client key of the sticky traffic split (`X-Client-Id`, else the client's address). The original `/mnist`
+form (gateway/routes/legacy.py) reads the same way.
 """
 
 from __future__ import annotations
@@ -88,6 +89,15 @@ def predict_request(fields: tuple[str, ...] = UPLOAD_FIELDS) -> Answer:
     )
 
 
+def wants_input() -> bool:
+    """`?input=png` adds the 28x28 PNG the model saw to the answer (its encoding is CPU most clients skip)."""
+    wanted = request.args.get("input")
+    if wanted is not None and wanted != "png":
+        raise InvalidInput("'input' must be 'png' (the 28x28 image the model saw) or absent")
+    return wanted is not None
+
+
 @bp.post("/v1/predict")
 def predict():
-    return jsonify(predict_request().to_json())
+    with_input = wants_input()
+    return jsonify(predict_request().to_json(with_input=with_input))

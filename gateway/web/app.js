@@ -168,7 +168,7 @@
     setStatus("Reading…");
     $("predict-btn").disabled = true;
     try {
-      const answer = await api("/v1/predict", { method: "POST", body: form });
+      const answer = await api("/v1/predict?input=png", { method: "POST", body: form });
       if (seq !== state.seq) return; // a newer request was sent meanwhile
       showAnswer(answer);
       setStatus("");
