@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import requests
 
@@ -71,3 +72,51 @@ def test_two_gateways_share_one_history(start_gateway, mnist_test_set, clean_tab
     )
     assert again.status_code == 409, again.text
     assert requests.get(f"{first.url}/v1/predictions/{made_by_second}").json()["feedback"] == label
+
+    # Both read the same scorecard: its numbers are Cassandra's counters, not a process's own.
+    model = first.env.get("MODEL_NAME", "mnist")
+
+    def cards() -> list[dict]:
+        return [
+            requests.get(f"{url}/v1/models/{model}/scorecard", params={"window": 900}, timeout=30).json()
+            for url in (first.url, second.url)
+        ]
+
+    def same_numbers() -> list[dict] | None:
+        a, b = cards()
+        answered = sum(v["requests"] for v in a["versions"])
+        agree = (a["stable_version"], a["versions"]) == (b["stable_version"], b["versions"])
+        return [a, b] if agree and answered >= 2 * PER_GATEWAY else None
+
+    a, _ = eventually(same_numbers, what="both gateways to show the same scorecard")
+    assert a["stable_version"] is not None
+
+
+def test_a_rollout_written_through_one_gateway_is_read_through_the_other(start_gateway):
+    first, second = start_gateway(), start_gateway()
+    model = f"side_{uuid.uuid4().hex[:12]}"  # its own row: no other test's routing changes
+    now = datetime.now(UTC)
+    body = {
+        "status": "running",
+        "canary_version": 2,
+        "stable_version": 1,
+        "canary_percent": 25,
+        "shadow": True,
+        "steps": [25, 100],
+        "step_index": 0,
+        "step_seconds": 60,
+        "step_started_at": now.isoformat(),
+        "lease_until": (now + timedelta(minutes=5)).isoformat(),
+        "started_by": "tests",
+        "started_at": now.isoformat(),
+        "reason": None,
+        "if_updated_at": None,
+        "event": {"actor": "tests", "action": "start", "detail": None},
+    }
+    auth = {"Authorization": f"Bearer {first.env['OPS_TOKEN']}"}
+    put = requests.put(f"{first.url}/v1/models/{model}/rollout", json=body, headers=auth, timeout=30)
+    assert put.status_code == 200, put.text
+    read = requests.get(f"{second.url}/v1/models/{model}/rollout", timeout=30).json()
+    assert read["state"] == put.json()["state"]
+    assert read["effective"] == {"canary_percent": 25, "shadow": True}
+    assert [e["action"] for e in read["events"]] == ["start"]
