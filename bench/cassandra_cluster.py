@@ -22,7 +22,6 @@ import http.client
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def measure_layout(
     args: argparse.Namespace, size: int, replication: str, server, upload: bytes, scratch: Path
 ):
     """Start `size` nodes and a gateway on them, warm up, measure `args.runs` windows; stop them all."""
-    from bench.gateway import CpuMeter, run_level, worker_pids
+    from bench.gateway import CpuMeter, gateway_call, run_level, worker_pids
     from deploy.local.cassandra_cluster import CassandraCluster
     from gateway.replication import Replication
     from gateway.store.cluster import build_cluster
@@ -107,21 +106,7 @@ def measure_layout(
         def shipped() -> bool:
             return metric(http_get(gateway.port, "/metrics"), "gateway_spool_depth") == 0
 
-        def make_call() -> Callable[[], bool]:
-            connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
-            headers = {"Content-Type": "image/png"}
-
-            def call() -> bool:
-                try:
-                    connection.request("POST", "/v1/predict", body=upload, headers=headers)
-                    response = connection.getresponse()
-                    response.read()
-                    return response.status == 200
-                except (OSError, http.client.HTTPException):
-                    connection.close()
-                    return False
-
-            return call
+        make_call = gateway_call(gateway.port, upload)
 
         cpu = CpuMeter(
             lambda: {

@@ -94,6 +94,28 @@ class CpuMeter:
         return used
 
 
+def gateway_call(port: int, upload: bytes) -> Callable[[], Callable[[], bool]]:
+    """A maker of one client's call: `POST /v1/predict` of `upload` on its own keep-alive connection."""
+
+    def make() -> Callable[[], bool]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        headers = {"Content-Type": "image/png"}
+
+        def call() -> bool:
+            try:
+                connection.request("POST", "/v1/predict", body=upload, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                return response.status == 200
+            except (OSError, http.client.HTTPException):
+                connection.close()  # reconnects on the next request
+                return False
+
+        return call
+
+    return make
+
+
 def run_level(
     concurrency: int,
     seconds: float,
@@ -300,25 +322,6 @@ def main(argv: list[str] | None = None) -> int:
 
             return call
 
-        def gateway_call(upload: bytes) -> Callable[[], Callable[[], bool]]:
-            def make() -> Callable[[], bool]:
-                connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
-                headers = {"Content-Type": "image/png"}
-
-                def call() -> bool:
-                    try:
-                        connection.request("POST", "/v1/predict", body=upload, headers=headers)
-                        response = connection.getresponse()
-                        response.read()
-                        return response.status == 200
-                    except (OSError, http.client.HTTPException):
-                        connection.close()  # reconnects on the next request
-                        return False
-
-                return call
-
-            return make
-
         cpu = CpuMeter(
             lambda: {
                 "gateway": worker_pids(gateway.proc.pid),
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.warmup > 0:
             print(f"warming up for {args.warmup:g} s (gateway load at concurrency 8) ...", flush=True)
-            run_level(8, args.warmup, gateway_call(uploads["gateway, 28x28 PNG"]))
+            run_level(8, args.warmup, gateway_call(gateway.port, uploads["gateway, 28x28 PNG"]))
 
         results: dict[int, dict[str, Level]] = {}
         profiles: dict[tuple[int, str], Counter] = {}
@@ -348,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                         samples = [args.profile / f"{name}-{pid}.txt" for pid in pids]
                         for pid, path in zip(pids, samples, strict=True):
                             sampling.enter_context(profile.Sampler(pid, path))
-                    results[c][mode] = run_level(c, args.seconds, gateway_call(upload), cpu)
+                    results[c][mode] = run_level(c, args.seconds, gateway_call(gateway.port, upload), cpu)
                 if args.profile:
                     profiles[(c, mode)] = sum(map(profile.read_collapsed, samples), Counter())
 

@@ -17,19 +17,18 @@ is the price of the second copy and that nothing slows down for having it.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 from bench.gateway import (
     CpuMeter,
     Level,
+    gateway_call,
     mnist_digit,
     png_bytes,
     resolve_models,
@@ -43,26 +42,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 KEYSPACE = "mnist_bench_scaleout"
 SETUPS = ("1 replica", "2 replicas")
 TIERS = ("gateway", "model servers", "Cassandra", "load generator")
-
-
-def gateway_call(port: int, upload: bytes) -> Callable[[], Callable[[], bool]]:
-    def make() -> Callable[[], bool]:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        headers = {"Content-Type": "image/png"}
-
-        def call() -> bool:
-            try:
-                connection.request("POST", "/v1/predict", body=upload, headers=headers)
-                response = connection.getresponse()
-                response.read()
-                return response.status == 200
-            except (OSError, http.client.HTTPException):
-                connection.close()  # reconnects on the next request
-                return False
-
-        return call
-
-    return make
 
 
 def span(values: list[float], digits: int = 1) -> str:
