@@ -137,7 +137,8 @@ def test_a_label_or_version_the_server_lacks_is_404_not_an_outage(gateway_server
         assert r.status_code == 404, (query, r.text)
         assert r.json()["error"]["code"] == "model_version_not_found" and "Retry-After" not in r.headers
     r = requests.post(f"{gateway_server.url}/v1/predict?version=1", data=upload, timeout=30)
-    assert r.status_code == 200 and r.json()["model"] == {"name": "mnist", "version": 1, "label": None}
+    assert r.status_code == 200
+    assert r.json()["model"] == {"name": "mnist", "version": 1, "label": None, "routing": "pinned"}
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is part of the CI image")

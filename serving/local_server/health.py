@@ -10,11 +10,17 @@ and only picks replicas that report SERVING for it. Names and their rule:
 
 Names of models or labels that leave the config turn NOT_SERVING. On shutdown every name turns NOT_SERVING
 before the port closes, so clients stop picking the replica while its in-flight calls finish.
+
+Watchers are told of a change by one sender thread, outside the servicer's lock: the library's `set` sends
+to every watcher while holding the lock that a closing watch needs, which deadlocks when a watcher goes away
+during the send, and it would make the model manager wait for the slowest watcher.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from grpc_health.v1 import health, health_pb2
 
@@ -22,6 +28,39 @@ from serving.local_server.model_manager import ModelManager
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+log = logging.getLogger(__name__)
+
+
+class _Servicer(health.HealthServicer):
+    """`HealthServicer` (non-blocking Watch) whose status changes reach watchers from a sender thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix="health-watch")
+
+    def set(self, service: str, status: int) -> None:
+        with self._lock:
+            if self._gracefully_shutting_down:
+                return
+            self._server_status[service] = status
+            watchers = list(self._send_response_callbacks.get(service, ()))
+        for send in watchers:
+            self._sender.submit(_send, send, health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self) -> None:
+        with self._lock:
+            services = list(self._server_status)
+        for service in services:
+            self.set(service, NOT_SERVING)
+        with self._lock:
+            self._gracefully_shutting_down = True
+
+
+def _send(send, response) -> None:
+    try:
+        send(response)
+    except Exception as exc:  # a watcher that went away: its stream is closed, nothing to tell
+        log.debug("a health watcher was not told: %s", exc)
 
 
 def service_name(model: str, label: str | None = None) -> str:
@@ -43,7 +82,7 @@ class ModelHealth:
     """Keeps a HealthServicer in step with the model manager (`refresh` is its state listener)."""
 
     def __init__(self, manager: ModelManager) -> None:
-        self.servicer = health.HealthServicer()
+        self.servicer = _Servicer()
         self._manager = manager
         self._lock = threading.Lock()
         self._last: dict[str, bool] = {}
