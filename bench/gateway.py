@@ -94,6 +94,22 @@ class CpuMeter:
         return used
 
 
+def migrated_node(stack: ExitStack, scratch: Path, keyspace: str = KEYSPACE):
+    """A fresh local Cassandra node in `scratch`, `keyspace` migrated; killed when `stack` closes."""
+    from deploy.local.cassandra_node import CassandraNode
+    from gateway.store.cluster import build_cluster
+    from gateway.store.migrate import Migrator
+
+    print("starting Cassandra ...", flush=True)
+    node = CassandraNode(scratch / "cassandra", unsafe_system=True)
+    node.start()
+    stack.callback(node.kill)
+    cluster = build_cluster([node.host], node.port, request_timeout=30.0, credentials=node.credentials)
+    Migrator(cluster.connect(), keyspace).migrate()
+    cluster.shutdown()
+    return node
+
+
 def gateway_call(port: int, upload: bytes) -> Callable[[], Callable[[], bool]]:
     """A maker of one client's call: `POST /v1/predict` of `upload` on its own keep-alive connection."""
 
@@ -262,11 +278,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Test helpers that start the real processes on free ports (the same code the e2e tests use).
     sys.path.insert(0, str(REPO_ROOT))
-    from deploy.local.cassandra_node import CassandraNode
     from gateway.model_client import ModelClient
     from gateway.preprocess import to_mnist
-    from gateway.store.cluster import build_cluster, quiet_driver_logs
-    from gateway.store.migrate import Migrator
+    from gateway.store.cluster import quiet_driver_logs
     from tests.fixtures.gateway_server import GatewayProcess, gateway_environment
     from tests.fixtures.model_server import ModelServerProcess, models_config_text
 
@@ -277,13 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         models = resolve_models(args.model_base_path, scratch)
         version = max(version_dirs(models / "mnist"))
 
-        print("starting Cassandra ...", flush=True)
-        node = CassandraNode(scratch / "cassandra", unsafe_system=True)
-        node.start()
-        stack.callback(node.kill)
-        cluster = build_cluster([node.host], node.port, request_timeout=30.0, credentials=node.credentials)
-        Migrator(cluster.connect(), KEYSPACE).migrate()
-        cluster.shutdown()
+        node = migrated_node(stack, scratch)
 
         print(f"starting mnist-serve on {models} (stable -> version {version}) ...", flush=True)
         config = scratch / "models.config"

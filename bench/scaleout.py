@@ -29,6 +29,7 @@ from bench.gateway import (
     CpuMeter,
     Level,
     gateway_call,
+    migrated_node,
     mnist_digit,
     png_bytes,
     resolve_models,
@@ -64,9 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Test helpers that start the real processes on free ports (the same code the e2e tests use).
     sys.path.insert(0, str(REPO_ROOT))
-    from deploy.local.cassandra_node import CassandraNode
-    from gateway.store.cluster import build_cluster, quiet_driver_logs
-    from gateway.store.migrate import Migrator
+    from gateway.store.cluster import quiet_driver_logs
     from tests.fixtures.gateway_server import GatewayProcess, gateway_environment
     from tests.fixtures.model_server import ModelServerProcess, models_config_text
 
@@ -78,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         models = resolve_models(args.model_base_path, scratch)
         version = max(version_dirs(models / "mnist"))
 
-        print("starting Cassandra ...", flush=True)
-        node = CassandraNode(scratch / "cassandra", unsafe_system=True)
-        node.start()
-        stack.callback(node.kill)
-        cluster = build_cluster([node.host], node.port, request_timeout=30.0, credentials=node.credentials)
-        Migrator(cluster.connect(), KEYSPACE).migrate()
-        cluster.shutdown()
+        node = migrated_node(stack, scratch, KEYSPACE)
 
         config = scratch / "models.config"
         config.write_text(models_config_text(models, versions=(version,), labels={"stable": version}))
