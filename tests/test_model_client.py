@@ -422,11 +422,16 @@ def test_unavailable_is_retried_on_another_replica(two_servers, images):
     def unavailable(request, context):
         context.abort(grpc.StatusCode.UNAVAILABLE, "shutting down")
 
-    down.script = unavailable
     with ModelClient(replicas_target(two_servers), retries=1, backoff_s=0.001) as client:
+        # round_robin picks among connected replicas only: until both are, a retry may meet the same one.
+        eventually(
+            lambda: client.predict(images) and down.requests and up.requests, what="both replicas to be connected"
+        )
+        down.script = unavailable
+        tried = len(down.requests)
         # Round robin: the one retry goes to the other replica, so no call fails (retry_on=(): none may).
         eventually(
-            lambda: client.predict(images) and len(down.requests) >= 5,
+            lambda: client.predict(images) and len(down.requests) >= tried + 5,
             what="the failing replica to be tried",
             retry_on=(),
         )
