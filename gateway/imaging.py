@@ -161,26 +161,43 @@ def otsu_threshold(values: np.ndarray) -> float:
 
 
 def _label_grid(occupied: np.ndarray) -> np.ndarray:
-    """8-connected component labels of a small boolean grid (0 = empty), in numpy: every occupied cell
-    starts with its own number and repeatedly takes the largest among its neighbours' and the one its
-    current label's cell holds (pointer jumping, so long strokes converge in a few rounds). At the fixed
-    point each component carries one label."""
+    """8-connected component labels of a small boolean grid (0 = empty). Each row's runs of occupied cells
+    are found in numpy; a run joins the runs it touches in the row above (overlapping, or diagonally
+    adjacent) through a union-find over runs, a few hundred at most for a digit, so the Python part stays
+    small whatever the strokes' shape."""
     h, w = occupied.shape
-    padded = np.zeros((h + 2, w + 2), dtype=np.int32)
-    inner = padded[1:-1, 1:-1]
-    inner[...] = np.where(occupied, np.arange(1, h * w + 1, dtype=np.int32).reshape(h, w), 0)
-    by_cell = np.zeros(h * w + 1, dtype=np.int32)  # label held by the cell numbered i (0: none)
-    while True:
-        labels = inner.copy()
-        for dy in range(3):
-            for dx in range(3):
-                np.maximum(labels, padded[dy : dy + h, dx : dx + w], out=labels)
-        labels *= occupied
-        by_cell[1:] = labels.ravel()
-        np.maximum(labels, by_cell[labels], out=labels)
-        if np.array_equal(labels, inner):
-            return labels
-        inner[...] = labels
+    padded = np.zeros((h, w + 2), dtype=np.int8)  # (np.pad costs ten times this)
+    padded[:, 1:-1] = occupied
+    steps = padded[:, 1:] - padded[:, :-1]  # 1 where a run starts, -1 just after it ends
+    start_rows, starts = np.nonzero(steps == 1)
+    ends = np.nonzero(steps == -1)[1]  # exclusive; runs come row by row, left to right
+    parent = list(range(len(starts)))
+
+    def root(run: int) -> int:
+        while parent[run] != run:
+            parent[run] = parent[parent[run]]
+            run = parent[run]
+        return run
+
+    row_begins = np.searchsorted(start_rows, np.arange(h + 1)).tolist()
+    starts_, ends_ = starts.tolist(), ends.tolist()
+    for row in range(1, h):
+        above, above_end = row_begins[row - 1], row_begins[row]
+        here, here_end = row_begins[row], row_begins[row + 1]
+        while above < above_end and here < here_end:
+            # 8-connected: [s1, e1) and [s2, e2) touch when s1 <= e2 and s2 <= e1
+            if starts_[above] <= ends_[here] and starts_[here] <= ends_[above]:
+                a, b = root(above), root(here)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+            if ends_[above] < ends_[here]:  # the run that ends first can touch nothing further right
+                above += 1
+            else:
+                here += 1
+    labels = np.zeros(len(starts) + 1, dtype=np.int32)  # by run number + 1; 0 stays "empty"
+    labels[1:] = [root(run) + 1 for run in range(len(starts))]
+    run_of_cell = np.cumsum(steps[:, :-1] == 1).reshape(h, w)  # the latest run started, row-major
+    return np.where(occupied, labels[run_of_cell], 0).astype(np.int32)
 
 
 def digit_mask(mask: np.ndarray, *, keep_fraction: float = 0.08) -> np.ndarray:
@@ -193,9 +210,11 @@ def digit_mask(mask: np.ndarray, *, keep_fraction: float = 0.08) -> np.ndarray:
     h, w = mask.shape
     cell = max(1, -(-max(h, w) // 48))
     gh, gw = -(-h // cell), -(-w // cell)
-    padded = np.zeros((gh * cell, gw * cell), dtype=np.int32)
+    padded = np.zeros((gh * cell, gw * cell), dtype=np.uint8)
     padded[:h, :w] = mask
-    mass = padded.reshape(gh, cell, gw, cell).sum(axis=(1, 3))
+    # Rows of cells, then columns: two reductions over contiguous axes, several times faster than one
+    # over axes (1, 3) of the 4-d view.
+    mass = padded.reshape(gh, cell, gw * cell).sum(axis=1, dtype=np.int32).reshape(gh, gw, cell).sum(axis=2)
     labels = _label_grid(mass > 0)
     masses = np.bincount(labels.ravel(), weights=mass.ravel())
     masses[0] = 0

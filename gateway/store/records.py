@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import math
@@ -53,8 +54,8 @@ class PredictionRecord:
             )
         if not 0 <= int(self.digit) <= 9:
             raise ValueError(f"digit must be 0-9, got {self.digit}")
-        probabilities = tuple(float(p) for p in self.probabilities)
-        if len(probabilities) != 10 or not all(math.isfinite(p) for p in probabilities):
+        probabilities = tuple(map(float, self.probabilities))
+        if len(probabilities) != 10 or not all(map(math.isfinite, probabilities)):
             raise ValueError("probabilities must be 10 finite numbers")
         set_ = object.__setattr__  # frozen: normalise types once, here
         set_(self, "probabilities", probabilities)
@@ -101,6 +102,7 @@ class PredictionRecord:
 _LOGGED_FIELDS = tuple(f.name for f in fields(PredictionRecord) if f.name != "feedback_label")
 
 
+@functools.lru_cache(maxsize=4096)  # parsed twice per prediction (logged, shipped); clients come back
 def _ip_or_none(value: str | None) -> str | None:
     if not value:
         return None
