@@ -382,7 +382,10 @@ def test_the_retrain_profile_runs_the_job_script_against_cassandra_and_tf_servin
     assert (str(args.model_base_path), args.download) == ("/models", True)
     env = retrain["environment"]
     assert CassandraSettings.from_env(env).hosts == ("cassandra",)
-    assert env["RETRAIN_CANARY"] == "1" and env["MODEL_SERVER_GRPC"] == "tfserving:8500"
+    assert env["RETRAIN_CANARY"] == "1"
+    # Every replica the gateway balances over gets the canary: the same dns:/// name.
+    assert env["MODEL_SERVER_GRPC"] == services["gateway"]["environment"]["MODEL_SERVER_GRPC"]
+    assert env["MODEL_SERVER_GRPC"] == "dns:///tfserving:8500"
     mounts = {v["target"]: v for v in retrain["volumes"]}
     assert mounts["/models"]["source"] == "models"
     config = Path(mounts[str(Path(env["MODEL_CONFIG_FILE"]).parent)]["source"]) / "models.config"

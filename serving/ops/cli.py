@@ -266,7 +266,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
             "--server",
             metavar="HOST:PORT",
             default=default(settings.server),
-            help=f"model server gRPC address (env MODEL_SERVER_GRPC; default {settings.server})",
+            help="model server gRPC address; several replicas as a comma-separated list, or dns:///NAME:PORT "
+            "for every address NAME resolves to: each gets every change "
+            f"(env MODEL_SERVER_GRPC; default {settings.server})",
         )
         target.add_argument(
             "--config",
@@ -593,7 +595,7 @@ def _rollout_without_server(args: argparse.Namespace, settings: Settings, say: S
 
 
 def _run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO) -> None:
-    from serving.ops.server import ModelServerClient
+    from serving.ops.server import ModelServers
 
     def say(line: str) -> None:
         print(line, file=out, flush=True)
@@ -606,7 +608,7 @@ def _run(args: argparse.Namespace, settings: Settings, out: TextIO, err: TextIO)
         return _scorecard(args, settings, say)
     if args.command == "rollout" and (args.status or args.abort):
         return _rollout_without_server(args, settings, say)
-    with ModelServerClient(args.server, timeout_s=args.timeout) as client:
+    with ModelServers(args.server, timeout_s=args.timeout) as client:
         if args.command == "list":
             return _list(args, say, client)
         if args.command == "status":

@@ -8,7 +8,7 @@ from typing import Any
 
 from serving.ops import model_config, versions
 from serving.ops.model_config import ModelServerConfig
-from serving.ops.server import ModelServerClient, VersionState
+from serving.ops.server import ModelServers, VersionState
 
 
 @dataclass
@@ -65,7 +65,7 @@ class LabelView:
         return self.config_version == self.server_version
 
 
-def label_views(config: ModelServerConfig, model_name: str, client: ModelServerClient) -> list[LabelView]:
+def label_views(config: ModelServerConfig, model_name: str, client: ModelServers) -> list[LabelView]:
     wanted = model_config.labels(config, model_name)
     return [
         LabelView(label, version, client.label_version(model_name, label))

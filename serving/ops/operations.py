@@ -19,7 +19,7 @@ from serving.ops import model_config, versions
 from serving.ops.config_file import ConfigFile
 from serving.ops.errors import LoadFailed, NothingToRollBack, OpsError
 from serving.ops.model_config import ModelServerConfig
-from serving.ops.server import ModelServerClient, VersionState
+from serving.ops.server import ModelServers, VersionState
 
 STABLE = "stable"
 CANARY = "canary"
@@ -31,7 +31,7 @@ Progress = Callable[[int, VersionState | None, float], None]
 @dataclass
 class Operator:
     config_file: ConfigFile
-    client: ModelServerClient
+    client: ModelServers
     model_name: str
     model_dir: Path
     say: Say = print

@@ -1,8 +1,15 @@
 """The model server as `mnist-models` sees it: ModelService (status, reload config) and label resolution,
-through the official tensorflow-serving-api stubs, each call with a deadline. The only module using gRPC."""
+through the official tensorflow-serving-api stubs, each call with a deadline. The only module using gRPC.
+
+`ModelServers` is every replica named by MODEL_SERVER_GRPC (one `host:port`, a comma-separated list, or
+`dns:///name:port` for every address the name resolves to, as a headless Kubernetes Service lists its pods),
+seen as one server: a change is pushed to each, and a version counts as AVAILABLE once each has loaded it.
+Replicas also poll the config file, but only every 30-60 s: until then a replica without the canary would fail
+every canary request it is sent."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,3 +153,86 @@ class ModelServerClient:
                 f"model server {self.target} did not answer {method} within {self.timeout_s:g}s"
             )
         return ServerError(f"model server {self.target}: {method} failed: {code.name}: {error.details()}")
+
+
+DNS_SCHEME = "dns:///"
+
+
+def replica_addresses(spec: str) -> list[str]:
+    """The `host:port` of each replica MODEL_SERVER_GRPC names; ServerError when a dns:/// name resolves to
+    nothing. A plain `host:port` is kept as it is (gRPC resolves it)."""
+    if not spec.startswith(DNS_SCHEME):
+        return [part.strip() for part in spec.split(",") if part.strip()]
+    host, _, port = spec[len(DNS_SCHEME) :].rpartition(":")
+    host = host.strip("[]")
+    try:
+        found = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError) as error:
+        raise ServerError(f"model servers {spec}: cannot resolve {host!r} ({error})") from None
+    ips = sorted({info[4][0] for info in found})
+    return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips]
+
+
+class ModelServers:
+    """Every replica of the model server, used like one `ModelServerClient` (module docstring)."""
+
+    def __init__(self, spec: str, *, timeout_s: float = 10.0) -> None:
+        self.target = spec
+        self.addresses = replica_addresses(spec)
+        if not self.addresses:
+            raise ServerError(f"no model server address in {spec!r}")
+        self._clients = [ModelServerClient(address, timeout_s=timeout_s) for address in self.addresses]
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+    def __enter__(self) -> ModelServers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def version_states(self, model_name: str) -> dict[int, VersionState]:
+        """Each version's state on the replica furthest from serving it: AVAILABLE only where every replica
+        has it; UNKNOWN when some replica does not know the version at all."""
+        seen = [client.version_states(model_name) for client in self._clients]
+        merged: dict[int, VersionState] = {}
+        for version in sorted(set().union(*seen)):
+            states = [on_replica.get(version, VersionState(version, "UNKNOWN")) for on_replica in seen]
+            merged[version] = next((s for s in states if s.state != "AVAILABLE"), states[0])
+        return merged
+
+    def label_version(self, model_name: str, label: str) -> int | None:
+        """The version every replica resolves `label` to; None when one resolves it to nothing, or they
+        differ."""
+        found = {client.label_version(model_name, label) for client in self._clients}
+        return found.pop() if len(found) == 1 else None
+
+    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        for client in self._clients:
+            client.reload(config)
+
+    def wait_available(
+        self,
+        model_name: str,
+        version: int,
+        *,
+        timeout_s: float,
+        before: VersionState | None = None,
+        on_poll: Callable[[VersionState | None, float], None] | None = None,
+        poll_s: float = 0.2,
+    ) -> VersionState:
+        """`version` AVAILABLE on every replica, within `timeout_s` for them all."""
+        deadline = time.monotonic() + timeout_s
+        ready = None
+        for client in self._clients:
+            ready = client.wait_available(
+                model_name,
+                version,
+                timeout_s=max(deadline - time.monotonic(), 0.0),
+                before=before,
+                on_poll=on_poll,
+                poll_s=poll_s,
+            )
+        return ready
