@@ -425,7 +425,8 @@ def test_unavailable_is_retried_on_another_replica(two_servers, images):
     with ModelClient(replicas_target(two_servers), retries=1, backoff_s=0.001) as client:
         # round_robin picks among connected replicas only: until both are, a retry may meet the same one.
         eventually(
-            lambda: client.predict(images) and down.requests and up.requests, what="both replicas to be connected"
+            lambda: client.predict(images) and down.requests and up.requests,
+            what="both replicas to be connected",
         )
         down.script = unavailable
         tried = len(down.requests)
