@@ -114,3 +114,29 @@ def test_outage_fails_fast_then_recovers(model_base_path, tmp_path, digits):
     finally:
         client.close()
         server.stop()
+
+
+def test_grpc_channel_arguments_reach_the_grpc_server(model_base_path, tmp_path):
+    """`--grpc_channel_arguments` (TF Serving's flag) configures mnist-serve's gRPC server: with a maximum
+    connection age, the server ends even an idle client's connection (GOAWAY), which no default does."""
+    import grpc
+
+    from tests.waiting import eventually
+
+    base = copy_models(model_base_path, tmp_path / "models")
+    config = tmp_path / "models.config"
+    config.write_text(models_config_text(base))
+    ages = ["--grpc_channel_arguments=grpc.max_connection_age_ms=300,grpc.max_connection_age_grace_ms=1000"]
+    server = ModelServerProcess(base, config, tmp_path / "mnist-serve.log", extra_args=ages).start()
+    states: list[grpc.ChannelConnectivity] = []
+    channel = grpc.insecure_channel(server.grpc_address)
+    channel.subscribe(states.append, try_to_connect=True)
+    try:
+        ready = grpc.ChannelConnectivity.READY
+        eventually(
+            lambda: ready in states and grpc.ChannelConnectivity.IDLE in states[states.index(ready) :],
+            what="the server to end the connection",
+        )
+    finally:
+        channel.close()
+        server.stop()

@@ -40,6 +40,7 @@ def test_help_lists_the_tf_serving_flags():
         "--enable_batching",
         "--batching_parameters_file",
         "--monitoring_config_file",
+        "--grpc_channel_arguments",
     ):
         assert flag in result.stdout
 
@@ -54,6 +55,8 @@ def test_help_lists_the_tf_serving_flags():
         (["--model_config_file=/x", "--model_base_path=/m"], "cannot be combined"),
         (["--enable_batching=maybe", "--model_base_path=/m"], "expected true or false"),
         (["--model_base_path=/m", "--enable_batching", "--batching_parameters_file=/nope"], "not found"),
+        (["--model_base_path=/m", "--grpc_channel_arguments=grpc.max_connection_age_ms"], "key=value"),
+        (["--model_base_path=/m", "--grpc_channel_arguments==5"], "key=value"),
     ],
 )
 def test_bad_arguments_fail_on_one_line_without_a_traceback(args, message):
@@ -97,6 +100,22 @@ def test_flags_accept_both_forms_and_bare_booleans():
         "digits",
     )
     assert flags.enable_batching is True and flags.allow_version_labels_for_unavailable_models is False
+
+
+def test_grpc_channel_arguments_are_parsed_like_tf_serving():
+    """key=value pairs, comma-separated; values that are integers are passed as integers."""
+    flags = parse_flags(
+        [
+            "--model_base_path=/m",
+            "--grpc_channel_arguments=grpc.max_connection_age_ms=30000, grpc.primary_user_agent=mnist",
+        ],
+        environ={},
+    )
+    assert flags.grpc_channel_arguments == (
+        ("grpc.max_connection_age_ms", 30000),
+        ("grpc.primary_user_agent", "mnist"),
+    )
+    assert parse_flags(["--model_base_path=/m"], environ={}).grpc_channel_arguments == ()
 
 
 def test_model_base_path_defaults_from_the_environment_like_the_tf_serving_image():

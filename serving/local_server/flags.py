@@ -35,6 +35,9 @@ class ServerFlags:
     # the server past 3.8 GiB); 1 MiB is 1337 MNIST images. See docs/model-server.md, "Hostile input".
     max_tensor_bytes: int = 1024 * 1024
     grpc_max_threads: int = 32
+    # TF Serving's --grpc_channel_arguments, e.g. grpc.max_connection_age_ms=30000: clients then reconnect,
+    # and re-resolve a dns:/// name, at least that often (how replicas added by a scale-up get found).
+    grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     model_name: str = "default"
     model_base_path: str | None = None
     model_config_file: str | None = None
@@ -84,6 +87,20 @@ def _positive(text: str) -> int:
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
+
+
+def _channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """`key=value,key=value`, as TF Serving parses it: integer values become integers."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = (piece.strip() for piece in item.partition("="))
+        if not sep or not key or not value:
+            raise argparse.ArgumentTypeError(f"expected key=value pairs, got {item!r}")
+        try:
+            pairs.append((key, int(value)))
+        except ValueError:
+            pairs.append((key, value))
+    return tuple(pairs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=defaults.grpc_max_threads,
         help="gRPC handler threads (TF Serving's is larger; calls beyond it queue).",
+    )
+    add(
+        "--grpc_channel_arguments",
+        type=_channel_arguments,
+        default=defaults.grpc_channel_arguments,
+        help="Comma-separated key=value arguments for the gRPC server, as TF Serving takes them "
+        "(e.g. grpc.max_connection_age_ms=30000).",
     )
     add("--model_name", default=None, help="Name of the single model (with --model_base_path).")
     add("--model_base_path", default=None, help="Directory holding the versions of the single model.")

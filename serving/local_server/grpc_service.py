@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import TypeVar
 
@@ -124,15 +124,19 @@ def create_grpc_server(
     port: int,
     max_threads: int,
     health: ModelHealth | None = None,
+    channel_arguments: Sequence[tuple[str, int | str]] = (),
 ) -> tuple[grpc.Server, int]:
-    """A started server and the port it bound (``port`` 0 picks one)."""
+    """A started server and the port it bound (``port`` 0 picks one); `channel_arguments` (the operator's
+    --grpc_channel_arguments) override the defaults."""
+    options = {
+        "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+        "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+        "grpc.so_reuseport": 0,
+        **dict(channel_arguments),
+    }
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=list(options.items()),
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionService(core, metrics), server

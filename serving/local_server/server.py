@@ -153,6 +153,7 @@ class ModelServer:
                 port=self.flags.port,
                 max_threads=self.flags.grpc_max_threads,
                 health=self.health,
+                channel_arguments=self.flags.grpc_channel_arguments,
             )
             if self.flags.rest_api_port:
                 api = RestApi(self.core, self.metrics, self.monitoring)
