@@ -79,7 +79,9 @@ def metric(text: str, name: str, version: int) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def feedback_numbers(url: str, window: str = "600") -> tuple[dict, dict]:
+def feedback_numbers(url: str, window: str = "3600") -> tuple[dict, dict]:
+    """Version 1's scorecard and feedback metrics. The window holds the whole session: over a short one, older
+    traffic of other tests slides out while a test waits, and differences stop adding up."""
     card = get(url, window=window).json()
     [v1] = [v for v in card["versions"] if v["version"] == 1]
     text = requests.get(f"{url}/metrics", timeout=30).text
@@ -95,13 +97,14 @@ def test_feedback_over_http_counts_once_in_the_scorecard_and_in_prometheus(
 ):
     url = gateway_server.url
     images, _ = mnist_test_set
-    # Nothing of earlier tests still on its way to Cassandra; a window no other test asks for (not cached).
+    # Nothing of earlier tests still on its way to Cassandra; a window no other test asks for (not cached),
+    # holding the same traffic as feedback_numbers' (none is an hour old).
     eventually(
         lambda: re.search(
             r"^gateway_spool_depth 0\.0$", requests.get(f"{url}/metrics", timeout=30).text, re.M
         )
     )
-    sent_before, _ = feedback_numbers(url, window="601")
+    sent_before, _ = feedback_numbers(url, window="3601")
     answers = []
     for image in images[:3]:
         r = requests.post(f"{url}/v1/predict", data=as_upload(image), timeout=60)
