@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2 as official_predict
@@ -12,6 +13,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc as official_grpc
 from gateway.errors import ModelUnavailable, ModelVersionNotFound
 from gateway.model_client import ModelClient
 from tests.fixtures.model_server import ModelServerProcess, copy_models, models_config_text
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,6 @@ def test_predict_by_version_and_latest(client, digits):
 
 
 def test_our_answer_equals_the_official_clients(client, model_server, digits):
-    import grpc
     import tensorflow as tf
 
     images = digits[0][:8]
@@ -119,10 +120,6 @@ def test_outage_fails_fast_then_recovers(model_base_path, tmp_path, digits):
 def test_grpc_channel_arguments_reach_the_grpc_server(model_base_path, tmp_path):
     """`--grpc_channel_arguments` (TF Serving's flag) configures mnist-serve's gRPC server: with a maximum
     connection age, the server ends even an idle client's connection (GOAWAY), which no default does."""
-    import grpc
-
-    from tests.waiting import eventually
-
     base = copy_models(model_base_path, tmp_path / "models")
     config = tmp_path / "models.config"
     config.write_text(models_config_text(base))

@@ -36,7 +36,7 @@ class ServerFlags:
     max_tensor_bytes: int = 1024 * 1024
     grpc_max_threads: int = 32
     # TF Serving's --grpc_channel_arguments, e.g. grpc.max_connection_age_ms=30000: clients then reconnect,
-    # and re-resolve a dns:/// name, at least that often (how replicas added by a scale-up get found).
+    # and re-resolve a dns:/// name, at least that often (docs/model-server.md says why the manifests don't).
     grpc_channel_arguments: tuple[tuple[str, int | str], ...] = ()
     model_name: str = "default"
     model_base_path: str | None = None
