@@ -451,3 +451,31 @@ def test_a_full_shadow_queue_drops_copies_without_slowing_the_user(make_gateway,
         what="the queued copies answered",
         timeout_s=30,
     )
+
+
+def test_abort_wins_over_a_driver_renewing_its_lease(make_gateway, model_name):
+    """`mnist-models rollout --abort` while a driver still runs: the driver renews its lease between the
+    abort's read and its write. The abort reads again and ends the rollout, instead of failing on a 409."""
+    from serving.ops import rollout
+    from serving.ops.gateway_client import GatewayClient
+
+    gateway, _ = make_gateway()
+    assert put(gateway, model_name, state()).status_code == 200
+
+    class RacedByADriver(GatewayClient):
+        renewals = 0
+
+        def rollout(self, model: str) -> dict:
+            answer = super().rollout(model)
+            if self.renewals == 0:  # the driver's poll lands right after the abort's first read
+                self.renewals += 1
+                renewed = put(gateway, model, state(if_updated_at=answer["state"]["updated_at"], event=None))
+                assert renewed.status_code == 200, renewed.text
+            return answer
+
+    raced = RacedByADriver(gateway.url, token=TOKEN)
+    ended = rollout.abort(raced, model_name, say=lambda line: None, who="tests")
+    assert raced.renewals == 1 and ended["status"] == "aborted"
+    stored = requests.get(f"{gateway.url}/v1/models/{model_name}/rollout", timeout=30).json()
+    assert stored["state"]["status"] == "aborted" and stored["effective"]["canary_percent"] == 0
+    assert stored["events"][0]["action"] == "abort"

@@ -391,8 +391,22 @@ def abort(
     gateway: GatewayClient, model_name: str, *, say: Say = print, who: str = ""
 ) -> dict[str, Any] | None:
     """End the running rollout (driven or interrupted): percent 0, status aborted. A driver still running
-    notices at its next write (a conflict) and stops."""
+    may renew its lease between this read and this write: the abort then reads again and retries (an abort
+    is meant to win), and the driver notices at its next write (a conflict) and stops."""
     who = who or actor()
+    for attempt in range(_ABORT_ATTEMPTS):
+        try:
+            return _abort_once(gateway, model_name, who, say)
+        except RolloutConflict:
+            if attempt == _ABORT_ATTEMPTS - 1:
+                raise
+    return None
+
+
+_ABORT_ATTEMPTS = 5  # a driver writes at most once a poll: it cannot win five read-then-write races in a row
+
+
+def _abort_once(gateway: GatewayClient, model_name: str, who: str, say: Say) -> dict[str, Any] | None:
     current = stored_state(gateway.rollout(model_name))
     if current is None or current["status"] != RUNNING:
         say(f"no rollout of {model_name} is running; nothing to abort")
