@@ -228,26 +228,42 @@ def answered_within(sock: socket.socket, seconds: float) -> bool:
     return bool(readable)
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """One response head (status line and headers) from `sock`, however the bytes are split."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"closed after {head!r}"
+        head += chunk
+    return head
+
+
 def test_a_body_is_read_only_once_it_has_a_processing_slot(server):
-    """Bodies still arriving hold the processing slots (so at most that many bodies sit in memory): a complete
-    request waits for one, and is answered as soon as a partial body's client hangs up."""
-    partial = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+    """Bodies still arriving hold the processing slots, so at most that many bodies sit in memory. A client
+    that sends `Expect: 100-continue` is told to send its body once it holds a slot: while partial bodies hold
+    them all, a request waits (no 100), and it is answered as soon as a partial body's client hangs up."""
+    head = (
+        b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n"
+    )
     body = json.dumps({"instances": [[[0] * 28] * 28]}).encode()
-    complete = b"POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    started = time.monotonic()
     holders = [rest_connection(server) for _ in range(HOSTILE_LIMITS["rest_api_num_threads"])]
     try:
-        started = time.monotonic()
         for holder in holders:
-            holder.sendall(partial)
+            holder.sendall(head % 100000)
+            assert read_head(holder) == b"HTTP/1.1 100 Continue\r\n\r\n"  # it holds a slot now
+            holder.sendall(b"{")
         with rest_connection(server) as sock:
-            sock.sendall(complete + body)
-            # Well before the holders' deadline (which would free their slots), nothing is answered...
+            sock.sendall(head % len(body))
+            # Well before the holders' deadline (which frees their slots), it is not asked for its body...
             assert not answered_within(sock, started + REQUEST_DEADLINE_S / 2 - time.monotonic())
             assert time.monotonic() - started < REQUEST_DEADLINE_S * 0.9, "too slow to tell: rerun"
             holders.pop().close()
-            # ...and a freed slot answers it at once.
-            sock.settimeout(TIMEOUT)
-            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            # ...and a freed slot asks for it at once, and answers.
+            assert read_head(sock) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(body)
+            assert read_head(sock).startswith(b"HTTP/1.1 200")
     finally:
         for holder in holders:
             holder.close()

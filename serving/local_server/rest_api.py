@@ -296,6 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
     slots: threading.Semaphore
     connections: ConnectionTable
     deadline: float = 0.0
+    expects_continue: bool = False
 
     def setup(self) -> None:
         super().setup()
@@ -304,8 +305,15 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         # Each request (its line, headers and body) must arrive within the timeout of the previous answer.
         self.deadline = time.monotonic() + self.request_timeout
+        self.expects_continue = False
         self.connections.waiting(self.connection)
         super().handle_one_request()
+
+    def handle_expect_100(self) -> bool:
+        # "100 Continue" waits for a processing slot (do_POST): a client that waits for it sends its body only
+        # when it will be read, and one whose request is refused first never sends it.
+        self.expects_continue = True
+        return True
 
     def do_GET(self) -> None:
         with self.slots:
@@ -335,6 +343,9 @@ class _Handler(BaseHTTPRequestHandler):
         # still counts as waiting while its body arrives: it can be closed to make room, and the deadline
         # bounds how long it holds the slot.
         with self.slots:
+            if self.expects_continue:
+                self.send_response_only(HTTPStatus.CONTINUE)
+                self.end_headers()
             body = self.rfile.read(length)
             if len(body) < length:  # the client hung up (or was hung up on) mid-body: nobody to answer
                 self.close_connection = True
