@@ -1,7 +1,7 @@
 """A three-node cluster on 127.0.0.1-3 (deploy/local/cassandra_cluster.py) under the real gateway: predictions
 keep being answered and recorded while one node is killed, and while two are (then in the write-ahead log).
 
-The cluster tests share one session cluster (tests/fixtures/cassandra_cluster.py); the unit tests below it
+The cluster tests share one cluster (tests/fixtures/cassandra_cluster.py); the unit tests below it
 need no Cassandra.
 """
 
