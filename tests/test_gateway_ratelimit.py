@@ -66,9 +66,15 @@ def test_windows_that_ended_are_forgotten():
 
 def test_counting_starts_no_thread():
     limiter = FixedWindowLimiter("20000/minute")
-    started = []
+    started, me = [], threading.current_thread()
+
+    def start(thread: threading.Thread) -> None:
+        if threading.current_thread() is me:  # the session's driver and gRPC pools may start their own
+            started.append(thread)
+        original(thread)
+
     original = threading.Thread.start
-    threading.Thread.start = lambda self: started.append(self) or original(self)  # type: ignore[method-assign]
+    threading.Thread.start = start  # type: ignore[method-assign]
     try:
         for i in range(200):
             limiter.hit(f"client-{i % 7}")

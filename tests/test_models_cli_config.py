@@ -149,7 +149,7 @@ def _add_version_under_lock(path: str, version: int) -> None:
         config_file.write(model_config.with_versions(config, "mnist", [*listed, version]))
 
 
-def _read_continuously(path: str, stop, failures, reads) -> None:
+def _read_continuously(path: str, stop, failures, reads, reading) -> None:
     config_file = ConfigFile(Path(path))
     while not stop.is_set():
         try:
@@ -157,6 +157,7 @@ def _read_continuously(path: str, stop, failures, reads) -> None:
         except ConfigError as error:
             failures.append(error.message)
         reads.value += 1
+        reading.set()
 
 
 def test_concurrent_writers_lose_no_update_and_readers_never_see_a_torn_file(tmp_path):
@@ -165,8 +166,10 @@ def test_concurrent_writers_lose_no_update_and_readers_never_see_a_torn_file(tmp
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager:
         failures, stop, reads = manager.list(), manager.Event(), manager.Value("i", 0)
-        reader = context.Process(target=_read_continuously, args=(str(path), stop, failures, reads))
+        reading = manager.Event()
+        reader = context.Process(target=_read_continuously, args=(str(path), stop, failures, reads, reading))
         reader.start()
+        assert reading.wait(60), "the reader never read"  # the writers start while it is reading
         writers = [context.Process(target=_add_version_under_lock, args=(str(path), v)) for v in range(2, 8)]
         for writer in writers:
             writer.start()

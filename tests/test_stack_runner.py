@@ -186,7 +186,8 @@ def test_stop_all_ends_whole_process_groups_and_frees_the_ports(tmp_path):
     wait_for(
         lambda: tcp_open("127.0.0.1", port_a) and tcp_open("127.0.0.1", port_b), what="both", timeout_s=30
     )
-    wait_for(lambda: "grandchild" in out.getvalue(), what="the grandchild's pid", timeout_s=10)
+    # "child" is printed once it ignores SIGTERM: before that, a TERM would end it and prove nothing.
+    wait_for(lambda: "| child\n" in out.getvalue(), what="the grandchild ignoring SIGTERM", timeout_s=30)
     grandchild = int(out.getvalue().split("grandchild ")[1].split()[0])
     assert pid_exists(grandchild)
 

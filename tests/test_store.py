@@ -121,7 +121,8 @@ def test_filenames_are_stored_verbatim(store, filename):
 
 
 def test_recent_is_newest_first_across_days_with_a_cursor(store):
-    now = datetime.now(UTC)
+    # Noon yesterday: minutes before it never cross midnight, whenever the test runs.
+    now = (datetime.now(UTC) - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
     moments = [now - timedelta(days=d, minutes=m) for d in (0, 1, 3) for m in (1, 2, 3)]
     records = [make_record(i, when=t) for i, t in enumerate(moments)]
     assert len({day_of(r.id) for r in records}) == 3

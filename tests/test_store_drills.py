@@ -15,7 +15,6 @@ import gzip
 import os
 import signal
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -146,17 +145,30 @@ def test_cassandra_down_then_back_every_prediction_arrives_while_answering(
             assert response.status_code == 200, response.text
             over_http.append(response.json()["id"])
         assert store.stats()["pending_records"] == len(records)
+        # The replay is held after its first round, so the gateway is asked while the backlog is half shipped.
+        mid_replay, resume = threading.Event(), threading.Event()
+        ship = store._ship
+
+        def ship_then_hold(batch):
+            error = ship(batch)
+            if batch is not None and error is None:
+                mid_replay.set()
+                resume.wait(120)
+            return error
+
+        store._ship = ship_then_hold
     finally:
         cassandra_node.start()
-    # Until the backlog has shipped, predictions keep being answered.
-    during, shipped_then = [], []
-    started = time.monotonic()
-    while store.stats()["pending_records"] > 0 and time.monotonic() - started < 180:
-        response = predict(gateway.url, uploads[len(during) % len(uploads)])
-        assert response.status_code == 200, response.text
-        during.append(response.json()["id"])
-        shipped_then.append(store.stats()["shipped"])
-    assert any(0 < shipped < len(records) for shipped in shipped_then), shipped_then  # answered mid-replay
+    during = []
+    try:
+        assert mid_replay.wait(180), "the backlog never started shipping"
+        for n in range(5):
+            response = predict(gateway.url, uploads[n % len(uploads)])
+            assert response.status_code == 200, response.text
+            during.append(response.json()["id"])
+        assert 0 < store.stats()["shipped"] < len(records)  # answered mid-replay
+    finally:
+        resume.set()
     ids = [r.id for r in records] + [uuid.UUID(i) for i in over_http + during]
     try:
         eventually(

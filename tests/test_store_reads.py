@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from cassandra.util import uuid_from_time
 
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, StoreUnavailable
 from gateway.store import PredictionStore, buckets
 from gateway.store.store import MAX_DAYS_PER_PAGE
 from tests.test_store import make_record, settled, wait_until
@@ -130,11 +130,18 @@ def test_concurrent_first_labels_leave_exactly_one_winner(make_store):
     outcomes: list = []
 
     def label(value: int) -> None:
-        try:
-            store.add_feedback(record.id, value)
-            outcomes.append(value)
-        except Conflict:
-            outcomes.append("conflict")
+        # Under contention Cassandra may time a transaction out (503 for a client, whether or not it applied);
+        # the client retries, as a client of the API would: its own label again is accepted, another is not.
+        for _ in range(5):
+            try:
+                store.add_feedback(record.id, value)
+                outcomes.append(value)
+                return
+            except Conflict:
+                outcomes.append("conflict")
+                return
+            except StoreUnavailable:
+                continue
 
     threads = [threading.Thread(target=label, args=(value,)) for value in range(8)]
     for thread in threads:
