@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from gateway.per_process import PerProcess
 
 log = logging.getLogger("gateway.shadow")
 
@@ -27,24 +28,17 @@ class ShadowWorker:
         self.run = run
         self.maxsize = maxsize
         self.counter = counter
-        self._pid: int | None = None
-        self._start_lock = threading.Lock()
+        self._process = PerProcess(self._start)  # the queue and thread of the process that submits
 
-    def _ensure_started(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._start_lock:
-            if self._pid == os.getpid():
-                return
-            self._queue: queue.Queue = queue.Queue(self.maxsize)
-            self._thread = threading.Thread(target=self._work, name="shadow-worker", daemon=True)
-            self._last_failure = ""
-            self._pid = os.getpid()
-            self._thread.start()
+    def _start(self) -> None:
+        self._queue: queue.Queue = queue.Queue(self.maxsize)
+        self._thread = threading.Thread(target=self._work, name="shadow-worker", daemon=True)
+        self._last_failure = ""
+        self._thread.start()
 
     def submit(self, copy: Any) -> bool:
         """Queue a copy; False (and counted as dropped) when the queue is full."""
-        self._ensure_started()
+        self._process.ensure()
         try:
             self._queue.put_nowait(copy)
         except queue.Full:
@@ -70,7 +64,7 @@ class ShadowWorker:
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the worker: queued copies not yet answered are dropped."""
-        if self._pid != os.getpid():
+        if not self._process.started:
             return
         while True:  # make room for the stop mark: what is queued is dropped anyway
             try:
@@ -81,4 +75,4 @@ class ShadowWorker:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_STOP)
         self._thread.join(timeout)
-        self._pid = None
+        self._process.forget()

@@ -26,7 +26,6 @@ import functools
 import itertools
 import json
 import logging
-import os
 import struct
 import threading
 import time
@@ -41,6 +40,7 @@ from cassandra.query import BatchStatement, BatchType, PreparedStatement
 from cassandra.util import datetime_from_uuid1
 
 from gateway.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from gateway.per_process import PerProcess
 from gateway.rollout import Event, RolloutState, encode_detail
 from gateway.store import buckets, stats
 from gateway.store.cluster import Credentials, build_cluster, parse_hosts
@@ -169,42 +169,38 @@ class PredictionStore:
         self.write_linger = write_linger
         self.max_log_bytes = max_log_bytes
         self.sync = sync
-        self._pid: int | None = None
-        self._start_lock = threading.Lock()
+        self._process = PerProcess(self._start)
 
     # ------------------------------------------------------------------------------------------- lifecycle
 
     def _ensure_started(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._start_lock:
-            if self._pid == os.getpid():
-                return
-            # A fresh process (or the first use): nothing inherited from a parent is touched.
-            self._lock = threading.Lock()
-            self._shipped_cond = threading.Condition(self._lock)  # a round was acknowledged
-            self._work = threading.Event()  # a record was logged
-            self._flush = threading.Event()  # cuts the linger short
-            self._draining = threading.Event()  # closing: ship what is logged, no lingering
-            self._stopping = threading.Event()
-            self._connected = threading.Event()
-            self._cluster: Cluster | None = None
-            self._session: Session | None = None
-            self._prepared: dict[str, PreparedStatement] = {}
-            self._log = WriteAheadLog(self.spool_dir, max_bytes=self.max_log_bytes, sync=self.sync)
-            self._held: set[uuid.UUID] = set()  # logged here, not yet acknowledged (read-your-writes)
-            self._healthy = False  # the last round reached Cassandra: worth waiting for
-            self._counts = {"logged": 0, "shipped": 0, "refused": 0, "rejected": 0}
-            self._extra_counts: dict[stats.CounterKey, int] = {}  # add_counts(), for the next round
-            self._last_problem = ""
-            self._shipper = threading.Thread(target=self._ship_forever, name="store-shipper", daemon=True)
-            self._pid = os.getpid()
-            self._shipper.start()
+        self._process.ensure()
+
+    def _start(self) -> None:
+        """The first use in this process (gateway/per_process.py): nothing made by a parent is touched."""
+        self._lock = threading.Lock()
+        self._shipped_cond = threading.Condition(self._lock)  # a round was acknowledged
+        self._work = threading.Event()  # a record was logged
+        self._flush = threading.Event()  # cuts the linger short
+        self._draining = threading.Event()  # closing: ship what is logged, no lingering
+        self._stopping = threading.Event()
+        self._connected = threading.Event()
+        self._cluster: Cluster | None = None
+        self._session: Session | None = None
+        self._prepared: dict[str, PreparedStatement] = {}
+        self._log = WriteAheadLog(self.spool_dir, max_bytes=self.max_log_bytes, sync=self.sync)
+        self._held: set[uuid.UUID] = set()  # logged here, not yet acknowledged (read-your-writes)
+        self._healthy = False  # the last round reached Cassandra: worth waiting for
+        self._counts = {"logged": 0, "shipped": 0, "refused": 0, "rejected": 0}
+        self._extra_counts: dict[stats.CounterKey, int] = {}  # add_counts(), for the next round
+        self._last_problem = ""
+        self._shipper = threading.Thread(target=self._ship_forever, name="store-shipper", daemon=True)
+        self._shipper.start()
 
     def close(self, timeout: float = 10.0) -> None:
         """Within `timeout`, ship what the log holds while Cassandra takes it; then stop the shipper and
         release the log (what is left stays on disk for the next process)."""
-        if self._pid != os.getpid():
+        if not self._process.started:
             return
         deadline = time.monotonic() + timeout
         self._draining.set()
@@ -226,7 +222,7 @@ class PredictionStore:
             self._log.close()
         if records:
             log.info("store closed; %d prediction(s) left in %s for the next start", records, self.spool_dir)
-        self._pid = None
+        self._process.forget()
 
     # ------------------------------------------------------------------------------------------- writes
 
@@ -519,7 +515,7 @@ class PredictionStore:
         """Read your own writes: the predictions this process logged and Cassandra has not acknowledged yet
         (`ids`, or all of them) are shipped now and waited for, so a lookup right after a predict (the web
         page's feedback and recent table) finds them. No waiting while Cassandra is failing."""
-        if self._pid != os.getpid():
+        if not self._process.started:
             return
         deadline = time.monotonic() + self.write_linger + self.request_timeout
         with self._shipped_cond:
@@ -764,12 +760,12 @@ class PredictionStore:
 
     def pending(self) -> tuple[int, int]:
         """(records, bytes) in the log not yet acknowledged by Cassandra ((0, 0) before first use)."""
-        return self._log.pending() if self._pid == os.getpid() else (0, 0)
+        return self._log.pending() if self._process.started else (0, 0)
 
     def stats(self) -> dict[str, int]:
         """Counters since start (logged, shipped, refused, rejected) and what the log holds now
         (pending_records, pending_bytes)."""
-        if self._pid != os.getpid():
+        if not self._process.started:
             return {}
         records, size = self._log.pending()
         with self._lock:
