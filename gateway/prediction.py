@@ -28,6 +28,7 @@ from gateway.errors import (
     StoreUnavailable,
 )
 from gateway.logs import add_log_fields
+from gateway.model_client import Prediction
 from gateway.preprocess import to_mnist
 from gateway.rollout import Route, Target, route
 from gateway.services import Services
@@ -58,6 +59,37 @@ class Answer:
     preprocess_ms: float
     model_ms: float
     total_ms: float
+
+    @classmethod
+    def of(
+        cls,
+        result: Prediction,
+        *,
+        filename: str | None,
+        image_sha256: str,
+        label: str | None,
+        routing: str,
+        image: np.ndarray,
+        preprocess_ms: float,
+        model_ms: float,
+    ) -> Answer:
+        """The model server's answer to one image as a new prediction: a fresh time UUID, stamped now."""
+        return cls(
+            id=new_timeuuid(),
+            created_at=datetime.now(UTC),
+            filename=filename,
+            image_sha256=image_sha256,
+            digit=int(np.asarray(result.digits)[0]),
+            probabilities=[round(float(p), 6) for p in np.asarray(result.probabilities)[0]],
+            model_name=result.model_name,
+            model_version=result.model_version,
+            label=label,
+            routing=routing,
+            image=image,
+            preprocess_ms=preprocess_ms,
+            model_ms=model_ms,
+            total_ms=preprocess_ms + model_ms,
+        )
 
     def to_json(self, *, with_input: bool = False) -> dict:
         """The answer's JSON; `with_input` adds the 28x28 PNG the model saw (the web page shows it)."""
@@ -151,22 +183,15 @@ def predict(
         result = _ask(svc, image, chosen)
     finally:
         svc.metrics.model_seconds.observe(time.perf_counter() - preprocessed)
-    answered = time.perf_counter()
-    answer = Answer(
-        id=new_timeuuid(),
-        created_at=datetime.now(UTC),
+    answer = Answer.of(
+        result,
         filename=upload.filename,
         image_sha256=pre.sha256,
-        digit=int(np.asarray(result.digits)[0]),
-        probabilities=[round(float(p), 6) for p in np.asarray(result.probabilities)[0]],
-        model_name=result.model_name,
-        model_version=result.model_version,
         label=chosen.target.label,
         routing=chosen.reason,
         image=image,
         preprocess_ms=(preprocessed - started) * 1000,
-        model_ms=(answered - preprocessed) * 1000,
-        total_ms=(answered - started) * 1000,
+        model_ms=(time.perf_counter() - preprocessed) * 1000,
     )
     record(svc, _record_of(answer, image, client_addr, routing=chosen.reason))
     if chosen.shadow is not None:
@@ -272,21 +297,15 @@ def answer_shadow(svc: Services, copy: ShadowCopy) -> None:
     target = copy.target
     result = svc.model_client.predict(user.image[np.newaxis], label=target.label, version=target.version)
     model_ms = (time.perf_counter() - started) * 1000
-    shadow = Answer(
-        id=new_timeuuid(),
-        created_at=datetime.now(UTC),
+    shadow = Answer.of(
+        result,
         filename=user.filename,
         image_sha256=user.image_sha256,
-        digit=int(np.asarray(result.digits)[0]),
-        probabilities=[round(float(p), 6) for p in np.asarray(result.probabilities)[0]],
-        model_name=result.model_name,
-        model_version=result.model_version,
         label=target.label,
         routing="shadow",
         image=user.image,
         preprocess_ms=user.preprocess_ms,
         model_ms=model_ms,
-        total_ms=user.preprocess_ms + model_ms,
     )
     record(svc, _record_of(shadow, user.image, copy.client_addr, routing="shadow", request_id=user.id))
     if (
