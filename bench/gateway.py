@@ -266,6 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-base-path", type=Path, help="base dir holding mnist/<version>/")
     parser.add_argument("--workers", type=int, default=1, help="gateway worker processes (default 1)")
     parser.add_argument("--threads", type=int, default=16, help="threads per gateway worker (default 16)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        help="GATEWAY_MODEL_MAX_BATCH (default: the gateway's; 1: every request its own Predict call)",
+    )
+    parser.add_argument(
+        "--model-concurrency",
+        type=int,
+        help="GATEWAY_MODEL_CONCURRENCY (default: the gateway's)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument(
         "--profile",
@@ -308,6 +318,14 @@ def main(argv: list[str] | None = None) -> int:
             GATEWAY_WORKERS=str(args.workers),
             GATEWAY_THREADS=str(args.threads),
             LOG_LEVEL="WARNING",
+            **{
+                name: str(value)
+                for name, value in (
+                    ("GATEWAY_MODEL_MAX_BATCH", args.max_batch),
+                    ("GATEWAY_MODEL_CONCURRENCY", args.model_concurrency),
+                )
+                if value is not None
+            },
         )
         started = time.perf_counter()
         gateway = GatewayProcess(env, scratch / "gateway.log").start()
@@ -343,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[int, dict[str, Level]] = {}
         profiles: dict[tuple[int, str], Counter] = {}
+        images_per_call: dict[tuple[int, str], float] = {}
         if args.profile:
             if not profile.available():
                 parser.error("--profile needs py-spy (pip install py-spy)")
@@ -359,16 +378,16 @@ def main(argv: list[str] | None = None) -> int:
                         samples = [args.profile / f"{name}-{pid}.txt" for pid in pids]
                         for pid, path in zip(pids, samples, strict=True):
                             sampling.enter_context(profile.Sampler(pid, path))
+                    before = shared_calls(scrape(gateway.port))
                     results[c][mode] = run_level(c, args.seconds, gateway_call(gateway.port, upload), cpu)
+                    after = shared_calls(scrape(gateway.port))
+                    calls = after[1] - before[1]
+                    images_per_call[(c, mode)] = (after[0] - before[0]) / calls if calls else 0.0
                 if args.profile:
                     profiles[(c, mode)] = sum(map(profile.read_collapsed, samples), Counter())
 
         worker_rss = [rss_mb(p) for p in worker_pids(gateway.proc.pid)]
-        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
-        connection.request("GET", "/metrics")
-        scrape = connection.getresponse().read().decode()
-        connection.close()
-        depth = [line for line in scrape.splitlines() if line.startswith("gateway_spool_depth")]
+        depth = [line for line in scrape(gateway.port).splitlines() if line.startswith("gateway_spool_depth")]
 
     print()
     print(
@@ -402,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             cells = " ".join(f"{level.cpu_ms.get(t, 0.0):>14.2f}" for t in tiers)
             print(f"{c:>4}  {mode:<28} {cells} {sum(level.cpu_ms.values()):>8.2f}")
     print(
+        "\nimages per Predict call from the gateway (concurrent requests share calls): "
+        + ", ".join(f"c{c} {mode.split(', ')[1]} {n:.2f}" for (c, mode), n in images_per_call.items())
+    )
+    print(
         f"\ngateway start to /healthz: {ready_s:.2f} s; worker RSS: "
         + ", ".join(f"{m:.0f} MB" for m in worker_rss)
         + f"; {', '.join(depth) or 'spool depth n/a'}"
@@ -427,6 +450,26 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
+
+
+def scrape(port: int) -> str:
+    """The gateway's /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+def shared_calls(metrics: str) -> tuple[float, float]:
+    """(images, Predict calls) so far, from the gateway's batch-size histogram."""
+    totals = {"gateway_model_batch_size_sum": 0.0, "gateway_model_batch_size_count": 0.0}
+    for line in metrics.splitlines():
+        name, _, value = line.partition(" ")
+        if name in totals:
+            totals[name] = float(value)
+    return totals["gateway_model_batch_size_sum"], totals["gateway_model_batch_size_count"]
 
 
 if __name__ == "__main__":

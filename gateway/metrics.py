@@ -91,6 +91,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.model_batch_size = Histogram(
+            "gateway_model_batch_size",
+            "Images per Predict call (concurrent requests for one version share a call: gateway/batching.py)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+            registry=r,
+        )
         self.predict_seconds = Histogram(
             "gateway_predict_total_duration_seconds",
             "Time of a whole prediction (read, preprocess, model, record)",

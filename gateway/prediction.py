@@ -219,7 +219,7 @@ def _ask(svc: Services, image: np.ndarray, chosen: Route):
     in its version_stats `errors` (through the store's shipper, not here)."""
     target = chosen.target
     try:
-        return svc.model_client.predict(image[np.newaxis], label=target.label, version=target.version)
+        return svc.predictor.predict(image, label=target.label, version=target.version)
     except ModelVersionNotFound as exc:
         svc.metrics.model_errors.labels(exc.code).inc()
         _count_error(svc, chosen)

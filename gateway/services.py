@@ -33,6 +33,7 @@ class Services:
         self._store = store
         self._rollouts: Any = None
         self._shadow: Any = None
+        self._predictor: Any = None
         self._owned: list[Any] = []
         self._lock = threading.Lock()
 
@@ -54,6 +55,25 @@ class Services:
                     self._owned.append(client)
                     self._model_client = client
         return self._model_client
+
+    @property
+    def predictor(self) -> Any:
+        """Images to the model server one by one, concurrent requests sharing a call (gateway/batching.py)."""
+        if self._predictor is None:
+            with self._lock:
+                if self._predictor is None:
+                    from gateway.batching import PredictBatcher
+
+                    s = self.settings
+                    self._predictor = PredictBatcher(
+                        self.model_client.predict,
+                        max_batch=s.model_max_batch,
+                        lanes=s.model_concurrency,
+                        # a queued request waits for the call in flight and its own, each within the deadline
+                        wait_s=2 * s.model_timeout_s + 1,
+                        observe_batch=self.metrics.model_batch_size.observe,
+                    )
+        return self._predictor
 
     @property
     def store(self) -> Any:

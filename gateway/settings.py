@@ -34,6 +34,9 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
   gRPC's `round_robin` over the replicas its health checks find ready (gateway/model_client.py).
 - `MODEL_NAME` (`mnist`), `MODEL_LABEL` (`stable`): the model asked, and the label used unless a request asks.
 - `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
+- `GATEWAY_MODEL_MAX_BATCH` (`32`): most images in one Predict call when concurrent requests share it
+  (gateway/batching.py; 1-1000, 1 sends each request alone); `GATEWAY_MODEL_CONCURRENCY` (`2`): Predict calls
+  in flight per model version and worker before requests wait to share the next (1-64).
 - `CASSANDRA_HOSTS` (`127.0.0.1`, comma-separated), `CASSANDRA_PORT` (`9042`), `CASSANDRA_KEYSPACE` (`mnist`).
 - `CASSANDRA_LOCAL_DC` (empty: the driver picks): the data centre whose nodes the gateway talks to.
 - `CASSANDRA_REPLICATION` (`1`): the keyspace's replication as `mnist-migrate` creates it (`3`, or
@@ -126,6 +129,8 @@ class Settings:
     model_label: str = "stable"
     model_timeout_s: float = 5.0
     model_retries: int = 2
+    model_max_batch: int = 32
+    model_concurrency: int = 2
     cassandra_hosts: tuple[str, ...] = ("127.0.0.1",)
     cassandra_port: int = 9042
     cassandra_keyspace: str = "mnist"
@@ -191,6 +196,8 @@ class Settings:
             model_label=get("MODEL_LABEL", d["model_label"].default),
             model_timeout_s=number("MODEL_TIMEOUT_S", d["model_timeout_s"].default),
             model_retries=integer("MODEL_RETRIES", d["model_retries"].default),
+            model_max_batch=integer("GATEWAY_MODEL_MAX_BATCH", d["model_max_batch"].default),
+            model_concurrency=integer("GATEWAY_MODEL_CONCURRENCY", d["model_concurrency"].default),
             cassandra_hosts=hosts,
             cassandra_port=integer("CASSANDRA_PORT", d["cassandra_port"].default),
             cassandra_keyspace=get("CASSANDRA_KEYSPACE", d["cassandra_keyspace"].default),
@@ -259,6 +266,8 @@ class Settings:
         check(is_label(self.model_label), f"MODEL_LABEL must be {LABEL_RULE}, got {self.model_label!r}")
         check(0 < self.model_timeout_s <= 300, "MODEL_TIMEOUT_S must be in (0, 300]")
         check(0 <= self.model_retries <= 10, "MODEL_RETRIES must be 0-10")
+        check(1 <= self.model_max_batch <= 1000, "GATEWAY_MODEL_MAX_BATCH must be 1-1000")
+        check(1 <= self.model_concurrency <= 64, "GATEWAY_MODEL_CONCURRENCY must be 1-64")
         check(len(self.cassandra_hosts) > 0, "CASSANDRA_HOSTS must name at least one host")
         check(
             0 < self.cassandra_port < 65536, f"CASSANDRA_PORT must be a TCP port, got {self.cassandra_port}"

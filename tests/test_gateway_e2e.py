@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -283,6 +284,27 @@ def test_readyz_and_metrics_move(gateway_server, mnist_test_set):
     assert delta("gateway_model_duration_seconds_count") == 1
     assert delta("gateway_preprocess_duration_seconds_count") == 2
     assert metric(after, "gateway_model_version_info", model="mnist", label="stable", version="1") == 1
+
+
+def test_uploads_sent_at_once_get_the_answers_they_get_alone(gateway_server, mnist_test_set):
+    """Concurrent predictions share Predict calls (gateway/batching.py): each still gets its own image's
+    answer, the same as when sent alone, and every image is in exactly one call."""
+    uploads = [as_upload(image) for image in mnist_test_set[0][20:60]]
+    alone = [predict(gateway_server.url, upload).json() for upload in uploads]
+    before = requests.get(f"{gateway_server.url}/metrics").text
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        together = list(pool.map(lambda upload: predict(gateway_server.url, upload), uploads))
+    after = requests.get(f"{gateway_server.url}/metrics").text
+    assert [r.status_code for r in together] == [200] * len(uploads)
+    for one, shared in zip(alone, (r.json() for r in together), strict=True):
+        assert shared["digit"] == one["digit"]
+        assert shared["probabilities"] == pytest.approx(one["probabilities"], abs=1e-5)
+
+    def delta(name: str) -> float:
+        return metric(after, name) - metric(before, name)
+
+    images_sent, calls = delta("gateway_model_batch_size_sum"), delta("gateway_model_batch_size_count")
+    assert images_sent == len(uploads) and 1 <= calls <= len(uploads)
 
 
 def test_ops_endpoint_replays_the_spool_behind_the_token(gateway_server):

@@ -44,6 +44,8 @@ def test_every_variable_is_read():
             "GATEWAY_RETRY_AFTER_S": "9",
             "GATEWAY_ROLLOUT_REFRESH_S": "0.5",
             "GATEWAY_SHADOW_QUEUE": "3",
+            "GATEWAY_MODEL_MAX_BATCH": "8",
+            "GATEWAY_MODEL_CONCURRENCY": "3",
             "MODEL_SERVER_GRPC": "tfs:8500",
             "MODEL_NAME": "digits",
             "MODEL_LABEL": "canary",
@@ -91,6 +93,7 @@ def test_every_variable_is_read():
     assert "p4ss" not in repr(s)
     assert (s.wal_max_bytes, s.wal_sync) == (1048576, "write")
     assert (s.rollout_refresh_s, s.shadow_queue) == (0.5, 3)
+    assert (s.model_max_batch, s.model_concurrency) == (8, 3)
     assert s.ops_enabled and s.log_level == "DEBUG"
 
 
@@ -123,6 +126,10 @@ def test_every_variable_is_read():
         ({"GATEWAY_ROLLOUT_REFRESH_S": "soon"}, "GATEWAY_ROLLOUT_REFRESH_S"),
         ({"GATEWAY_SHADOW_QUEUE": "0"}, "GATEWAY_SHADOW_QUEUE"),
         ({"GATEWAY_SHADOW_QUEUE": "10001"}, "GATEWAY_SHADOW_QUEUE"),
+        ({"GATEWAY_MODEL_MAX_BATCH": "0"}, "GATEWAY_MODEL_MAX_BATCH"),
+        ({"GATEWAY_MODEL_MAX_BATCH": "1001"}, "GATEWAY_MODEL_MAX_BATCH"),
+        ({"GATEWAY_MODEL_CONCURRENCY": "0"}, "GATEWAY_MODEL_CONCURRENCY"),
+        ({"GATEWAY_MODEL_CONCURRENCY": "65"}, "GATEWAY_MODEL_CONCURRENCY"),
         ({"GATEWAY_MAX_IMAGE_PIXELS": "89478486"}, "GATEWAY_MAX_IMAGE_PIXELS"),
         ({"GATEWAY_ENV": "production"}, "OPS_TOKEN"),
         ({"GATEWAY_ENV": "production", "OPS_TOKEN": "changeme"}, "OPS_TOKEN"),
@@ -254,7 +261,14 @@ WIRING = {
     "wal_sync": "write",
     "rollout_refresh_s": 0.7,  # and its cache's effect: test_rollout.py, test_gateway_rollout.py
     "shadow_queue": 5,  # and its drops: test_gateway_rollout.py
+    "model_max_batch": 9,  # and the calls it shapes: test_batching.py
+    "model_concurrency": 3,
 }
+
+
+class ModelDouble:
+    def predict(self, images, *, label=None, version=None):
+        raise AssertionError("not called")
 
 
 def test_every_setting_is_wired(monkeypatch):
@@ -323,6 +337,8 @@ def test_every_setting_is_wired(monkeypatch):
     )
     assert services.rollouts.refresh_s == 0.7
     assert services.shadow.maxsize == 5
+    predictor = Services(s, GatewayMetrics(), model_client=ModelDouble()).predictor
+    assert (predictor.max_batch, predictor.lanes) == (9, 3)
 
 
 def test_the_log_settings_agree_across_settings_env_example_compose_configmap_and_docs(repo_root):
@@ -337,6 +353,8 @@ def test_the_log_settings_agree_across_settings_env_example_compose_configmap_an
         "CASSANDRA_WRITE_LINGER_MS": str(Settings().cassandra_write_linger_ms),
         "GATEWAY_ROLLOUT_REFRESH_S": f"{Settings().rollout_refresh_s:g}",
         "GATEWAY_SHADOW_QUEUE": str(Settings().shadow_queue),
+        "GATEWAY_MODEL_MAX_BATCH": str(Settings().model_max_batch),
+        "GATEWAY_MODEL_CONCURRENCY": str(Settings().model_concurrency),
     }
     env_example = dict(
         line.split("=", 1)
@@ -381,6 +399,10 @@ def test_the_rollout_settings_limits_are_accepted_at_their_edges():
         assert Settings.from_env({"GATEWAY_ROLLOUT_REFRESH_S": refresh}).rollout_refresh_s == float(refresh)
     for size in ("1", "10000"):
         assert Settings.from_env({"GATEWAY_SHADOW_QUEUE": size}).shadow_queue == int(size)
+    for size in ("1", "1000"):
+        assert Settings.from_env({"GATEWAY_MODEL_MAX_BATCH": size}).model_max_batch == int(size)
+    for calls in ("1", "64"):
+        assert Settings.from_env({"GATEWAY_MODEL_CONCURRENCY": calls}).model_concurrency == int(calls)
 
 
 @pytest.mark.parametrize(

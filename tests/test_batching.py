@@ -1,0 +1,183 @@
+"""Concurrent predictions sharing Predict calls (gateway/batching.py), against a model double whose calls the
+test holds open, so that which requests share a call is decided by the test, not by the scheduler."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from gateway.batching import PredictBatcher
+from gateway.errors import ModelUnavailable
+from gateway.model_client import Prediction
+from tests.waiting import eventually
+
+
+class HeldModel:
+    """Answers digit = the image's first pixel, version 7 (or the version asked for). Each call waits until
+    the test releases it (`hold=False` answers at once); `fail` makes calls raise."""
+
+    def __init__(self, *, hold: bool = True) -> None:
+        self.hold = hold
+        self.fail: Exception | None = None
+        self.calls: list[tuple[int, str | None, int | None]] = []  # (batch size, label, version)
+        self.started = threading.Semaphore(0)
+        self._releases: list[threading.Event] = []
+        self._lock = threading.Lock()
+
+    def predict(self, images, *, label=None, version=None) -> Prediction:
+        assert images.dtype == np.uint8 and images.shape[1:] == (28, 28)
+        release = threading.Event()
+        with self._lock:
+            self.calls.append((len(images), label, version))
+            self._releases.append(release)
+        self.started.release()
+        if self.hold:
+            assert release.wait(30), "the test never released this call"
+        if self.fail is not None:
+            raise self.fail
+        digits = images[:, 0, 0].astype(np.int64)
+        probabilities = np.eye(10, dtype=np.float32)[digits]
+        return Prediction(probabilities, digits, "mnist", version or 7)
+
+    def release(self, call: int) -> None:
+        with self._lock:
+            self._releases[call].set()
+
+    def release_all(self) -> None:
+        with self._lock:
+            for release in self._releases:
+                release.set()
+
+
+def image(digit: int) -> np.ndarray:
+    picture = np.zeros((28, 28), dtype=np.uint8)
+    picture[0, 0] = digit
+    return picture
+
+
+@pytest.fixture
+def pool():
+    with ThreadPoolExecutor(max_workers=40) as executor:
+        yield executor
+
+
+def batcher(model: HeldModel, *, lanes: int = 1, max_batch: int = 32, wait_s: float = 30) -> PredictBatcher:
+    return PredictBatcher(model.predict, max_batch=max_batch, lanes=lanes, wait_s=wait_s)
+
+
+def test_a_lone_request_is_sent_at_once_in_a_call_of_its_own():
+    model = HeldModel(hold=False)
+    b = batcher(model)
+    for digit in (4, 2, 9):
+        answer = b.predict(image(digit))
+        assert answer.digits.tolist() == [digit] and answer.probabilities.shape == (1, 10)
+        assert answer.model_version == 7
+    assert model.calls == [(1, None, None)] * 3
+
+
+def test_requests_arriving_while_every_lane_is_busy_share_the_next_call(pool):
+    model = HeldModel()
+    b = batcher(model)
+    first = pool.submit(b.predict, image(1), label="stable")
+    assert model.started.acquire(timeout=10)
+    rest = [pool.submit(b.predict, image(d), label="stable") for d in range(2, 7)]
+    eventually(lambda: b.waiting() == 5, what="five requests waiting")
+    model.release(0)
+    assert model.started.acquire(timeout=10)  # the next call, with all five
+    model.release(1)
+    assert first.result(10).digits.tolist() == [1]
+    assert [f.result(10).digits.tolist() for f in rest] == [[d] for d in range(2, 7)]  # each its own row
+    assert model.calls == [(1, "stable", None), (5, "stable", None)]
+    assert b.waiting() == 0
+
+
+def test_a_call_takes_at_most_max_batch_images(pool):
+    model = HeldModel()
+    b = batcher(model, max_batch=3)
+    futures = [pool.submit(b.predict, image(0))]
+    assert model.started.acquire(timeout=10)
+    futures += [pool.submit(b.predict, image(d)) for d in range(1, 8)]
+    eventually(lambda: b.waiting() == 7, what="seven requests waiting")
+    model.release_all()
+    for call in range(1, 4):
+        assert model.started.acquire(timeout=10)
+        model.release(call)
+    assert [f.result(10).digits.tolist() for f in futures] == [[d] for d in range(8)]
+    assert [size for size, _, _ in model.calls] == [1, 3, 3, 1]
+
+
+def test_versions_never_share_a_call_and_each_has_its_own_lanes(pool):
+    model = HeldModel()
+    b = batcher(model)
+    stable = pool.submit(b.predict, image(1), label="stable")
+    assert model.started.acquire(timeout=10)
+    pinned = pool.submit(b.predict, image(2), version=2)
+    assert model.started.acquire(timeout=10)  # sent at once: stable's busy lane is not its own
+    model.release_all()
+    assert stable.result(10).model_version == 7 and pinned.result(10).model_version == 2
+    assert sorted(model.calls, key=str) == sorted([(1, "stable", None), (1, None, 2)], key=str)
+
+
+def test_a_failed_call_fails_each_member_with_its_own_error_and_the_lane_goes_on(pool):
+    model = HeldModel()
+    b = batcher(model)
+    first = pool.submit(b.predict, image(1))
+    assert model.started.acquire(timeout=10)
+    members = [pool.submit(b.predict, image(d)) for d in range(2, 5)]
+    eventually(lambda: b.waiting() == 3, what="three requests waiting")
+    model.fail = ModelUnavailable("the model server is unreachable; try again shortly")
+    model.release_all()
+    assert model.started.acquire(timeout=10)
+    model.release_all()
+    errors = [f.exception(10) for f in [first, *members]]
+    assert all(isinstance(e, ModelUnavailable) and "unreachable" in e.message for e in errors)
+    assert len({id(e) for e in errors}) == 4  # raised in four threads: four instances
+    model.fail, model.hold = None, False
+    assert b.predict(image(8)).digits.tolist() == [8]  # nothing is left holding the lane
+
+
+def test_with_two_lanes_a_stuck_call_holds_up_nobody(pool):
+    model = HeldModel()
+    b = batcher(model, lanes=2)
+    stuck = pool.submit(b.predict, image(1))
+    assert model.started.acquire(timeout=10)
+    model.hold = False
+    answers = [b.predict(image(d)).digits.tolist() for d in range(2, 8)]  # one after another, in lane two
+    assert answers == [[d] for d in range(2, 8)]
+    assert not stuck.done()
+    model.release(0)
+    assert stuck.result(10).digits.tolist() == [1]
+
+
+def test_a_request_that_waits_too_long_for_a_lane_gives_up_and_leaves_the_queue(pool):
+    model = HeldModel()
+    b = batcher(model, wait_s=0.3)
+    stuck = pool.submit(b.predict, image(1))
+    assert model.started.acquire(timeout=10)
+    with pytest.raises(ModelUnavailable, match="did not answer in time"):
+        b.predict(image(2))
+    assert b.waiting() == 0
+    model.release(0)
+    assert stuck.result(10).digits.tolist() == [1]
+    assert model.calls == [(1, None, None)]  # the one that gave up was never sent
+
+
+def test_max_batch_one_sends_every_request_alone_however_many_are_in_flight(pool):
+    model = HeldModel()
+    b = batcher(model, max_batch=1, lanes=1)
+    futures: list[Future] = [pool.submit(b.predict, image(d)) for d in range(5)]
+    for _ in futures:
+        assert model.started.acquire(timeout=10)  # all five in flight at once
+    model.release_all()
+    assert sorted(f.result(10).digits.tolist()[0] for f in futures) == list(range(5))
+    assert [size for size, _, _ in model.calls] == [1] * 5
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError):
+        PredictBatcher(HeldModel().predict, max_batch=0, lanes=1, wait_s=1)
+    with pytest.raises(ValueError):
+        PredictBatcher(HeldModel().predict, max_batch=4, lanes=0, wait_s=1)
