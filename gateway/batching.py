@@ -64,7 +64,8 @@ class PredictBatcher:
         self, image: np.ndarray, *, label: str | None = None, version: int | None = None
     ) -> Prediction:
         """The answer for one uint8 [28, 28] image: its row of the call it shared."""
-        if self.max_batch == 1:  # batching off: every request its own call
+        if self.max_batch == 1:  # sharing off: every request its own call
+            self._observe_batch(1)
             return self._predict(image[np.newaxis], label=label, version=version)
         target = (label, version)
         me = _Waiter(image)

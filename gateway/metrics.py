@@ -87,7 +87,7 @@ class GatewayMetrics:
         )
         self.model_seconds = Histogram(
             "gateway_model_duration_seconds",
-            "Time of the gRPC Predict call (retries included)",
+            "Time to the model's answer: the (possibly shared) gRPC Predict call, retries included",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -167,13 +167,14 @@ def test_a_request_that_waits_too_long_for_a_lane_gives_up_and_leaves_the_queue(
 
 def test_max_batch_one_sends_every_request_alone_however_many_are_in_flight(pool):
     model = HeldModel()
-    b = batcher(model, max_batch=1, lanes=1)
+    sizes: list[int] = []
+    b = PredictBatcher(model.predict, max_batch=1, lanes=1, wait_s=30, observe_batch=sizes.append)
     futures: list[Future] = [pool.submit(b.predict, image(d)) for d in range(5)]
     for _ in futures:
         assert model.started.acquire(timeout=10)  # all five in flight at once
     model.release_all()
     assert sorted(f.result(10).digits.tolist()[0] for f in futures) == list(range(5))
-    assert [size for size, _, _ in model.calls] == [1] * 5
+    assert [size for size, _, _ in model.calls] == [1] * 5 and sizes == [1] * 5  # still counted
 
 
 def test_settings_are_checked():
