@@ -1,5 +1,5 @@
-"""The app's resources in one object: settings, metrics, and the model client, store, rollout state cache and
-shadow worker, made on first use.
+"""The app's resources in one object: settings, metrics, and the model client (and the batcher sharing its
+calls), store, rollout state cache and shadow worker, made on first use.
 
 Made lazily so that server workers open their gRPC channel and Cassandra session (and start their shadow
 thread) after the fork.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -458,3 +459,10 @@ def test_the_consistency_settings_are_named_everywhere_an_operator_looks(repo_ro
         assert f"{name}: ${{{name}:-" in compose, name
         assert f"| `{name}` |" in docs, name
         Settings.from_env({name: config_map[name]})
+
+
+def test_shared_calls_fit_the_model_servers_batches(repo_root):
+    """A shared Predict call larger than the deployed model server's max_batch_size would be refused."""
+    parameters = (repo_root / "serving/batching_parameters.txt").read_text()
+    server_max = int(re.search(r"max_batch_size \{ value: (\d+) \}", parameters).group(1))
+    assert Settings().model_max_batch <= server_max
