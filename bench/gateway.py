@@ -1,7 +1,8 @@
 """Gateway end to end against direct gRPC Predict to the same model server, measured in the same run.
 
-    python -m bench.gateway [--seconds 6] [--warmup 30] [--concurrency 1,8,32] [--model-base-path DIR]
-                            [--workers 1] [--threads 16]
+    python -m bench.gateway [--runs 3] [--seconds 6] [--warmup 30] [--concurrency 1,8,32]
+                            [--model-base-path DIR] [--workers 1] [--threads 16] [--max-batch N]
+                            [--model-concurrency N]
 
 Brings up what production runs, on free local ports: a real Cassandra node (migrated keyspace), `mnist-serve`
 with the model (`--model-base-path`, else the default model found by bench/models.py, else a quick export by
@@ -17,7 +18,8 @@ Load generators are threads in this process (http.client and the gRPC stub: both
 as the servers. Before measuring, the gateway path runs for `--warmup` seconds: a fresh Cassandra JVM spends
 its first minute compiling (it costs 2-3x more CPU per write then than once warm). Next to throughput and
 latency it prints the CPU time each tier spent per request (from /proc), which says where the time goes when
-every tier shares the same cores, and what each tier needs on its own.
+every tier shares the same cores, and what each tier needs on its own. Every level is measured `--runs` times
+(all levels in turn, then again), and each figure is printed as the range over the runs.
 Goals: gateway CPU per request <= 1.5 ms (28x28) and <= 3 ms (canvas); median overhead <= 2 ms at
 concurrency 1; throughput >= 0.5x of direct gRPC at concurrency 8.
 """
@@ -258,6 +260,7 @@ def worker_pids(master: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3, help="measured runs of every level (default 3)")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured duration per level (default 6)")
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated levels (default 1,8,32)")
     parser.add_argument(
@@ -285,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if args.runs < 1 or not levels or min(levels) < 1:
+        parser.error("--runs and every --concurrency level must be >= 1")
 
     # Test helpers that start the real processes on free ports (the same code the e2e tests use).
     sys.path.insert(0, str(REPO_ROOT))
@@ -359,32 +364,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warming up for {args.warmup:g} s (gateway load at concurrency 8) ...", flush=True)
             run_level(8, args.warmup, gateway_call(gateway.port, uploads["gateway, 28x28 PNG"]))
 
-        results: dict[int, dict[str, Level]] = {}
+        runs: list[dict[int, dict[str, Level]]] = []
         profiles: dict[tuple[int, str], Counter] = {}
-        images_per_call: dict[tuple[int, str], float] = {}
+        images_per_call: dict[tuple[int, str], list[float]] = {}
         if args.profile:
             if not profile.available():
                 parser.error("--profile needs py-spy (pip install py-spy)")
             args.profile.mkdir(parents=True, exist_ok=True)
-        for c in levels:
-            print(f"concurrency {c}: direct gRPC ...", flush=True)
-            results[c] = {DIRECT: run_level(c, args.seconds, direct_call, cpu)}
-            for mode, upload in uploads.items():
-                print(f"concurrency {c}: {mode} ...", flush=True)
-                with ExitStack() as sampling:
-                    if args.profile:
-                        name = f"c{c}-{mode.split(', ')[1].split()[0]}"
-                        pids = worker_pids(gateway.proc.pid)
-                        samples = [args.profile / f"{name}-{pid}.txt" for pid in pids]
-                        for pid, path in zip(pids, samples, strict=True):
-                            sampling.enter_context(profile.Sampler(pid, path))
-                    before = shared_calls(scrape(gateway.port))
-                    results[c][mode] = run_level(c, args.seconds, gateway_call(gateway.port, upload), cpu)
-                    after = shared_calls(scrape(gateway.port))
+        for run in range(1, args.runs + 1):
+            results: dict[int, dict[str, Level]] = {}
+            runs.append(results)
+            for c in levels:
+                print(f"run {run}/{args.runs}, concurrency {c}: direct gRPC ...", flush=True)
+                results[c] = {DIRECT: run_level(c, args.seconds, direct_call, cpu)}
+                for mode, upload in uploads.items():
+                    print(f"run {run}/{args.runs}, concurrency {c}: {mode} ...", flush=True)
+                    with ExitStack() as sampling:
+                        if args.profile:
+                            name = f"r{run}-c{c}-{mode.split(', ')[1].split()[0]}"
+                            pids = worker_pids(gateway.proc.pid)
+                            samples = [args.profile / f"{name}-{pid}.txt" for pid in pids]
+                            for pid, path in zip(pids, samples, strict=True):
+                                sampling.enter_context(profile.Sampler(pid, path))
+                        before = shared_calls(scrape(gateway.port))
+                        results[c][mode] = run_level(c, args.seconds, gateway_call(gateway.port, upload), cpu)
+                        after = shared_calls(scrape(gateway.port))
                     calls = after[1] - before[1]
-                    images_per_call[(c, mode)] = (after[0] - before[0]) / calls if calls else 0.0
-                if args.profile:
-                    profiles[(c, mode)] = sum(map(profile.read_collapsed, samples), Counter())
+                    images_per_call.setdefault((c, mode), []).append(
+                        (after[0] - before[0]) / calls if calls else 0
+                    )
+                    if args.profile:
+                        profiles[(c, mode)] = profiles.get((c, mode), Counter()) + sum(
+                            map(profile.read_collapsed, samples), Counter()
+                        )
 
         worker_rss = [rss_mb(p) for p in worker_pids(gateway.proc.pid)]
         depth = [line for line in scrape(gateway.port).splitlines() if line.startswith("gateway_spool_depth")]
@@ -396,33 +408,44 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f} at the end; warm-up {args.warmup:g} s"
     )
     print("uploads: " + ", ".join(f"{m.split(', ')[1]} {len(u)} bytes" for m, u in uploads.items()))
+
+    tiers = ["gateway", "model server", "Cassandra", "load generator"]
+
+    def each(c: int, mode: str, name: str) -> list[float]:
+        """One figure of a level, in every run (ratios against the same run's direct level)."""
+        return [figures(results[c][mode], results[c][DIRECT], tiers)[name] for results in runs]
+
+    modes = list(runs[0][levels[0]])
+    print(f"each figure is the range over {args.runs} run(s)")
     header = (
-        f"{'conc':>4}  {'path':<28} {'req/s':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'errors':>6} "
+        f"{'conc':>4}  {'path':<28} {'req/s':>9} {'p50 ms':>11} {'p99 ms':>11} {'errors':>6} "
         f"{'vs direct':>9} {'p50 overhead ms':>15}"
     )
     print(header)
     print("-" * len(header))
-    for c, by_mode in results.items():
-        direct = by_mode[DIRECT]
-        for mode, level in by_mode.items():
-            ratio = f"{level.rps / direct.rps:>9.2f}" if mode != DIRECT else f"{'':>9}"
-            overhead = f"{level.p50_ms - direct.p50_ms:>15.2f}" if mode != DIRECT else ""
+    for c in levels:
+        for mode in modes:
+            errors = sum(each(c, mode, "errors"))
+            ratio = span(each(c, mode, "ratio")) if mode != DIRECT else ""
+            overhead = span(each(c, mode, "overhead")) if mode != DIRECT else ""
             print(
-                f"{c:>4}  {mode:<28} {level.rps:>7.0f} {level.p50_ms:>7.2f} {level.p90_ms:>7.2f} "
-                f"{level.p99_ms:>7.2f} {level.errors:>6} {ratio} {overhead}"
+                f"{c:>4}  {mode:<28} {span(each(c, mode, 'rps'), '{:.0f}'):>9} "
+                f"{span(each(c, mode, 'p50')):>11} "
+                f"{span(each(c, mode, 'p99')):>11} {errors:>6.0f} "
+                f"{ratio:>9} {overhead:>15}"
             )
-    tiers = ["gateway", "model server", "Cassandra", "load generator"]
     print("\nCPU time per request (ms), by tier; all tiers share the same cores here")
-    header = f"{'conc':>4}  {'path':<28} " + " ".join(f"{t:>14}" for t in tiers) + f" {'total':>8}"
+    header = f"{'conc':>4}  {'path':<28} " + " ".join(f"{t:>14}" for t in tiers) + f" {'total':>11}"
     print(header)
     print("-" * len(header))
-    for c, by_mode in results.items():
-        for mode, level in by_mode.items():
-            cells = " ".join(f"{level.cpu_ms.get(t, 0.0):>14.2f}" for t in tiers)
-            print(f"{c:>4}  {mode:<28} {cells} {sum(level.cpu_ms.values()):>8.2f}")
+    for c in levels:
+        for mode in modes:
+            cells = " ".join(f"{span(each(c, mode, t)):>14}" for t in tiers)
+            total = span(each(c, mode, "total"))
+            print(f"{c:>4}  {mode:<28} {cells} {total:>11}")
     print(
         "\nimages per Predict call from the gateway (concurrent requests share calls): "
-        + ", ".join(f"c{c} {mode.split(', ')[1]} {n:.2f}" for (c, mode), n in images_per_call.items())
+        + ", ".join(f"c{c} {mode.split(', ')[1]} {span(n)}" for (c, mode), n in images_per_call.items())
     )
     print(
         f"\ngateway start to /healthz: {ready_s:.2f} s; worker RSS: "
@@ -430,26 +453,49 @@ def main(argv: list[str] | None = None) -> int:
         + f"; {', '.join(depth) or 'spool depth n/a'}"
     )
     cpu_goals = {"gateway, 28x28 PNG": 1.5, "gateway, 280x280 canvas PNG": 3.0}
-    for c, by_mode in results.items():
-        direct = by_mode[DIRECT]
+    for c in levels:
         for mode, goal in cpu_goals.items():
-            level = by_mode[mode]
+            cpu_ms = span(each(c, mode, "gateway"))
+            overhead = span(each(c, mode, "overhead"))
+            ratio = span(each(c, mode, "ratio"))
             print(
-                f"goals at concurrency {c} ({mode}): gateway CPU {level.cpu_ms.get('gateway', 0):.2f} ms "
-                f"(<= {goal:g})"
-                + (f", median overhead {level.p50_ms - direct.p50_ms:.2f} ms (<= 2)" if c == 1 else "")
-                + (f", throughput {level.rps / direct.rps:.2f} of direct (>= 0.50)" if c == 8 else "")
+                f"goals at concurrency {c} ({mode}): gateway CPU {cpu_ms} ms (<= {goal:g})"
+                + (f", median overhead {overhead} ms (<= 2)" if c == 1 else "")
+                + (f", throughput {ratio} of direct (>= 0.50)" if c == 8 else "")
             )
     for (c, mode), stacks in profiles.items():
-        print(f"\nprofile of the gateway worker, concurrency {c}, {mode}:")
+        print(f"\nprofile of the gateway worker, concurrency {c}, {mode} (all runs):")
         print(profile.top_table(stacks))
     if args.json:
-        payload = {
-            str(c): {mode: asdict(level) | {"rps": level.rps} for mode, level in by_mode.items()}
-            for c, by_mode in results.items()
-        }
+        payload = [
+            {
+                str(c): {mode: asdict(level) | {"rps": level.rps} for mode, level in by_mode.items()}
+                for c, by_mode in results.items()
+            }
+            for results in runs
+        ]
         args.json.write_text(json.dumps(payload, indent=2))
     return 0
+
+
+def figures(level: Level, direct: Level, tiers: list[str]) -> dict[str, float]:
+    """What the tables print of one level, by name (CPU per request by tier under the tier's name)."""
+    return {
+        "rps": level.rps,
+        "p50": level.p50_ms,
+        "p99": level.p99_ms,
+        "errors": level.errors,
+        "ratio": level.rps / direct.rps,
+        "overhead": level.p50_ms - direct.p50_ms,
+        "total": sum(level.cpu_ms.values()),
+        **{tier: level.cpu_ms.get(tier, 0.0) for tier in tiers},
+    }
+
+
+def span(values: list[float], form: str = "{:.2f}") -> str:
+    """The range of a figure over the runs: `low-high`, or one value when they agree."""
+    low, high = form.format(min(values)), form.format(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 def scrape(port: int) -> str:
