@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gateway.errors import ModelUnavailable
-from gateway.model_client import Prediction
+from gateway.errors import InvalidInput, ModelError, ModelUnavailable
+from gateway.model_client import IMAGE_SHAPE, Prediction
 
 Target = tuple[str | None, int | None]  # (label, version)
 
@@ -67,6 +67,8 @@ class PredictBatcher:
         if self.max_batch == 1:  # sharing off: every request its own call
             self._observe_batch(1)
             return self._predict(image[np.newaxis], label=label, version=version)
+        if image.dtype != np.uint8 or image.shape != IMAGE_SHAPE:  # else one bad image would fail its batch
+            raise InvalidInput(f"the model input must be a uint8 [28, 28] image, not {list(image.shape)}")
         target = (label, version)
         me = _Waiter(image)
         with self._lock:
@@ -75,13 +77,8 @@ class PredictBatcher:
                 me.leads = True
             else:
                 self._queues.setdefault(target, []).append(me)
-        if not me.leads and not me.woken.wait(self.wait_s):
-            with self._lock:
-                queue = self._queues.get(target, [])
-                if me in queue:  # neither a lane nor a call yet: leave (nobody answers for it)
-                    queue.remove(me)
-                    raise ModelUnavailable("the model server did not answer in time; try again shortly")
-            me.woken.wait()  # given a lane or taken into a call meanwhile: that call's deadline bounds it
+        if not me.leads:
+            self._wait_turn(target, me)
         if me.leads:
             self._send(target, me)
         if me.error is not None:
@@ -94,18 +91,49 @@ class PredictBatcher:
         with self._lock:
             return sum(len(queue) for queue in self._queues.values())
 
+    def _wait_turn(self, target: Target, me: _Waiter) -> None:
+        """Until `me` holds a lane or has its answer. Still queued after wait_s, it leaves the queue;
+        interrupted (any exception), it leaves it too, or passes on a lane handed to it meanwhile: nothing is
+        stranded."""
+        try:
+            if me.woken.wait(self.wait_s):
+                return
+            with self._lock:
+                queue = self._queues.get(target, [])
+                if me in queue:  # neither a lane nor a call yet: leave (nobody answers for it)
+                    queue.remove(me)
+                    raise ModelUnavailable("the model server did not answer in time; try again shortly")
+            me.woken.wait()  # given a lane or taken into a call meanwhile: that call's deadline bounds it
+        except ModelUnavailable:
+            raise
+        except BaseException:
+            with self._lock:
+                queue = self._queues.get(target, [])
+                if me in queue:
+                    queue.remove(me)
+                elif me.leads:
+                    self._pass_lane(target)
+            raise
+
     def _send(self, target: Target, me: _Waiter) -> None:
         """With a lane: send `me` and what waits (up to max_batch), answer each, pass the lane on."""
-        with self._lock:
-            queue = self._queues.get(target, [])
-            batch = [me, *queue[: self.max_batch - 1]]
-            del queue[: self.max_batch - 1]
+        batch = [me]
         try:
+            with self._lock:
+                queue = self._queues.get(target, [])
+                batch += queue[: self.max_batch - 1]
+                del queue[: self.max_batch - 1]
             self._observe_batch(len(batch))
             result = self._predict(np.stack([w.image for w in batch]), label=target[0], version=target[1])
+            if len(result.digits) != len(batch) or len(result.probabilities) != len(batch):
+                raise ModelError(f"the model answered {len(result.digits)} rows for {len(batch)} images")
         except Exception as exc:  # every member gets the failure, as if it had called alone
             for waiter in batch:
                 waiter.error = exc
+        except BaseException:  # the caller's own interruption: the others get an outage, not a hang
+            for waiter in batch[1:]:
+                waiter.error = ModelUnavailable("the model server call was interrupted; try again shortly")
+            raise
         else:
             for row, waiter in enumerate(batch):
                 waiter.result = Prediction(
@@ -116,15 +144,19 @@ class PredictBatcher:
                 )
         finally:
             with self._lock:
-                queue = self._queues.get(target)
-                if queue:  # the lane goes to the first waiter
-                    following = queue.pop(0)
-                    following.leads = True
-                    following.woken.set()
-                else:
-                    self._queues.pop(target, None)
-                    self._in_flight[target] -= 1
-                    if not self._in_flight[target]:
-                        del self._in_flight[target]
+                self._pass_lane(target)
             for waiter in batch[1:]:
                 waiter.woken.set()
+
+    def _pass_lane(self, target: Target) -> None:
+        """Under the lock: the lane goes to the first waiter, or is freed."""
+        queue = self._queues.get(target)
+        if queue:
+            following = queue.pop(0)
+            following.leads = True
+            following.woken.set()
+        else:
+            self._queues.pop(target, None)
+            self._in_flight[target] -= 1
+            if not self._in_flight[target]:
+                del self._in_flight[target]

@@ -3,6 +3,7 @@ test holds open, so that which requests share a call is decided by the test, not
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.batching import PredictBatcher
-from gateway.errors import ModelUnavailable
+from gateway.errors import InvalidInput, ModelError, ModelUnavailable
 from gateway.model_client import Prediction
 from tests.waiting import eventually
 
@@ -182,3 +183,84 @@ def test_settings_are_checked():
         PredictBatcher(HeldModel().predict, max_batch=0, lanes=1, wait_s=1)
     with pytest.raises(ValueError):
         PredictBatcher(HeldModel().predict, max_batch=4, lanes=0, wait_s=1)
+
+
+def test_an_answer_with_the_wrong_number_of_rows_fails_the_whole_call(pool):
+    model = HeldModel()
+    b = batcher(model)
+    first = pool.submit(b.predict, image(1))
+    assert model.started.acquire(timeout=10)
+    members = [pool.submit(b.predict, image(d)) for d in (2, 3)]
+    eventually(lambda: b.waiting() == 2, what="two requests waiting")
+    answer = model.predict  # the next call answers one row for its two images
+
+    def one_row(images, **kwargs):
+        full = answer(images, **kwargs)
+        return Prediction(full.probabilities[:1], full.digits[:1], full.model_name, full.model_version)
+
+    model.hold, b._predict = False, one_row
+    model.release(0)
+    assert first.result(10).digits.tolist() == [1]
+    assert all(isinstance(f.exception(10), ModelError) for f in members)
+
+
+def test_an_interrupted_call_gives_the_others_an_outage_and_frees_its_lane(pool):
+    model = HeldModel()
+    b = batcher(model)
+    first = pool.submit(b.predict, image(1))
+    assert model.started.acquire(timeout=10)
+    members = [pool.submit(b.predict, image(d)) for d in (2, 3)]
+    eventually(lambda: b.waiting() == 2, what="two requests waiting")
+    model.fail = KeyboardInterrupt()  # the leader of the next call is interrupted in it
+    model.release_all()
+    assert model.started.acquire(timeout=10)
+    model.release_all()
+    assert isinstance(first.exception(10), KeyboardInterrupt)
+    outcomes = sorted(type(f.exception(10)).__name__ for f in members)
+    assert outcomes == ["KeyboardInterrupt", "ModelUnavailable"]  # its leader, and the member it carried
+    model.fail, model.hold = None, False
+    assert b.predict(image(8)).digits.tolist() == [8]  # the lane was freed
+
+
+class InterruptedWait(threading.Event):
+    """A waiter's event whose timed wait is interrupted (as by an asynchronous exception)."""
+
+    def wait(self, timeout=None):
+        if timeout is not None:
+            raise KeyboardInterrupt
+        return super().wait(timeout)
+
+
+def test_a_waiter_interrupted_in_the_queue_leaves_it_and_strands_nothing(pool, monkeypatch):
+    import gateway.batching
+
+    model = HeldModel()
+    b = batcher(model)
+    first = pool.submit(b.predict, image(1))
+    assert model.started.acquire(timeout=10)
+
+    @dataclasses.dataclass(eq=False)
+    class Interrupted(gateway.batching._Waiter):
+        woken: threading.Event = dataclasses.field(default_factory=InterruptedWait)
+
+    monkeypatch.setattr(gateway.batching, "_Waiter", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        b.predict(image(2))
+    monkeypatch.undo()
+    assert b.waiting() == 0
+    model.release(0)
+    assert first.result(10).digits.tolist() == [1]
+    model.hold = False
+    assert b.predict(image(3)).digits.tolist() == [3]
+    assert [size for size, _, _ in model.calls] == [1, 1]  # the interrupted one was never sent
+
+
+def test_an_image_that_is_not_a_uint8_28x28_is_refused_before_it_can_fail_a_batch():
+    b = batcher(HeldModel(hold=False))
+    for bad in (
+        np.zeros((28, 28), np.float32),
+        np.zeros((1, 28, 28), np.uint8),
+        np.zeros((27, 28), np.uint8),
+    ):
+        with pytest.raises(InvalidInput, match="uint8 \\[28, 28\\]"):
+            b.predict(bad)
