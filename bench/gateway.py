@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = list(runs[0][levels[0]])
     print(f"each figure is the range over {args.runs} run(s)")
     header = (
-        f"{'conc':>4}  {'path':<28} {'req/s':>9} {'p50 ms':>11} {'p99 ms':>11} {'errors':>6} "
+        f"{'conc':>4}  {'path':<28} {'req/s':>9} {'p50 ms':>11} {'p99 ms':>13} {'errors':>6} "
         f"{'vs direct':>9} {'p50 overhead ms':>15}"
     )
     print(header)
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{c:>4}  {mode:<28} {span(each(c, mode, 'rps'), '{:.0f}'):>9} "
                 f"{span(each(c, mode, 'p50')):>11} "
-                f"{span(each(c, mode, 'p99')):>11} {errors:>6.0f} "
+                f"{span(each(c, mode, 'p99')):>13} {errors:>6.0f} "
                 f"{ratio:>9} {overhead:>15}"
             )
     print("\nCPU time per request (ms), by tier; all tiers share the same cores here")
