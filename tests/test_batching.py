@@ -69,6 +69,15 @@ def batcher(model: HeldModel, *, lanes: int = 1, max_batch: int = 32, wait_s: fl
     return PredictBatcher(model.predict, max_batch=max_batch, lanes=lanes, wait_s=wait_s)
 
 
+def queued_behind_a_held_call(b: PredictBatcher, model: HeldModel, pool, digits, **target):
+    """The first digit's request in a call the model holds, and the others' requests queued behind it."""
+    first = pool.submit(b.predict, image(digits[0]), **target)
+    assert model.started.acquire(timeout=10)
+    rest = [pool.submit(b.predict, image(d), **target) for d in digits[1:]]
+    eventually(lambda: b.waiting() == len(rest), what=f"{len(rest)} requests waiting")
+    return first, rest
+
+
 def test_a_lone_request_is_sent_at_once_in_a_call_of_its_own():
     model = HeldModel(hold=False)
     b = batcher(model)
@@ -82,10 +91,7 @@ def test_a_lone_request_is_sent_at_once_in_a_call_of_its_own():
 def test_requests_arriving_while_every_lane_is_busy_share_the_next_call(pool):
     model = HeldModel()
     b = batcher(model)
-    first = pool.submit(b.predict, image(1), label="stable")
-    assert model.started.acquire(timeout=10)
-    rest = [pool.submit(b.predict, image(d), label="stable") for d in range(2, 7)]
-    eventually(lambda: b.waiting() == 5, what="five requests waiting")
+    first, rest = queued_behind_a_held_call(b, model, pool, range(1, 7), label="stable")
     model.release(0)
     assert model.started.acquire(timeout=10)  # the next call, with all five
     model.release(1)
@@ -98,10 +104,8 @@ def test_requests_arriving_while_every_lane_is_busy_share_the_next_call(pool):
 def test_a_call_takes_at_most_max_batch_images(pool):
     model = HeldModel()
     b = batcher(model, max_batch=3)
-    futures = [pool.submit(b.predict, image(0))]
-    assert model.started.acquire(timeout=10)
-    futures += [pool.submit(b.predict, image(d)) for d in range(1, 8)]
-    eventually(lambda: b.waiting() == 7, what="seven requests waiting")
+    first, rest = queued_behind_a_held_call(b, model, pool, range(8))
+    futures = [first, *rest]
     model.release_all()
     for call in range(1, 4):
         assert model.started.acquire(timeout=10)
@@ -125,10 +129,7 @@ def test_versions_never_share_a_call_and_each_has_its_own_lanes(pool):
 def test_a_failed_call_fails_each_member_with_its_own_error_and_the_lane_goes_on(pool):
     model = HeldModel()
     b = batcher(model)
-    first = pool.submit(b.predict, image(1))
-    assert model.started.acquire(timeout=10)
-    members = [pool.submit(b.predict, image(d)) for d in range(2, 5)]
-    eventually(lambda: b.waiting() == 3, what="three requests waiting")
+    first, members = queued_behind_a_held_call(b, model, pool, range(1, 5))
     model.fail = ModelUnavailable("the model server is unreachable; try again shortly")
     model.release_all()
     assert model.started.acquire(timeout=10)
@@ -188,10 +189,7 @@ def test_settings_are_checked():
 def test_an_answer_with_the_wrong_number_of_rows_fails_the_whole_call(pool):
     model = HeldModel()
     b = batcher(model)
-    first = pool.submit(b.predict, image(1))
-    assert model.started.acquire(timeout=10)
-    members = [pool.submit(b.predict, image(d)) for d in (2, 3)]
-    eventually(lambda: b.waiting() == 2, what="two requests waiting")
+    first, members = queued_behind_a_held_call(b, model, pool, (1, 2, 3))
     answer = model.predict  # the next call answers one row for its two images
 
     def one_row(images, **kwargs):
@@ -207,10 +205,7 @@ def test_an_answer_with_the_wrong_number_of_rows_fails_the_whole_call(pool):
 def test_an_interrupted_call_gives_the_others_an_outage_and_frees_its_lane(pool):
     model = HeldModel()
     b = batcher(model)
-    first = pool.submit(b.predict, image(1))
-    assert model.started.acquire(timeout=10)
-    members = [pool.submit(b.predict, image(d)) for d in (2, 3)]
-    eventually(lambda: b.waiting() == 2, what="two requests waiting")
+    first, members = queued_behind_a_held_call(b, model, pool, (1, 2, 3))
     model.fail = KeyboardInterrupt()  # the leader of the next call is interrupted in it
     model.release_all()
     assert model.started.acquire(timeout=10)
