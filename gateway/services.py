@@ -60,13 +60,14 @@ class Services:
     def predictor(self) -> Any:
         """Images to the model server one by one, concurrent requests sharing a call (gateway/batching.py)."""
         if self._predictor is None:
+            client = self.model_client  # made under the same (non-reentrant) lock: before taking it
             with self._lock:
                 if self._predictor is None:
                     from gateway.batching import PredictBatcher
 
                     s = self.settings
                     self._predictor = PredictBatcher(
-                        self.model_client.predict,
+                        client.predict,
                         max_batch=s.model_max_batch,
                         lanes=s.model_concurrency,
                         # a queued request waits for the call in flight and its own, each within the deadline

@@ -466,3 +466,21 @@ def test_shared_calls_fit_the_model_servers_batches(repo_root):
     parameters = (repo_root / "serving/batching_parameters.txt").read_text()
     server_max = int(re.search(r"max_batch_size \{ value: (\d+) \}", parameters).group(1))
     assert Settings().model_max_batch <= server_max
+
+
+def test_the_predictor_can_be_the_first_service_used():
+    """The first request a process serves may be a prediction: the predictor makes the model client it
+    calls (an app embedded without the server's warm-up used to hang there for good)."""
+    import threading
+
+    from gateway.metrics import GatewayMetrics
+    from gateway.services import Services
+
+    services = Services(Settings(model_server_grpc="127.0.0.1:9"), GatewayMetrics())
+    made = []
+    first_use = threading.Thread(target=lambda: made.append(services.predictor), daemon=True)
+    first_use.start()
+    first_use.join(timeout=30)
+    assert made, "making the predictor hung"
+    assert made[0].lanes == Settings().model_concurrency
+    services.close()
