@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import threading
@@ -120,26 +121,30 @@ def images_to_tensor(images: np.ndarray) -> tensor_pb2.TensorProto:
 
 def tensor_to_array(tensor: tensor_pb2.TensorProto) -> np.ndarray:
     """Decode a numeric TensorProto from tensor_content or its repeated field, as tf.make_ndarray does."""
+    # Plain Python on the shape and values (math.prod, list()): numpy's calls cost more than the few values
+    # of an answer; this runs twice per Predict call.
     if tensor.tensor_shape.unknown_rank:
         raise ValueError("tensor of unknown rank")
-    shape = tuple(d.size for d in tensor.tensor_shape.dim)
-    if tensor.dtype not in _NUMPY_DTYPES:
+    shape = tuple([d.size for d in tensor.tensor_shape.dim])
+    found = _NUMPY_DTYPES.get(tensor.dtype)
+    if found is None:
         raise ValueError(f"unsupported tensor dtype {types_pb2.DataType.Name(tensor.dtype)}")
-    dtype, field = _NUMPY_DTYPES[tensor.dtype]
-    count = int(np.prod(shape, dtype=np.int64))
+    dtype, field = found
+    count = math.prod(shape)
     content = tensor.tensor_content
     if content:
         if len(content) != count * dtype.itemsize:
             raise ValueError(f"tensor_content holds {len(content)} bytes for shape {list(shape)}")
         # Copy into native byte order: the result must not alias the message's buffer.
         return np.frombuffer(content, dtype=dtype).astype(dtype.newbyteorder("=")).reshape(shape)
-    values = np.asarray(getattr(tensor, field), dtype=dtype)
-    if values.size == count:
-        return values.reshape(shape)
-    if values.size == 0 or values.size > count:
-        raise ValueError(f"tensor holds {values.size} values for shape {list(shape)}")
+    values = list(getattr(tensor, field))
+    if len(values) == count:
+        return np.array(values, dtype=dtype).reshape(shape)
+    if not values or len(values) > count:
+        raise ValueError(f"tensor holds {len(values)} values for shape {list(shape)}")
     # TF's compact form: fewer values than elements means "repeat the last one".
-    return np.concatenate([values, np.full(count - values.size, values[-1], dtype=dtype)]).reshape(shape)
+    filler = np.full(count - len(values), values[-1], dtype=dtype)
+    return np.concatenate([np.array(values, dtype=dtype), filler]).reshape(shape)
 
 
 class ModelClient:
