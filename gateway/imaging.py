@@ -226,7 +226,12 @@ def digit_mask(mask: np.ndarray, *, keep_fraction: float = 0.08) -> np.ndarray:
 
 def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """(top, bottom, left, right), bottom/right exclusive; None for an empty mask."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return bounding_box_of(mask.any(axis=1), mask.any(axis=0))
+
+
+def bounding_box_of(rows: np.ndarray, cols: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of the rows and columns flagged True (as bounding_box); None when none is."""
+    rows, cols = np.flatnonzero(rows), np.flatnonzero(cols)
     if rows.size == 0:
         return None
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
