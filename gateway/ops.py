@@ -16,7 +16,7 @@ import logging
 from flask import Blueprint, Flask, jsonify, request
 from werkzeug.exceptions import Forbidden
 
-from gateway import services
+from gateway import request_limits, services
 from gateway.errors import InvalidInput, Unauthorized
 from gateway.settings import LOG_LEVELS
 
@@ -58,7 +58,7 @@ def replay_spool():
 
 @bp.post("/log-level")
 def set_log_level():
-    body = request.get_json(silent=True)
+    body = request_limits.read_json()
     level = str(body.get("level", "")).upper() if isinstance(body, dict) else ""
     if level not in LOG_LEVELS:
         raise InvalidInput(f'send JSON {{"level": L}} with L one of {", ".join(LOG_LEVELS)}')

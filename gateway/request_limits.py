@@ -2,6 +2,8 @@
 
     init_app(app, settings)     # the body and form limits into Flask's config, the body's checked up front
     read_body()                 # the raw body, within the limit
+    read_json()                 # the JSON body, within the limit (None: not JSON, malformed, too deep)
+    whole_number(raw, low, high)  # a query string's number, never converted while absurdly long
     too_large(exc, config)      # werkzeug's bare 413 -> the PayloadTooLarge that says which limit
 
 The file part of a multipart upload is bounded by the body limit alone (GATEWAY_MAX_UPLOAD_BYTES); other form
@@ -17,6 +19,7 @@ more.
 
 from __future__ import annotations
 
+import json
 from types import CodeType, TracebackType
 
 from flask import Flask, current_app, request
@@ -64,6 +67,29 @@ def read_body() -> bytes:
     if len(data) > limit:
         raise body_too_large(limit, None)
     return data
+
+
+def read_json() -> object:
+    """The JSON body (a streamed one held to the body limit, as uploads are), or None when the request is
+    not JSON: another content type, malformed, or nested deeper than the parser's recursion allows."""
+    if not request.is_json:
+        return None
+    try:
+        return json.loads(read_body())
+    except (ValueError, RecursionError):
+        return None
+
+
+def whole_number(raw: str, low: int, high: int) -> int | None:
+    """`raw` (ASCII digits, leading zeros allowed) as an integer from `low` to `high`, else None. The length
+    is checked before converting: Python refuses to convert more than 4,300 digits."""
+    if not (raw.isascii() and raw.isdigit()):
+        return None
+    digits = raw.lstrip("0") or "0"
+    if len(digits) > len(str(high)):
+        return None
+    value = int(digits)
+    return value if low <= value <= high else None
 
 
 def too_large(exc: RequestEntityTooLarge, config: dict) -> PayloadTooLarge:

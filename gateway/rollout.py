@@ -336,7 +336,10 @@ def _timestamp(body: Mapping, name: str) -> datetime | None:
         raise InvalidInput(rule) from None
     if moment.tzinfo is None:
         raise InvalidInput(rule)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # an offset that carries the moment past year 1 or 9999
+        raise InvalidInput(rule) from None
 
 
 def _event(value: object) -> Event | None:

@@ -190,6 +190,9 @@ TOO_LONG_DETAIL = {"x": "a" * 7992}  # {"x":"..."} is 8 characters more: 8000 ex
         ({"reason": "r" * 2000}, {"reason": "r" * 2001}),
         ({"lease_until": "2026-11-30T12:00:00+01:00"}, {"lease_until": "2026-11-30T12:00:00"}),
         ({"lease_until": None}, {"lease_until": "tomorrow"}),
+        # The calendar's edges: an offset that would carry the moment past them is refused, not a 500.
+        ({"lease_until": "0001-01-01T00:00:00Z"}, {"lease_until": "0001-01-01T00:00:00+00:01"}),
+        ({"started_at": "9999-12-31T23:59:59Z"}, {"started_at": "9999-12-31T23:59:59-01:00"}),
         ({"if_updated_at": "2026-11-30T12:00:00.001Z"}, {"if_updated_at": "2026-11-30T12:00:00Z" + " " * 20}),
         (
             {"event": {"actor": "a", "action": "set", "detail": None}},

@@ -17,7 +17,8 @@ from gateway.routes.predict import predict_request
 
 bp = Blueprint("legacy", __name__)
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 and Unicode's line and paragraph separators: everything `str.splitlines` ends a line at.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @bp.post("/mnist")

@@ -59,9 +59,10 @@ def pinned_choice() -> Target | None:
     if label is not None and version is not None:
         raise InvalidInput("choose the model by 'label' or by 'version', not both")
     if version is not None:
-        if not (version.isascii() and version.isdigit()) or not 0 < int(version) < 2**63:
+        number = request_limits.whole_number(version, 1, 2**63 - 1)
+        if number is None:
             raise InvalidInput("'version' must be a positive integer")
-        return Target(version=int(version))
+        return Target(version=number)
     if label is not None:
         if not is_label(label):
             raise InvalidInput(f"'label' must be {LABEL_RULE}")

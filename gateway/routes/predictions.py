@@ -9,7 +9,7 @@ import uuid
 import numpy as np
 from flask import Blueprint, jsonify, request
 
-from gateway import ops, services
+from gateway import ops, request_limits, services
 from gateway.errors import InvalidInput, NotFound
 from gateway.logs import add_log_fields
 from gateway.prediction import png_base64
@@ -68,9 +68,10 @@ def record_json(rec, *, with_input: bool = False) -> dict:
 def list_predictions():
     svc = services.current()
     raw_limit = request.args.get("limit", str(svc.settings.page_size))
-    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+    limit = request_limits.whole_number(raw_limit, 1, MAX_PAGE_SIZE)
+    if limit is None:
         raise InvalidInput(f"'limit' must be an integer from 1 to {MAX_PAGE_SIZE}")
-    page = svc.store.recent(limit=int(raw_limit), cursor=decode_cursor(request.args.get("cursor")))
+    page = svc.store.recent(limit=limit, cursor=decode_cursor(request.args.get("cursor")))
     return jsonify({"items": [record_json(r) for r in page.items], "next_cursor": encode_cursor(page.cursor)})
 
 
@@ -89,7 +90,7 @@ def get_prediction(raw_id: str):
 def feedback(raw_id: str):
     """The first label wins; a different one is a 409, unless an operator (the ops token) corrects it."""
     prediction_id = parse_id(raw_id)
-    body = request.get_json(silent=True)
+    body = request_limits.read_json()
     label = body.get("label") if isinstance(body, dict) else None
     if isinstance(label, float) and label.is_integer():
         label = int(label)  # JSON has one number type: 3.0 is the integer 3 (as JSON Schema says)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from werkzeug.exceptions import Forbidden
 
-from gateway import ops, services
+from gateway import ops, request_limits, services
 from gateway.errors import InvalidInput, Unauthorized
 from gateway.logs import add_log_fields
 from gateway.rollout import MAX_EVENTS, iso, parse_write
@@ -58,7 +58,7 @@ def put_rollout(name: str):
     if not ops.is_operator():
         raise Unauthorized("send 'Authorization: Bearer <OPS_TOKEN>'")
     name = _model(name)
-    write = parse_write(request.get_json(silent=True))
+    write = parse_write(request_limits.read_json())
     stored = services.current().store.write_rollout(
         name, write.state, if_updated_at=write.if_updated_at, event=write.event
     )

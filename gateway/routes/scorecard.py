@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from flask import Blueprint, current_app, jsonify, redirect, request, send_from_directory
 
-from gateway import scorecard, services
+from gateway import request_limits, scorecard, services
 from gateway.errors import InvalidInput, NotFound
 from gateway.routes.web import page_headers
 from gateway.scorecard_service import ScorecardService
@@ -31,14 +31,13 @@ def _make_service(state) -> None:
 def parse_window(raw: str | None) -> int:
     if raw is None:
         return scorecard.DEFAULT_WINDOW_S
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or not (
-        scorecard.MIN_WINDOW_S <= int(raw) <= scorecard.MAX_WINDOW_S
-    ):
+    window = request_limits.whole_number(raw, scorecard.MIN_WINDOW_S, scorecard.MAX_WINDOW_S)
+    if window is None:
         raise InvalidInput(
             f"'window' must be an integer number of seconds from {scorecard.MIN_WINDOW_S} "
             f"to {scorecard.MAX_WINDOW_S} (7 days)"
         )
-    return int(raw)
+    return window
 
 
 def parse_versions(raw: str | None) -> tuple[int, ...]:
