@@ -112,3 +112,16 @@ def test_the_feedback_export_reads_cassandra_settings_by_the_gateways_rules():
         theirs.cassandra_local_dc,
         theirs.cassandra_username,
     )
+
+
+def test_the_openapi_document_states_the_form_limits():
+    from gateway.settings import Settings
+
+    bodies = [
+        OPENAPI["components"]["requestBodies"]["Upload"],
+        OPENAPI["paths"]["/mnist"]["post"]["requestBody"],
+    ]
+    forms = [body["content"]["multipart/form-data"]["schema"] for body in bodies]
+    for form in forms:
+        assert form["maxProperties"] == Settings().max_form_parts
+        assert form["additionalProperties"]["maxLength"] == Settings().max_form_field_bytes
