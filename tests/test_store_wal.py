@@ -363,6 +363,54 @@ def test_after_a_failed_fsync_every_frame_it_left_unsynced_fails_and_appends_mov
     wal.close()
 
 
+def test_a_writeback_error_fails_the_append_whose_frame_it_lost_whichever_sync_reports_it(
+    tmp_path, monkeypatch
+):
+    """Linux reports a file's writeback error to one fdatasync only. A log that syncs a file from two
+    threads at once (a rotation while a group commit is in flight) can hand the error to the rotation
+    and a clean 0 to the group commit's leader, whose append would then say its lost frame is durable."""
+    real_fdatasync, in_sync, overlapped, errors = os.fdatasync, threading.Event(), threading.Event(), []
+
+    def error_to_one_caller(fd):  # one pending error on the file, for the first sync that checks it
+        if errors:  # told already: later syncs return 0
+            return real_fdatasync(fd)
+        if in_sync.is_set():  # another sync of the log is running: this one meets the error
+            overlapped.set()
+            errors.append("rotation")
+            raise OSError(5, "Input/output error")
+        in_sync.set()
+        try:
+            if not overlapped.wait(2):  # no second sync came while this one ran: the error is this one's
+                errors.append("leader")
+                raise OSError(5, "Input/output error")
+            real_fdatasync(fd)
+        finally:
+            in_sync.clear()
+
+    monkeypatch.setattr(os, "fdatasync", error_to_one_caller)
+    wal = WriteAheadLog(tmp_path, max_bytes=1024)  # segments of 256 bytes: the first frame fills one
+    outcomes: dict[str, object] = {}
+
+    def append(name, payload):
+        try:
+            wal.append(payload)
+            outcomes[name] = "ok"
+        except OSError as exc:
+            outcomes[name] = exc
+
+    leader = threading.Thread(target=append, args=("leader", b"l" * 290))
+    leader.start()
+    assert in_sync.wait(30)
+    rotating = threading.Thread(target=append, args=("rotating", b"r" * 10))
+    rotating.start()
+    leader.join(30)
+    rotating.join(30)
+    assert errors, "the disk error was reported to no sync"
+    assert isinstance(outcomes["leader"], OSError), (errors, outcomes)  # its frame was in the failed file
+    assert outcomes["rotating"] == "ok"  # its frame went to a new segment, synced
+    wal.close()
+
+
 def test_the_shipper_survives_a_disk_error_and_reports_it(tmp_path, monkeypatch, caplog):
     from gateway.store import store as store_module
 

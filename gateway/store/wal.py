@@ -11,9 +11,10 @@ has it.
 - **Group commit.** `append` writes the frame and waits until an `fdatasync` covers it. The first waiter syncs
   for everyone whose frame is written by then, so concurrent requests share one sync. With `sync=False` the
   append returns once the kernel has the bytes: that survives the process (SIGKILL, OOM kill), not the
-  machine. A failed sync fails every append whose frame it left unsynced, and seals that segment (the next
-  append starts a new one): a failed `fdatasync` reports its error once, so a later one on the same file
-  proves nothing. Those refused frames stay in the sealed segment and are shipped like any other (the
+  machine. A failed sync fails every append whose frame is in that segment and seals it (the next append
+  starts a new one): a failed `fdatasync` reports its error once, so a later one on the same file proves
+  nothing. Syncs never overlap (a sealed segment's last sync is a group commit too), so the error always
+  reaches the appends it concerns. Those refused frames stay in the sealed segment and are shipped like any other (the
   shipper reads frames as soon as they are written): rows whose id no client was given.
 - **Shipping and trimming.** `read` hands out the oldest unacknowledged records of one segment (claimed
   segments first, then this process's own, oldest first), at most `limit` records and about `chunk_bytes`:
@@ -87,9 +88,12 @@ class _Segment:
     acked: int = 0  # records before this offset are in Cassandra
     records: int = 0  # records between `acked` and `size`
     own: bool = True
-    sync_failed: bool = (
-        False  # an fdatasync of it failed: no later one can vouch for it, take no more appends
-    )
+    synced_to: int = 0  # the log position (WriteAheadLog._written) up to which a sync of this file vouches
+    sync_error: OSError | None = None  # an fdatasync of it failed: no later one can vouch for it, sealed
+
+    @property
+    def sync_failed(self) -> bool:
+        return self.sync_error is not None
 
 
 @dataclass(frozen=True)
@@ -126,9 +130,7 @@ class WriteAheadLog:
         self._claimed: list[_Segment] = []
         self._own_bytes = 0  # size of this process's own segments: what the cap counts
         self._written = 0  # bytes appended by this process, ever: the position group commit syncs up to
-        self._synced = 0
-        self._syncing = False
-        self._sync_failure: tuple[int, OSError] | None = None
+        self._syncing = False  # one fdatasync at a time: the one that meets a file's error is the one told
         self._seq = 0
 
     # -- appending
@@ -154,24 +156,26 @@ class WriteAheadLog:
             self._own_bytes += len(frame)
             self._written += len(frame)
             if self.sync:
-                self._wait_synced(self._written)
+                self._wait_synced(segment, self._written)
 
-    def _wait_synced(self, position: int) -> None:
-        """Group commit (called holding the lock): wait for a sync covering `position`, or lead one."""
-        while self._synced < position:
-            # A failed fdatasync reports its error once: a second one on the same file may return 0 with
-            # the frame lost. So every frame written before the failure fails, and appends move to a new
-            # segment (see `_writable_segment`).
-            if self._sync_failure and self._synced < position <= self._sync_failure[0]:
-                raise LogError(f"cannot sync the log in {self.directory}: {self._sync_failure[1]}")
+    def _wait_synced(self, segment: _Segment, position: int) -> None:
+        """Group commit (called holding the lock): return once a sync of `segment` covers `position`, leading
+        one when none is running; raise once a sync of it has failed.
+
+        A failed fdatasync reports its error once: a later one on the same file may return 0 with the frame
+        lost. So the error is kept on the segment, every frame in it fails from then on, and appends move to
+        a new one (see `_writable_segment`). Syncs never overlap, so the sync that meets an error is always
+        the one whose frames it concerns."""
+        while segment.synced_to < position:
+            if segment.sync_error is not None:
+                raise LogError(f"cannot sync {segment.path}: {segment.sync_error}")
             if self._syncing:
                 self._synced_cond.wait()
                 continue
-            segment = self._own[-1]
             try:  # a duplicate: the segment may be trimmed and its descriptor closed during the sync
                 fd = os.dup(segment.fd)
             except OSError as exc:
-                raise LogError(f"cannot sync the log in {self.directory}: {exc}") from exc
+                raise LogError(f"cannot sync {segment.path}: {exc}") from exc
             self._syncing, target = True, self._written
             self._lock.release()
             failure = None
@@ -185,24 +189,24 @@ class WriteAheadLog:
                 self._syncing = False
                 self.syncs += 1
                 if failure is None:
-                    self._synced = max(self._synced, target)
+                    segment.synced_to = max(segment.synced_to, target)
                 else:
-                    self._sync_failure = (self._written, failure)
-                    segment.sync_failed = True
+                    segment.sync_error = failure
                 self._synced_cond.notify_all()
 
     def _writable_segment(self) -> _Segment:
-        if self._own and self._own[-1].size < self.segment_bytes and not self._own[-1].sync_failed:
-            return self._own[-1]
-        if self._own and self._own[-1].sync_failed:  # sealed as it is: a sync of it would prove nothing
-            if self._own[-1].records == 0:
-                self._drop(self._own.pop())
-        elif self._own:  # sealed: make it whole on disk now, so the next syncs need only the new segment
-            try:
-                os.fdatasync(self._own[-1].fd)
-            except OSError as exc:
-                raise LogError(f"cannot sync {self._own[-1].path}: {exc}") from exc
-            self._synced = self._written
+        last = self._own[-1] if self._own else None
+        if last is not None and self.sync and not last.sync_failed and last.size >= self.segment_bytes:
+            # Sealed: whole on disk before the next one starts, so later syncs need only that one. A failure
+            # is told to the appends in it; this append goes to the next segment all the same.
+            with contextlib.suppress(LogError):
+                self._wait_synced(last, self._written)
+            if self._own[-1] is not last:  # another append started the next one while this one waited
+                return self._writable_segment()
+        if last is not None and last.size < self.segment_bytes and not last.sync_failed:
+            return last
+        if last is not None and last.sync_failed and last.records == 0:  # sealed as it is: nothing to keep
+            self._drop(self._own.pop())
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._seq += 1
