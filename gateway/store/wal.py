@@ -14,8 +14,8 @@ has it.
   machine. A failed sync fails every append whose frame is in that segment and seals it (the next append
   starts a new one): a failed `fdatasync` reports its error once, so a later one on the same file proves
   nothing. Syncs never overlap (a sealed segment's last sync is a group commit too), so the error always
-  reaches the appends it concerns. Those refused frames stay in the sealed segment and are shipped like any other (the
-  shipper reads frames as soon as they are written): rows whose id no client was given.
+  reaches the appends it concerns. Those refused frames stay in the sealed segment and are shipped like any
+  other (the shipper reads frames as soon as they are written): rows whose id no client was given.
 - **Shipping and trimming.** `read` hands out the oldest unacknowledged records of one segment (claimed
   segments first, then this process's own, oldest first), at most `limit` records and about `chunk_bytes`:
   constant memory, each byte read once. `commit` marks them acknowledged; a sealed segment whose records are
