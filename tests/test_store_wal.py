@@ -452,3 +452,60 @@ def test_a_replacement_claims_a_nearly_full_orphan_and_still_takes_records(tmp_p
     assert wal.claim_orphans() == 10
     assert len(drain(wal)) == 10
     wal.close()
+
+
+class _InstantSession:
+    """Cassandra that takes every write at once (the statements are kept)."""
+
+    def __init__(self, written: list) -> None:
+        self.written = written
+
+    def prepare(self, cql):
+        class Prepared:
+            is_idempotent = False
+
+            def bind(self, values):
+                return (cql, tuple(values))
+
+        return Prepared()
+
+    def execute_async(self, statement, timeout=None):
+        self.written.append(statement)
+
+        class Done:
+            def result(self):
+                return []
+
+        return Done()
+
+    def execute(self, statement, timeout=None):
+        class Row:
+            def one(self):
+                return ("5.0",)
+
+        return Row()
+
+
+def test_counters_added_just_before_close_are_written(tmp_path, monkeypatch):
+    """Model-server errors and shadow agreement are counts, not records: close() ships them too."""
+    from gateway.store import PredictionStore, stats
+    from gateway.store import store as store_module
+
+    written: list = []
+
+    class Cluster:
+        def connect(self):
+            return _InstantSession(written)
+
+        def shutdown(self):
+            pass
+
+    monkeypatch.setattr(store_module, "build_cluster", lambda *a, **k: Cluster())
+    minute = stats.minute_of(datetime.now(UTC))
+    for attempt in range(5):
+        store = PredictionStore("127.0.0.1", spool_dir=tmp_path / str(attempt), write_linger=0.0)
+        assert store.ping()  # connected and healthy: the shipper idles
+        written.clear()
+        store.add_counts({("mnist", 7, minute, stats.ERRORS): 1})
+        store.close(timeout=5)
+        assert any("version_stats" in str(statement) for statement in written), attempt

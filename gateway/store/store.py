@@ -206,8 +206,12 @@ class PredictionStore:
         self._draining.set()
         self._flush.set()
         self._work.set()
-        with self._shipped_cond:
-            while self._log.pending()[0] and self._healthy and time.monotonic() < deadline:
+        with self._shipped_cond:  # the records, and the counts that are not records (errors, agreement)
+            while (
+                (self._log.pending()[0] or self._extra_counts)
+                and self._healthy
+                and time.monotonic() < deadline
+            ):
                 self._shipped_cond.wait(max(deadline - time.monotonic(), 0.01))
         self._stopping.set()
         self._work.set()
@@ -408,6 +412,8 @@ class PredictionStore:
                 for key, value in extra.items():
                     self._extra_counts[key] = self._extra_counts.get(key, 0) + value
             return exc
+        with self._shipped_cond:
+            self._shipped_cond.notify_all()  # close() waits for these too
         return None
 
     def _bind(self, name: str, record: PredictionRecord):
