@@ -147,3 +147,33 @@ def test_watchers_hold_no_server_thread(tmp_path, served):
     for stream in streams:
         stream.cancel()
     manager.stop()
+
+
+def test_a_change_racing_the_drain_never_turns_a_name_back_on():
+    """The model manager keeps refreshing while the server drains: a version that finishes loading then
+    must not report SERVING again (after the drain, nothing could turn it off)."""
+    import sys
+
+    from serving.local_server.health import NOT_SERVING, SERVING, _Servicer
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: every window gets visited
+    try:
+        for _ in range(300):
+            servicer = _Servicer()
+            servicer.set("mnist", SERVING)
+            stop = threading.Event()
+
+            def refresh(servicer=servicer, stop=stop):
+                while not stop.is_set():
+                    servicer.set("mnist", SERVING)
+
+            refresher = threading.Thread(target=refresh)
+            refresher.start()
+            servicer.enter_graceful_shutdown()
+            stop.set()
+            refresher.join(10)
+            answer = servicer.Check(health_pb2.HealthCheckRequest(service="mnist"), None)
+            assert answer.status == NOT_SERVING
+    finally:
+        sys.setswitchinterval(switch)

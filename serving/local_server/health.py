@@ -40,20 +40,23 @@ class _Servicer(health.HealthServicer):
 
     def set(self, service: str, status: int) -> None:
         with self._lock:
-            if self._gracefully_shutting_down:
-                return
-            self._server_status[service] = status
-            watchers = list(self._send_response_callbacks.get(service, ()))
-        for send in watchers:
-            self._sender.submit(_send, send, health_pb2.HealthCheckResponse(status=status))
+            if not self._gracefully_shutting_down:
+                self._change(service, status)
 
     def enter_graceful_shutdown(self) -> None:
+        # One step: a `set` from the model manager (which refreshes while the server drains) can come
+        # neither between two names nor after the last one.
         with self._lock:
-            services = list(self._server_status)
-        for service in services:
-            self.set(service, NOT_SERVING)
-        with self._lock:
+            for service in list(self._server_status):
+                self._change(service, NOT_SERVING)
             self._gracefully_shutting_down = True
+
+    def _change(self, service: str, status: int) -> None:
+        """Called holding the lock: queued for the watchers in the order the changes are made (the sender
+        thread never takes this lock, so queueing here cannot deadlock)."""
+        self._server_status[service] = status
+        for send in self._send_response_callbacks.get(service, ()):
+            self._sender.submit(_send, send, health_pb2.HealthCheckResponse(status=status))
 
 
 def _send(send, response) -> None:
