@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import select
 import socket
 import threading
@@ -350,3 +351,71 @@ def test_unknown_model_names_do_not_create_metric_series(server, predict):
     page = requests.get(f"{server.rest_url}/monitoring/prometheus/metrics", timeout=TIMEOUT).text
     assert not [line for line in page.splitlines() if "made-up-" in line]
     assert 'model_name=""' in page and 'model_name="mnist"' in page
+
+
+# -- found by probing: each was a 500, a hang, no answer, or a cost paid before the check ------------------
+def test_more_values_than_the_shape_holds_are_refused_before_they_are_decoded(server, predict):
+    """Counting the values costs nothing; converting 30 million of them took the server seconds of CPU and
+    gigabytes (a cost paid before the check)."""
+    request = request_with(declared_tensor([1, 28, 28], int_val=[1] * IMAGE_BYTES))
+    assert predict(request, timeout=TIMEOUT).outputs["digit"].tensor_shape.dim[0].size == 1
+    bomb = request_with(declared_tensor([1, 28, 28], int_val=[1] * 30_000_000))
+    before = process_cpu_s(server.process.pid)
+    error = rpc_error(predict, bomb)
+    spent = process_cpu_s(server.process.pid) - before
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "30000000 values" in error.details()
+    assert spent < 0.6, f"the server spent {spent:.2f} s of CPU refusing it"  # receiving it: about 0.1 s
+
+
+def process_cpu_s(pid: int) -> float:
+    """A process's CPU time so far (user + system, all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
+def test_json_that_is_not_utf8_is_a_400_whatever_it_nests(server, encoding):
+    body = ('{"instances": ["\u2200", ' + "[" * 1000 + "]" * 1000 + ', "x"]}').encode(encoding)
+    response = requests.post(f"{server.rest_url}/v1/models/mnist:predict", data=body, timeout=TIMEOUT)
+    assert response.status_code == 400, response.text
+    assert "JSON Parse error" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    "version",
+    [str(2**63 - 1) + "0", "9" * 4301, "1" * 5000],
+    ids=["over_int64", "4301_digits", "5000_digits"],
+)
+def test_a_version_that_is_no_int64_is_a_400(server, version):
+    largest = requests.get(f"{server.rest_url}/v1/models/mnist/versions/{2**63 - 1}", timeout=TIMEOUT)
+    assert largest.status_code == 404, largest.text  # a version, just not one that is loaded
+    for path in (f"/v1/models/mnist/versions/{version}", f"/v1/models/mnist/versions/{version}/metadata"):
+        response = requests.get(server.rest_url + path, timeout=TIMEOUT)
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error"] == f"Failed to convert version: {version} to numeric."
+
+
+def raw_exchange(server, request_bytes: bytes) -> bytes:
+    with rest_connection(server) as sock:
+        sock.sendall(request_bytes)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"GET http://[/v1/models/mnist HTTP/1.1", b"400"),
+        (b"GET x://a]/v1/models/mnist HTTP/1.1", b"400"),
+        (b"GET /v1/models/mnist HTTP/1.1 extra", b"400"),
+        (b"GET /v1/models/mnist HTTP/1.1x", b"400"),
+        (b"PRI * HTTP/2.0", b"505"),  # HTTP/2's preface: HTTP Version Not Supported
+    ],
+)
+def test_a_malformed_request_line_gets_its_status_line_and_a_json_error(server, line, status):
+    answer = raw_exchange(server, line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer[:200]
+    assert b'{"error":' in answer

@@ -61,7 +61,10 @@ class RestApi:
 
     def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, str, bytes]:
         """Returns (HTTP status, content type, body)."""
-        path = urlsplit(raw_path).path
+        try:
+            path = urlsplit(raw_path).path
+        except ValueError:  # an absolute URI that does not parse (`http://[/...`)
+            return _json_error(HTTPStatus.BAD_REQUEST, f"Malformed request target: {raw_path[:200]}")
         if self.monitoring.prometheus_enabled and path == self.monitoring.prometheus_path:
             if method != "GET":
                 return _json_error(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed on {path}")
@@ -137,13 +140,20 @@ class RestApi:
 
 
 def parse_json(body: bytes) -> Any:
-    """The body as JSON, nesting checked first (the parser recurses: 100,000 brackets would overflow it)."""
+    """The body as JSON: UTF-8 (as TF Serving reads it; the depth count reads bytes as ASCII text), nesting
+    checked first (the parser recurses: 100,000 brackets would overflow it)."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise invalid_argument(
+            f"JSON Parse error: the body is not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
     depth = json_depth(body)
     if depth > MAX_JSON_DEPTH:
         raise invalid_argument(f"JSON Parse error: nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body or b"")
-    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: also integers of over 4300 digits
+        return json.loads(text or "")
+    except ValueError as exc:  # also integers of over 4300 digits
         raise invalid_argument(f"JSON Parse error: {exc}") from None
 
 
@@ -167,9 +177,17 @@ def json_depth(body: bytes) -> int:
 def _ref(name: str, version: str | None, label: str | None) -> ModelRef:
     return ModelRef(
         name=unquote(name),
-        version=int(version) if version else None,
+        version=_version(version) if version else None,
         label=unquote(label) if label else None,
     )
+
+
+def _version(text: str) -> int:
+    """A path's version as TF Serving reads it (an int64 of ASCII digits), else its 400."""
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > 19 or int(digits) > 2**63 - 1:
+        raise invalid_argument(f"Failed to convert version: {text} to numeric.")
+    return int(digits)
 
 
 def _rows_to_inputs(instances: Any, signature: Signature) -> dict[str, np.ndarray]:
@@ -364,6 +382,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (bad request line, headers too long, unknown method) as JSON."""
+        if self.request_version == "HTTP/0.9":  # the line did not parse: answer it as HTTP/1.1 all the same
+            self.request_version = self.protocol_version
         self._reply(*_json_error(code, message or HTTPStatus(code).phrase), close=True)
 
     def _answer(self, body: bytes) -> tuple[int, str, bytes]:

@@ -103,6 +103,10 @@ def to_numpy(proto: TensorProto, name: str = "") -> np.ndarray:
             )
         return np.frombuffer(proto.tensor_content, dtype=dtype).reshape(shape)
     values = getattr(proto, field)
+    if len(values) > count:  # counted before anything is converted: 60 million values cost seconds and GBs
+        raise invalid_argument(
+            f"tensor parsing error:{where} {len(values)} values for shape {list(shape)} ({count} elements)"
+        )
     if proto.dtype == types_pb2.DT_HALF:
         flat = np.asarray(values, dtype=np.uint16).view(np.float16)
     elif proto.dtype == types_pb2.DT_STRING:
@@ -116,10 +120,6 @@ def to_numpy(proto: TensorProto, name: str = "") -> np.ndarray:
             flat = flat.astype(dtype)
     if len(flat) == count:
         return flat.reshape(shape)
-    if len(flat) > count:
-        raise invalid_argument(
-            f"tensor parsing error:{where} {len(flat)} values for shape {list(shape)} ({count} elements)"
-        )
     # TF fills the tail with the last value given (zeros when none is).
     filled = np.empty(count, dtype=dtype)
     filled[: len(flat)] = flat
