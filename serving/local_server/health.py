@@ -51,6 +51,21 @@ class _Servicer(health.HealthServicer):
                 self._change(service, NOT_SERVING)
             self._gracefully_shutting_down = True
 
+    def _on_close_callback(self, send_response_callback, service: str):
+        """The library's, but a name nobody watches any more is forgotten (any client may watch any name:
+        the library kept every one, however long, for good)."""
+
+        def closed() -> None:
+            with self._lock:
+                watchers = self._send_response_callbacks.get(service)
+                if watchers is not None:
+                    watchers.discard(send_response_callback)
+                    if not watchers:
+                        del self._send_response_callbacks[service]
+            send_response_callback(None)
+
+        return closed
+
     def _change(self, service: str, status: int) -> None:
         """Called holding the lock: queued for the watchers in the order the changes are made (the sender
         thread never takes this lock, so queueing here cannot deadlock)."""
