@@ -238,7 +238,20 @@ def test_reload_config_rejects_bad_configs(server, stubs):
     with pytest.raises(grpc.RpcError) as caught:
         stubs[1].HandleReloadConfigRequest(request, timeout=TIMEOUT)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # A base path no file system can name (it hung the reload and stopped every model's polling).
+    request.config.model_config_list.config[1].name = "other"
+    request.config.model_config_list.config[1].base_path = "/tmp/x\0y"
+    with pytest.raises(grpc.RpcError) as caught:
+        stubs[1].HandleReloadConfigRequest(request, timeout=TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "other" in caught.value.details()
     assert predict(stubs, version=1).model_spec.version.value == 1
+
+
+def test_a_base_path_that_cannot_be_listed_is_a_missing_one():
+    from serving.local_server.model_manager import version_dirs
+
+    assert version_dirs(Path("/tmp/x\0y")) is None
 
 
 def test_the_config_file_is_polled(server, stubs):

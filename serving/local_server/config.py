@@ -141,6 +141,8 @@ def validate_model_server_config(config: ModelServerConfig) -> None:
         seen.add(model.name)
         if not model.base_path:
             raise ConfigError(f"model {model.name} has no base_path")
+        if "\0" in model.base_path:
+            raise ConfigError(f"model {model.name} has a base_path with a NUL character")
         if not Path(model.base_path).is_absolute():
             raise ConfigError(f"expected model {model.name} to have an absolute base_path: {model.base_path}")
         if model.model_platform not in ("", "tensorflow"):

@@ -61,7 +61,7 @@ def version_dirs(base_path: Path) -> dict[int, Path] | None:
         return contract.version_dirs(base_path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a path no file system can name (a NUL in it)
         log.warning("cannot list base path", extra={"path": str(base_path), "error": str(exc)})
         return None
 
