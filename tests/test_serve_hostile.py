@@ -393,6 +393,7 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32"])
 def test_json_that_is_not_utf8_is_a_400_whatever_it_nests(server, encoding):
     body = ('{"instances": ["\u2200", ' + "[" * 1000 + "]" * 1000 + ', "x"]}').encode(encoding)
     response = requests.post(f"{server.rest_url}/v1/models/mnist:predict", data=body, timeout=TIMEOUT)
