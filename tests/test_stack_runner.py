@@ -221,7 +221,8 @@ def test_watch_reports_a_part_that_dies(tmp_path):
 RUNNER = textwrap.dedent(
     """
     import sys
-    from deploy.local.supervisor import Supervisor
+    from deploy.local.supervisor import Supervisor, take_ctrl_c
+    take_ctrl_c()  # as the real runner does (deploy/local/stack.py)
     port = int(sys.argv[1])
     sup = Supervisor(log_dir=None, color=False)
     try:

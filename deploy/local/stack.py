@@ -37,7 +37,7 @@ from deploy.local.readiness import (
     tcp_open,
     wait_for,
 )
-from deploy.local.supervisor import PartDied, Supervisor
+from deploy.local.supervisor import PartDied, Supervisor, take_ctrl_c
 from training.contract import is_complete, version_dirs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -462,8 +462,7 @@ def _sigterm_as_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Ctrl-C even when started in the background by a shell (which sets SIGINT to ignored for `cmd &`).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    take_ctrl_c()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         config = config_from(args, dict(os.environ))

@@ -55,6 +55,12 @@ except OSError:  # pragma: no cover - non-Linux
 DIE_WITH_PARENT = _die_with_parent if _LIBC is not None else None
 
 
+def take_ctrl_c() -> None:
+    """Ctrl-C raises KeyboardInterrupt in this process, even when a shell started it in the background:
+    `cmd &` (and a CI job run that way) starts it with SIGINT ignored, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Part:
     """One supervised process and the thread that copies its output."""
 
