@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
@@ -72,6 +74,12 @@ def mnist_test_digit(mnist_dir: Path, index: int) -> tuple[np.ndarray, int]:
     with gzip.open(mnist_dir / "t10k-labels-idx1-ubyte.gz") as f:
         labels = np.frombuffer(f.read(), np.uint8, offset=8)
     return images[index], int(labels[index])
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def draw(page, strokes) -> None:
@@ -165,15 +173,19 @@ def test_upload_by_file_picker_and_errors_are_shown(browser, gateway_server, mni
     assert predicted.value.status == 200
     expect(page.locator("#digit")).to_have_text(str(predicted.value.json()["digit"]))
     assert page.locator("#status").inner_text() == ""
+    # A failed upload takes the previous answer away: feedback would otherwise label the wrong picture.
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as rejected:
+        page.set_input_files("#file", str(not_an_image))
+    assert rejected.value.status == 415
+    expect(page.locator("#status")).to_have_class(re.compile(r"\berror\b"))
+    expect(page.locator("#result")).to_be_hidden()
     page.locator("#clear-btn").click()
     page.locator("#predict-btn").click()
     assert page.locator("#status").inner_text() == "Draw a digit first."
     # Chromium may log the 415 with the server's reason phrase (its case is the server's choice).
     assert seen["outside"] == []
-    assert [e.lower() for e in seen["errors"]] in (
-        [],
-        ["failed to load resource: the server responded with a status of 415 (unsupported media type)"],
-    )
+    refused = "failed to load resource: the server responded with a status of 415 (unsupported media type)"
+    assert {e.lower() for e in seen["errors"]} <= {refused}
     page.close()
 
 
@@ -191,6 +203,12 @@ def test_the_page_fits_a_phone_screen(browser, gateway_server):
     )
     assert all(names)
     assert page.eval_on_selector_all("img", "imgs => imgs.every(i => i.alt)")
+    # The feedback digits are buttons a finger can hit (WCAG's comfortable target: 44 px).
+    page.evaluate("document.getElementById('result').hidden = false")
+    widths = page.eval_on_selector_all(
+        "#fb-digits button", "bs => bs.map(b => b.getBoundingClientRect().width)"
+    )
+    assert len(widths) == 10 and min(widths) >= 44, widths
     context.close()
 
 
@@ -223,7 +241,14 @@ def drop_file(page, data: bytes, name: str, content_type: str) -> None:
 
 @pytest.mark.parametrize(
     ("photo_name", "how"),
-    [("phone_exif_6", "picker"), ("phone_upright", "drop"), ("phone_exif_8", "drop"), ("png_scan", "picker")],
+    [
+        ("phone_exif_6", "picker"),
+        ("phone_upright", "drop"),
+        ("phone_exif_8", "drop"),
+        ("png_scan", "picker"),
+        # A file without an extension has no type in the browser: the page still recognises a JPEG.
+        ("phone_exif_6", "drop-untyped"),
+    ],
 )
 def test_a_phone_photo_is_shrunk_by_the_page_and_read_right(
     browser, gateway_server, phone_photos, tmp_path, photo_name, how
@@ -238,11 +263,14 @@ def test_a_phone_photo_is_shrunk_by_the_page_and_read_right(
             path = tmp_path / photo.filename
             path.write_bytes(photo.data)
             page.set_input_files("#file", str(path))
-        else:
+        elif how == "drop":
             drop_file(page, photo.data, photo.filename, photo.content_type)
+        else:
+            drop_file(page, photo.data, "IMG_0001", "")
     [sent] = page.evaluate("window.sentImages")
     assert sent["size"] < SENT_AT_MOST < len(photo.data), f"sent {sent} for {len(photo.data)} bytes"
-    assert sent["type"] == "image/jpeg" and sent["name"] == photo.filename
+    assert sent["type"] == "image/jpeg"
+    assert sent["name"] == ("IMG_0001" if how == "drop-untyped" else photo.filename)
     assert answered.value.status == 200
     assert answered.value.json()["digit"] == photo.digit
     expect(page.locator("#digit")).to_have_text(str(photo.digit))
@@ -262,4 +290,176 @@ def test_a_small_picture_is_sent_as_it_is(browser, gateway_server, mnist_dir, tm
     assert answered.value.status == 200
     sent = page.evaluate("window.sentImages")
     assert sent == [{"size": len(upload.read_bytes()), "type": "image/png", "name": "small.png"}]
+    page.close()
+
+
+BLANK_PIXELS = """(() => {
+  const pad = document.getElementById("pad");
+  const data = pad.getContext("2d").getImageData(0, 0, pad.width, pad.height).data;
+  const lit = [];
+  for (let i = 0; i < data.length; i += 4) if (data[i] > 128) lit.push((i / 4) % pad.width);
+  return lit;
+})()"""
+
+
+def test_one_drawing_is_read_once_however_often_it_is_asked(browser, gateway_server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.add_init_script(RECORD_SENT)
+    page.goto(gateway_server.url + "/")
+    draw(page, SEVEN)
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as answered:
+        page.locator("#predict-btn").dblclick()  # before the page reads it by itself
+    assert answered.value.status == 200
+    page.locator("#clear-btn").click()
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")):
+        draw(page, SEVEN)  # a new drawing is read again
+    # Two drawings, two reads (a second read of the first drawing would come before the second drawing's).
+    assert len(page.evaluate("window.sentImages")) == 2
+    page.close()
+
+
+def test_only_the_first_pointer_draws_and_only_with_the_main_button(browser, gateway_server):
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(gateway_server.url + "/")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.click(box["x"] + 60, box["y"] + 60, button="right")  # "Save image as..."
+    assert page.evaluate(BLANK_PIXELS) == []
+    page.close()
+
+    # Two fingers on a phone (a pinch): the first finger draws its own stroke, the second draws nothing and
+    # no line joins them.
+    context = browser.new_context(viewport={"width": 375, "height": 740}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto(gateway_server.url + "/")
+    box = page.locator("#pad").bounding_box()
+    centre_x, centre_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = context.new_cdp_session(page)
+
+    def touch(kind: str, spread: float) -> None:
+        fingers = [
+            {"x": centre_x - spread, "y": centre_y, "id": 1},
+            {"x": centre_x + spread, "y": centre_y, "id": 2},
+        ]
+        cdp.send(
+            "Input.dispatchTouchEvent", {"type": kind, "touchPoints": [] if kind == "touchEnd" else fingers}
+        )
+
+    touch("touchStart", 20)
+    for spread in range(25, 100, 5):
+        touch("touchMove", spread)
+    touch("touchEnd", 0)
+    columns = page.evaluate(BLANK_PIXELS)
+    pad_width = page.evaluate("document.getElementById('pad').width")
+    assert columns and max(columns) < pad_width / 2  # the first finger's stroke only, left of the centre
+    context.close()
+
+
+def test_load_more_pages_to_the_end_without_repeating_a_row(browser, gateway_server, clean_tables, mnist_dir):
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    upload = png_bytes(image)
+    for i in range(25):
+        response = requests.post(
+            gateway_server.url + "/v1/predict",
+            files={"image": (f"seed-{i}.png", upload, "image/png")},
+            timeout=30,
+        )
+        assert response.status_code == 200
+    page = browser.new_page(viewport={"width": 1000, "height": 900})
+    page.goto(gateway_server.url + "/")
+    rows = page.locator("#recent-body tr")
+    expect(rows).to_have_count(10)
+    more = page.locator("#more-btn")
+    with page.expect_response(lambda r: "cursor=" in r.url):
+        more.dblclick()
+    while True:
+        expect(more).to_be_enabled()
+        if more.is_hidden():
+            break
+        with page.expect_response(lambda r: "cursor=" in r.url):
+            more.click()
+    expect(rows).to_have_count(25)
+    ids = page.eval_on_selector_all("#recent-body tr", "trs => trs.map(tr => tr.dataset.id)")
+    assert len(set(ids)) == 25
+    page.close()
+
+
+def test_a_picture_the_browser_reads_but_the_gateway_does_not_is_converted(
+    browser, gateway_server, mnist_dir
+):
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    buffer = io.BytesIO()
+    Image.fromarray(255 - image).resize((200, 200), Image.Resampling.BICUBIC).save(buffer, format="AVIF")
+    page = browser.new_page()
+    page.add_init_script(RECORD_SENT)
+    page.goto(gateway_server.url + "/")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as answered:
+        drop_file(page, buffer.getvalue(), "seven.avif", "image/avif")
+    assert answered.value.status == 200
+    [sent] = page.evaluate("window.sentImages")
+    assert sent["type"] in ("image/png", "image/jpeg") and sent["name"] == "seven.avif"
+    page.close()
+
+
+def test_a_pasted_picture_is_read(browser, gateway_server, mnist_dir):
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    page = browser.new_page()
+    page.goto(gateway_server.url + "/")
+    transfer = page.evaluate_handle(
+        """(b64) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "image.png", { type: "image/png" }));
+            return transfer;
+        }""",
+        base64.b64encode(png_bytes(255 - image)).decode(),
+    )
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as answered:
+        page.evaluate(
+            "(t) => document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: t }))", transfer
+        )
+    assert answered.value.status == 200
+    expect(page.locator("#digit")).to_have_text(str(answered.value.json()["digit"]))
+    page.close()
+
+
+@pytest.mark.parametrize(
+    ("failure", "shown"),
+    [
+        # The server's message already says when to come back: the page does not say it twice.
+        ("busy", "The model server is busy; try again shortly."),
+        (
+            "unreachable",
+            "The picture could not be sent (no connection to the gateway, or the file cannot be read).",
+        ),
+    ],
+)
+def test_failures_are_told_in_plain_words(browser, gateway_server, mnist_dir, failure, shown):
+    page = browser.new_page()
+
+    def fail(route):
+        if failure == "unreachable":
+            route.abort("connectionrefused")
+        else:
+            body = {
+                "error": {
+                    "code": "model_unavailable",
+                    "message": "The model server is busy; try again shortly.",
+                }
+            }
+            route.fulfill(status=503, headers={"Retry-After": "5"}, json=body)
+
+    page.route("**/v1/predict*", fail)
+    page.goto(gateway_server.url + "/")
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    drop_file(page, png_bytes(image), "seven.png", "image/png")
+    expect(page.locator("#status")).to_have_text(shown)
+    page.close()
+
+
+def test_the_hidden_file_input_is_no_tab_stop(browser, gateway_server):
+    page = browser.new_page()
+    page.goto(gateway_server.url + "/")
+    page.locator("#drop").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") != "file"
     page.close()

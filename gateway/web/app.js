@@ -6,13 +6,18 @@
   const $ = (id) => document.getElementById(id);
   const pad = $("pad");
   const ctx = pad.getContext("2d");
-  const state = { drawn: false, current: null, seq: 0, cursor: null, autoTimer: 0 };
+  // drawing: bumped by every stroke and every clear; reading: the drawing being read (one read at a time);
+  // recent: bumped by every load of the recent table, so an older load's answer is dropped.
+  const state = {
+    drawn: false, drawing: 0, reading: null, current: null, seq: 0, cursor: null, autoTimer: 0, recent: 0,
+  };
 
   // ---- drawing -------------------------------------------------------------------------------------------------
   function clearPad() {
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, pad.width, pad.height);
     state.drawn = false;
+    state.drawing++;
     $("canvas-hint").classList.remove("gone");
   }
 
@@ -21,11 +26,17 @@
     return [(event.clientX - box.left) * (pad.width / box.width), (event.clientY - box.top) * (pad.height / box.height)];
   }
 
+  // One pointer draws: the first finger, pen or mouse (its main button). A second finger (a pinch) or a right
+  // click ("Save image as...") draws nothing.
   let last = null;
+  let drawer = null;
   pad.addEventListener("pointerdown", (event) => {
+    if (!event.isPrimary || event.button !== 0 || drawer !== null) return;
     event.preventDefault();
+    drawer = event.pointerId;
     pad.setPointerCapture(event.pointerId);
     clearTimeout(state.autoTimer);
+    state.drawing++;
     last = point(event);
     ctx.strokeStyle = "#fff";
     ctx.fillStyle = "#fff";
@@ -39,7 +50,7 @@
     $("canvas-hint").classList.add("gone");
   });
   pad.addEventListener("pointermove", (event) => {
-    if (!last) return;
+    if (event.pointerId !== drawer) return;
     const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
     for (const e of events.length ? events : [event]) {
       const p = point(e);
@@ -50,8 +61,9 @@
       last = p;
     }
   });
-  const endStroke = () => {
-    if (!last) return;
+  const endStroke = (event) => {
+    if (event.pointerId !== drawer) return;
+    drawer = null;
     last = null;
     // Read the drawing shortly after the pen lifts, unless another stroke starts (a 4 or a 7 has two).
     state.autoTimer = setTimeout(predictDrawing, 700);
@@ -65,7 +77,12 @@
       setStatus("Draw a digit first.", "error");
       return;
     }
-    pad.toBlob((blob) => blob && predict(blob, "drawing.png"), "image/png");
+    if (state.reading === state.drawing) return; // this drawing is being read (a double click)
+    const drawing = (state.reading = state.drawing);
+    pad.toBlob(async (blob) => {
+      if (blob) await predict(blob, "drawing.png");
+      if (state.reading === drawing) state.reading = null;
+    }, "image/png");
   }
 
   // ---- uploads -------------------------------------------------------------------------------------------------
@@ -79,6 +96,12 @@
       event.preventDefault();
       fileInput.click();
     }
+  });
+  document.addEventListener("paste", (event) => {
+    const file = [...event.clipboardData.files].find((f) => f.type.startsWith("image/"));
+    if (!file) return;
+    event.preventDefault();
+    predictFile(file);
   });
   fileInput.addEventListener("change", () => {
     if (fileInput.files.length) predictFile(fileInput.files[0]);
@@ -99,10 +122,12 @@
 
   // A phone photo is megabytes and the model looks at 28x28: a big picture is scaled down here to SHRINK_TO
   // pixels on its long side (turned upright by its EXIF orientation), so a phone on a slow network sends
-  // ~100 KB, not 5 MB. Small pictures, and anything the browser cannot decode, are sent as they are (the
-  // server reads full-size pictures too, and says what is wrong with the others).
+  // ~100 KB, not 5 MB. A picture the browser reads but the gateway does not (AVIF, or a file whose type the
+  // browser does not know: no extension) is converted whatever its size. Small pictures the gateway reads,
+  // and anything the browser cannot decode, are sent as they are (the server says what is wrong with those).
   const SHRINK_TO = 1000;
   const SMALL_BYTES = 300 * 1024;
+  const GATEWAY_READS = ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff"];
 
   async function predictFile(file) {
     setStatus("Reading…");
@@ -110,7 +135,8 @@
   }
 
   async function shrunk(file) {
-    if (!file.type.startsWith("image/") || typeof createImageBitmap !== "function") return file;
+    if (typeof createImageBitmap !== "function") return file;
+    const readable = GATEWAY_READS.includes(file.type);
     let bitmap;
     try {
       bitmap = await createImageBitmap(file, { imageOrientation: "from-image" });
@@ -118,7 +144,7 @@
       return file;
     }
     const scale = Math.min(1, SHRINK_TO / Math.max(bitmap.width, bitmap.height));
-    if (scale === 1 && file.size <= SMALL_BYTES) {
+    if (readable && scale === 1 && file.size <= SMALL_BYTES) {
       bitmap.close();
       return file;
     }
@@ -135,12 +161,22 @@
     for (let i = 3; i < alpha.length && opaque; i += 4) opaque = alpha[i] === 255;
     const type = opaque ? "image/jpeg" : "image/png";
     const blob = await new Promise((resolve) => canvas.toBlob(resolve, type, 0.9));
-    return blob && blob.size < file.size ? blob : file;
+    return blob && (!readable || blob.size < file.size) ? blob : file;
   }
 
   // ---- the API -------------------------------------------------------------------------------------------------
   async function api(path, options) {
-    const response = await fetch(path, options);
+    let response;
+    try {
+      response = await fetch(path, options);
+    } catch (_) {
+      // fetch says only "Failed to fetch": the network, or a file the browser cannot read (a dropped folder).
+      throw new Error(
+        options && options.body instanceof FormData
+          ? "The picture could not be sent (no connection to the gateway, or the file cannot be read)."
+          : "No connection to the gateway.",
+      );
+    }
     let body = null;
     try {
       body = await response.json();
@@ -150,7 +186,8 @@
     if (!response.ok) {
       const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
       const retry = response.headers.get("Retry-After");
-      throw new Error(retry ? `${message} (try again in ${retry} s)` : message);
+      const saysWhen = /\b(retry|try again)\b/i.test(message);
+      throw new Error(retry && !saysWhen ? `${message} (try again in ${retry} s)` : message);
     }
     return body;
   }
@@ -161,6 +198,7 @@
     el.className = "status" + (kind ? " " + kind : "");
   }
 
+  // Resolves true when the answer is shown.
   async function predict(blob, filename) {
     const seq = ++state.seq;
     const form = new FormData();
@@ -173,8 +211,14 @@
       showAnswer(answer);
       setStatus("");
       loadRecent(true);
+      return true;
     } catch (error) {
-      if (seq === state.seq) setStatus(error.message, "error");
+      if (seq !== state.seq) return false;
+      setStatus(error.message, "error");
+      // The previous answer goes: its feedback buttons would label the wrong picture.
+      state.current = null;
+      $("result").hidden = true;
+      return false;
     } finally {
       $("predict-btn").disabled = false;
     }
@@ -284,11 +328,18 @@
     return tr;
   }
 
+  // A reload (reset) supersedes any load in flight; "Load more" waits for the load in flight (a double click
+  // would add the same page twice).
   async function loadRecent(reset) {
+    const more = $("more-btn");
+    if (!reset && more.disabled) return;
+    const load = ++state.recent;
     const params = new URLSearchParams({ limit: "10" });
     if (!reset && state.cursor) params.set("cursor", state.cursor);
+    more.disabled = true;
     try {
       const page = await api(`/v1/predictions?${params}`);
+      if (load !== state.recent) return;
       const body = $("recent-body");
       const rows = page.items.map(row);
       if (reset) body.replaceChildren(...rows);
@@ -297,7 +348,11 @@
       $("more-btn").hidden = !page.next_cursor;
       $("recent-status").textContent = body.children.length ? "" : "No predictions yet: draw a digit!";
     } catch (error) {
-      $("recent-status").textContent = `Recent predictions are not available: ${error.message}`;
+      if (load === state.recent) {
+        $("recent-status").textContent = `Recent predictions are not available: ${error.message}`;
+      }
+    } finally {
+      if (load === state.recent) more.disabled = false;
     }
   }
 
