@@ -231,6 +231,7 @@ def test_tf_serving_flags_name_mounted_repository_files_and_parse(rendered):
         "enable_batching",
         "batching_parameters_file",
         "monitoring_config_file",
+        "grpc_channel_arguments",
     }
     host_args = []
     for name, value in flags.items():

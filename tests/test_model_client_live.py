@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -137,3 +138,59 @@ def test_grpc_channel_arguments_reach_the_grpc_server(model_base_path, tmp_path)
     finally:
         channel.close()
         server.stop()
+
+
+def _watch_ends_within(address: str, options: list, window_s: float) -> grpc.RpcError | None:
+    """Hold a health Watch open, as the gateway's client does, for `window_s`; the error that ended it early,
+    or None when it was still open."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = grpc.insecure_channel(address, options=options)
+    call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+    try:
+        next(call)
+        ended = threading.Event()
+        call.add_done_callback(lambda _: ended.set())
+        if not ended.wait(window_s):
+            return None
+        try:
+            next(call)
+        except grpc.RpcError as exc:
+            return exc
+        return None
+    finally:
+        call.cancel()
+        channel.close()
+
+
+@pytest.mark.slow
+def test_a_server_told_the_gateways_ping_policy_keeps_an_idle_watch_open(model_base_path, tmp_path):
+    """The gateway's channel keeps a health Watch open and pings every KEEPALIVE_S while it is idle; a gRPC
+    server by default takes a ping more often than every 5 minutes as abuse and ends the connection
+    (GOAWAY "too_many_pings"). The deployed command's `grpc.http2.min_ping_interval_without_data_ms`
+    (tests/test_serving_config.py) is what keeps it open. Here time runs faster: pings every 0.2 s, against
+    a server told to accept one every 0.1 s, and against one left at the default."""
+    base = copy_models(model_base_path, tmp_path / "models")
+    config = tmp_path / "models.config"
+    config.write_text(models_config_text(base))
+    policy = "--grpc_channel_arguments=grpc.http2.min_ping_interval_without_data_ms=100"
+    told = ModelServerProcess(base, config, tmp_path / "told.log", extra_args=[policy]).start()
+    default = ModelServerProcess(base, config, tmp_path / "default.log").start()
+    # The gateway's own channel options, with the keepalive brought down to 0.2 s and no cap on pings
+    # without data (gRPC's client otherwise spaces idle pings a minute apart).
+    options = [
+        option
+        for option in ModelClient(told.grpc_address, keepalive_s=0.2).options
+        if option[0] != "grpc.service_config"
+    ] + [("grpc.http2.max_pings_without_data", 0)]
+    try:
+        started = time.monotonic()
+        error = _watch_ends_within(default.grpc_address, options, window_s=30)
+        refused_after = time.monotonic() - started
+        assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
+        assert "too many pings" in (error.details() or "").lower(), error
+        # The same pings for three times as long as the default server took to refuse them.
+        assert _watch_ends_within(told.grpc_address, options, window_s=3 * refused_after + 1) is None
+    finally:
+        told.stop()
+        default.stop()

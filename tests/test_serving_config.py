@@ -18,9 +18,12 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from deploy.local import stack
+from gateway import model_client
 from serving.local_server.config import BatchingParametersProto, MonitoringConfigProto
 from serving.local_server.flags import parse_flags
 from serving.ops import model_config
+from tests.fixtures.model_server import ModelServerProcess
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 CONTAINER_DIR = "/etc/tfserving"  # where docker-compose / k8s mount serving/ (docs/tf-serving.md)
@@ -35,6 +38,7 @@ TF_SERVING_FLAGS = {
     "enable_batching",
     "batching_parameters_file",
     "monitoring_config_file",
+    "grpc_channel_arguments",
 }
 
 
@@ -109,6 +113,20 @@ def test_documented_command_uses_real_flags_and_the_files_in_serving():
         path = Path(flags[key])
         assert str(path.parent) == CONTAINER_DIR, f"{key} should live in {CONTAINER_DIR}"
         assert (SERVING / path.name).is_file(), f"{key} names {path.name}, which serving/ does not have"
+
+
+def test_the_model_server_accepts_the_gateways_keepalive_pings(tmp_path):
+    """gRPC servers refuse pings more often than every 5 minutes by default (GOAWAY "too_many_pings"), and the
+    gateway's health watch keeps a call open, so its keepalive pings an idle server every KEEPALIVE_S. The
+    documented command tells the server to accept that, and so does every mnist-serve the project starts."""
+    [policy] = [flag for flag in documented_flags() if flag.startswith("--grpc_channel_arguments=")]
+    arguments = dict(pair.split("=") for pair in policy.split("=", 1)[1].split(","))
+    interval_ms = int(arguments["grpc.http2.min_ping_interval_without_data_ms"])
+    assert interval_ms <= model_client.KEEPALIVE_S * 1000 / 2  # with room for timers
+    local = stack.StackConfig(state_dir=tmp_path, model_base_path=tmp_path)
+    fixture = ModelServerProcess(tmp_path, tmp_path / "models.config", tmp_path / "log")
+    for where, argv in (("make up", stack.serve_command(local)), ("tests", fixture.command())):
+        assert policy in argv, where
 
 
 def test_docker_compose_runs_tf_serving_with_the_documented_flags(repo_root):

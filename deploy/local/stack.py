@@ -48,6 +48,9 @@ MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 TRAIN_ESTIMATE = "about 8-13 minutes on 2 CPU cores (8 epochs; --epochs N trades accuracy for time)"
+# TF Serving's flag, as in serving/README.md: the server accepts the gateway's keepalive pings (every 60 s
+# while its health watch is open); gRPC's default takes pings more often than every 5 min as abuse (GOAWAY).
+MODEL_SERVER_PING_POLICY = "--grpc_channel_arguments=grpc.http2.min_ping_interval_without_data_ms=30000"
 
 
 class StackError(Exception):
@@ -321,6 +324,7 @@ def serve_command(config: StackConfig) -> list[str]:
         "--model_config_file_poll_wait_seconds=5",
         "--file_system_poll_wait_seconds=5",
         "--allow_version_labels_for_unavailable_models",
+        MODEL_SERVER_PING_POLICY,
     ]
     if batching.exists():
         argv += ["--enable_batching", f"--batching_parameters_file={batching}"]
