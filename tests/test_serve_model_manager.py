@@ -167,3 +167,25 @@ def test_a_model_removed_and_added_back_is_loaded_again_before_reload_returns(ba
     assert states(manager) == {1: "AVAILABLE"}
     assert loader.events == [("load", 1), ("unload", 1), ("load", 1)]
     manager.stop()
+
+
+def test_a_failed_version_fixed_in_place_is_retried_when_a_config_names_it_again(base):
+    """A promote that failed is undone (the version leaves the config); once the files are fixed, the next
+    config naming it loads it again, as TF Serving does: the failure is forgotten when it leaves the aspired
+    set, not only when its directory goes away."""
+    make_versions(base, 1, 2)
+    loader = RecordingLoader(broken={2})
+    manager = manager_for(loader)
+    only_1 = "model_version_policy { specific { versions: 1 } }"
+    both = "model_version_policy { specific { versions: 1 versions: 2 } }"
+    manager.start(config_for(base, only_1))
+    manager.reload_config(config_for(base, both))
+    manager.poll_now()
+    assert states(manager) == {2: "END", 1: "AVAILABLE"}
+    manager.reload_config(config_for(base, only_1))  # the failed promote undone
+    loader.broken = set()  # the files fixed in place: the directory never went away
+    manager.reload_config(config_for(base, both))  # no poll in between: the reload alone forgets the failure
+    manager.poll_now()
+    assert states(manager) == {2: "AVAILABLE", 1: "AVAILABLE"}
+    assert loader.events == [("load", 1), ("load", 2), ("load", 2)]
+    manager.stop()

@@ -4,7 +4,8 @@ version states and labels.
 It mirrors TF Serving's ServerCore + FileSystemStoragePathSource + AspiredVersionsManager with the
 availability-preserving policy: a new version is loaded (warmup included) before the one it replaces is
 unloaded; a version that fails to load ends in END with an error status and the others keep serving; a
-failed version is not retried while its directory stays. Loading and unloading run on one manager thread.
+failed version is not retried while it stays aspired (its directory stays and the config keeps wanting it).
+Loading and unloading run on one manager thread.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class _Model:
     config: ModelConfig | None  # None once the model left the config: everything gets unloaded
     versions: dict[int, _Version] = field(default_factory=dict)
     aspired: set[int] = field(default_factory=set)
-    failed_on_disk: set[int] = field(default_factory=set)  # not retried until the directory goes away
+    failed: set[int] = field(default_factory=set)  # not retried until they leave the aspired set
     paths: dict[int, Path] = field(default_factory=dict)
     polled: bool = False
 
@@ -168,6 +169,9 @@ class ModelManager:
             for name, model_config in wanted.items():
                 entry = self._models.setdefault(name, _Model(name, None))
                 entry.config = model_config
+                # Forget failures this config no longer wants, now: a cycle may not run before the next config
+                # names the version again (a failed promote undone, then retried), which must retry it.
+                entry.failed &= aspired_versions(model_config, sorted(entry.paths))
                 entry.polled = False if name in new_models else entry.polled
             for name, entry in self._models.items():
                 if name not in wanted:
@@ -219,8 +223,7 @@ class ModelManager:
             return False
         # An aspired version that is END without having failed (unloaded earlier) is about to be loaded again.
         return all(
-            v in model.versions
-            and (model.versions[v].status.state == "AVAILABLE" or v in model.failed_on_disk)
+            v in model.versions and (model.versions[v].status.state == "AVAILABLE" or v in model.failed)
             for v in model.aspired
         )
 
@@ -308,9 +311,9 @@ class ModelManager:
                                 "no versions found under base path",
                                 extra={"model": name, "path": config.base_path},
                             )
-                        model.failed_on_disk &= set(on_disk)
                         model.paths = on_disk
                         model.aspired = aspired_versions(config, sorted(on_disk))
+                    model.failed &= model.aspired  # a failure is retried once it is aspired again
                     model.polled = True
                 self._changed.notify_all()
             self._run_actions()
@@ -352,7 +355,7 @@ class ModelManager:
             new = [
                 v
                 for v in model.aspired
-                if v not in model.failed_on_disk
+                if v not in model.failed
                 and (v not in model.versions or model.versions[v].status.state == "END")
             ]
             if new and model.config is not None:
@@ -393,7 +396,7 @@ class ModelManager:
         with self._lock:
             record.status.error_code = code
             record.status.error_message = message
-            model.failed_on_disk.add(record.status.version)
+            model.failed.add(record.status.version)
             self._set_state(model.name, record, "END")
             self._changed.notify_all()
 
