@@ -264,6 +264,52 @@ def test_the_config_file_is_polled(server, stubs):
     reload(server, stubs, models_config_text(server.base_path, versions=None, labels={}))
 
 
+def write_config(server, data: bytes) -> None:
+    """Replace the config file in one step, so that a poll never reads half of it."""
+    staging = server.config_path.with_name(".models.config.tmp")
+    staging.write_bytes(data)
+    staging.replace(server.config_path)
+
+
+def test_a_config_file_that_is_not_utf8_is_rejected_and_a_later_edit_applies(server, stubs):
+    text = models_config_text(server.base_path, versions=None, labels={})
+    write_config(server, "# r\xe9gl\xe9 par Zo\xeb\n".encode("latin-1") + text.encode())
+    eventually(
+        lambda: any("UTF-8" in e["error"] for e in log_entries(server, "model config file rejected")),
+        what="the non-UTF-8 file rejected in the log",
+    )
+    write_config(server, models_config_text(server.base_path, versions=None, labels={"fixed": 1}).encode())
+    eventually(
+        lambda: predict(stubs, label="fixed").model_spec.version.value == 1,
+        what="the fixed file applied",
+        retry_on=(grpc.RpcError,),
+    )
+    reload(server, stubs, text)
+
+
+def test_the_config_file_watcher_outlives_an_unexpected_error(tmp_path):
+    from serving.local_server.server import ConfigFileWatcher
+
+    class FailingOnceManager:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def reload_config(self, config, **options) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("a bug in the manager")
+
+    path = tmp_path / "models.config"
+    path.write_text(models_config_text(tmp_path, versions=None, labels={}))
+    manager = FailingOnceManager()
+    watcher = ConfigFileWatcher(path, manager, 0.05, initial_text="")
+    watcher.start()
+    try:
+        eventually(lambda: manager.calls >= 2, what="a poll after the error")
+    finally:
+        watcher.stop()
+
+
 def test_zero_padded_version_directories_are_versions(server, stubs):
     mnist = server.base_path / "mnist"
     shutil.copytree(mnist / "1", mnist / ".tmp-0070")

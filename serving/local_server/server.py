@@ -74,11 +74,12 @@ class ServableFactory:
 class ConfigFileWatcher:
     """--model_config_file_poll_wait_seconds: re-read the file and apply it when its content changed."""
 
-    def __init__(self, path: Path, manager: ModelManager, seconds: int, initial_text: str) -> None:
+    def __init__(self, path: Path, manager: ModelManager, seconds: float, initial_text: str) -> None:
         self._path = path
         self._manager = manager
         self._seconds = seconds
         self._last = initial_text
+        self._undecodable = ""  # why the file last failed to decode: reported once, not every poll
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
 
@@ -92,21 +93,34 @@ class ConfigFileWatcher:
     def _run(self) -> None:
         while not self._stop.wait(self._seconds):
             try:
-                text = self._path.read_text(encoding="utf-8")
-            except OSError as exc:
-                log.warning(
-                    "cannot re-read model config file", extra={"path": str(self._path), "error": str(exc)}
-                )
-                continue
-            if text == self._last:
-                continue
-            try:
-                self._manager.reload_config(config_files.parse_model_server_config(text))
-                self._last = text
-                log.info("model config file reloaded", extra={"path": str(self._path)})
-            except (ConfigError, ServingError) as exc:
-                self._last = text  # report a bad edit once, not every poll
-                log.error("model config file rejected", extra={"path": str(self._path), "error": str(exc)})
+                self._poll()
+            except Exception:  # whatever went wrong, later edits of the file must still be applied
+                log.exception("model config file poll failed", extra={"path": str(self._path)})
+
+    def _poll(self) -> None:
+        try:
+            text = self._path.read_text(encoding="utf-8")
+        except OSError as exc:
+            log.warning(
+                "cannot re-read model config file", extra={"path": str(self._path), "error": str(exc)}
+            )
+            return
+        except UnicodeDecodeError as exc:  # a bad edit like any other: the old config keeps serving
+            error = f"the file is not UTF-8 text: {exc}"
+            if error != self._undecodable:
+                self._undecodable = error
+                log.error("model config file rejected", extra={"path": str(self._path), "error": error})
+            return
+        self._undecodable = ""
+        if text == self._last:
+            return
+        try:
+            self._manager.reload_config(config_files.parse_model_server_config(text))
+            self._last = text
+            log.info("model config file reloaded", extra={"path": str(self._path)})
+        except (ConfigError, ServingError) as exc:
+            self._last = text  # report a bad edit once, not every poll
+            log.error("model config file rejected", extra={"path": str(self._path), "error": str(exc)})
 
 
 class ModelServer:
