@@ -271,6 +271,26 @@ def write_config(server, data: bytes) -> None:
     staging.replace(server.config_path)
 
 
+def test_a_polled_promote_that_moves_a_label_to_a_version_not_loaded_yet_converges(server, stubs):
+    """Both pushes of a promote land between two polls: the file goes from {1}, stable -> 1 to {1, 81},
+    stable -> 81. Moving `stable` to a version that is not AVAILABLE cannot apply yet, so the versions apply
+    at once and the labels at a later poll, once 81 has loaded; the wait is logged once."""
+    base = server.base_path
+    reload(server, stubs, models_config_text(base, versions=[1], labels={"stable": 1}))
+    copy_version(server, 1, 81)
+    write_config(server, models_config_text(base, versions=[1, 81], labels={"stable": 81}).encode())
+    eventually(
+        lambda: predict(stubs, label="stable").model_spec.version.value == 81,
+        what="stable moved to version 81 by the poll",
+        timeout_s=60,
+    )
+    assert state(server, 1) == "AVAILABLE"
+    assert len(log_entries(server, "model config file applied, its labels wait for their versions")) == 1
+    assert not any("81" in e["error"] for e in log_entries(server, "model config file rejected"))
+    shutil.rmtree(base / "mnist" / "81")
+    reload(server, stubs, models_config_text(base, versions=None, labels={}))
+
+
 def test_a_config_file_that_is_not_utf8_is_rejected_and_a_later_edit_applies(server, stubs):
     text = models_config_text(server.base_path, versions=None, labels={})
     write_config(server, "# r\xe9gl\xe9 par Zo\xeb\n".encode("latin-1") + text.encode())

@@ -146,22 +146,36 @@ class ModelManager:
 
     # ---- config and labels -----------------------------------------------------------------------------
 
-    def reload_config(self, config: ModelServerConfig) -> None:
-        """HandleReloadConfigRequest: validate, swap labels and models, wait for models that are new."""
+    def reload_config(self, config: ModelServerConfig, *, labels_may_wait: bool = False) -> str | None:
+        """HandleReloadConfigRequest: validate, swap labels and models, wait for models that are new.
+
+        A label that cannot apply yet (its version is not AVAILABLE) refuses the whole config, as in TF
+        Serving. With `labels_may_wait` (the config file poller) the models and versions apply anyway and the
+        old labels stay: the label error is returned, and the caller applies the config again later, once the
+        versions have loaded. None: everything applied."""
         try:
-            new_models = self._apply_config(config)
+            new_models, waiting = self._apply_config(config, labels_may_wait=labels_may_wait)
         except ServingError:
             self._metrics.config_reloads.labels("error").inc()
             raise
-        self._metrics.config_reloads.labels("ok").inc()
+        if waiting is None:
+            self._metrics.config_reloads.labels("ok").inc()
         self._wake.set()
         if new_models:
             self._wait_for_models(new_models)
+        return waiting
 
-    def _apply_config(self, config: ModelServerConfig) -> set[str]:
+    def _apply_config(
+        self, config: ModelServerConfig, *, labels_may_wait: bool = False
+    ) -> tuple[set[str], str | None]:
         check_reload_request(config)
         with self._lock:
-            labels = self._checked_labels(config)
+            try:
+                labels, waiting = self._checked_labels(config), None
+            except ServingError as exc:
+                if not labels_may_wait:
+                    raise
+                labels, waiting = self._labels, exc.message
             wanted = {m.name: m for m in config.model_config_list.config}
             new_models = {
                 name for name in wanted if name not in self._models or self._models[name].config is None
@@ -178,8 +192,9 @@ class ModelManager:
                     entry.config = None
             self._labels = labels
             self._notify()
-        log.info("config applied", extra={"models": sorted(wanted), "labels": labels})
-        return new_models
+        if waiting is None:  # else the caller says so, once
+            log.info("config applied", extra={"models": sorted(wanted), "labels": labels})
+        return new_models, waiting
 
     def _checked_labels(self, config: ModelServerConfig) -> dict[str, dict[str, int]]:
         """ServerCore::UpdateModelVersionLabelMap: a label must point at an AVAILABLE version, except that

@@ -72,13 +72,15 @@ class ServableFactory:
 
 
 class ConfigFileWatcher:
-    """--model_config_file_poll_wait_seconds: re-read the file and apply it when its content changed."""
+    """--model_config_file_poll_wait_seconds: re-read the file and apply it when its content changed (and at
+    every poll while its labels wait for their versions to load)."""
 
     def __init__(self, path: Path, manager: ModelManager, seconds: float, initial_text: str) -> None:
         self._path = path
         self._manager = manager
         self._seconds = seconds
-        self._last = initial_text
+        self._last: str | None = initial_text  # None: the config applies only in part, apply it again
+        self._waiting = ""  # the text whose labels wait for their versions: reported once, not every poll
         self._undecodable = ""  # why the file last failed to decode: reported once, not every poll
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
@@ -115,12 +117,26 @@ class ConfigFileWatcher:
         if text == self._last:
             return
         try:
-            self._manager.reload_config(config_files.parse_model_server_config(text))
-            self._last = text
-            log.info("model config file reloaded", extra={"path": str(self._path)})
+            config = config_files.parse_model_server_config(text)
+            waiting = self._manager.reload_config(config, labels_may_wait=True)
         except (ConfigError, ServingError) as exc:
-            self._last = text  # report a bad edit once, not every poll
+            self._last, self._waiting = text, ""  # report a bad edit once, not every poll
             log.error("model config file rejected", extra={"path": str(self._path), "error": str(exc)})
+            return
+        if waiting is None:
+            self._last, self._waiting = text, ""
+            log.info("model config file reloaded", extra={"path": str(self._path)})
+            return
+        # A label moves to a version that is loading now (both pushes of a promote between two polls): the
+        # versions applied, the labels follow at a later poll. Neither this text nor the previous one is what
+        # runs, so the next poll applies whatever the file holds then.
+        self._last = None
+        if text != self._waiting:
+            self._waiting = text
+            log.warning(
+                "model config file applied, its labels wait for their versions",
+                extra={"path": str(self._path), "error": waiting},
+            )
 
 
 class ModelServer:
