@@ -149,3 +149,60 @@ def test_labels_for_unavailable_versions_with_the_flag(batching_server):
     finally:
         reload({"stable": 1})
         channel.close()
+
+
+@pytest.fixture(scope="module")
+def flat_model_server(tmp_path_factory):
+    """Batching in front of a model whose output's 0th dimension is not the batch: it flattens the images
+    (declared [-1], so the signature looks batchable)."""
+    root = tmp_path_factory.mktemp("serve-batching-flat")
+    module = tf.Module()
+    module.flatten = tf.function(
+        lambda image: {"pixels": tf.reshape(tf.cast(image, tf.float32), [-1])},
+        input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="image")],
+    )
+    tf.saved_model.save(module, str(root / "models" / "flat" / "1"), signatures=module.flatten)
+    config = root / "models.config"
+    config.write_text(models_config_text(root / "models", model_name="flat", labels={}))
+    batching = root / "batching_parameters.txt"
+    # Two one-image requests fill a batch, which then runs at once: the long timeout only bounds a lone one.
+    batching.write_text("max_batch_size { value: 2 }\nbatch_timeout_micros { value: 30000000 }\n")
+    process = ModelServerProcess(
+        root / "models",
+        config,
+        root / "mnist-serve.log",
+        model_name="flat",
+        extra_args=["--enable_batching", f"--batching_parameters_file={batching}"],
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+def test_a_batch_whose_output_rows_are_not_its_requests_rows_fails_them(flat_model_server):
+    """Split by rows, each client would get a value of the other's image: both calls fail instead, as in TF
+    Serving's batching session."""
+    channel = grpc.insecure_channel(flat_model_server.grpc_address)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+    def predict(value: int):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "flat"
+        request.inputs["image"].CopyFrom(tf.make_tensor_proto(np.full((1, 28, 28), value, np.uint8)))
+        try:
+            return stub.Predict(request, timeout=TIMEOUT)
+        except grpc.RpcError as exc:
+            return exc
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(predict, [1, 2]))
+    finally:
+        channel.close()
+    for answer in answers:
+        assert isinstance(answer, grpc.RpcError), f"a batched answer was split by rows: {answer}"
+        assert answer.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert answer.details() == (
+            "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension sizes of the "
+            "input tensors (output 'pixels': 1568 rows for 2)"
+        )

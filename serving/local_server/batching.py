@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serving.local_server.config import BatchingOptions
-from serving.local_server.errors import ServingError, internal, invalid_argument, unavailable
+from serving.local_server.errors import (
+    ServingError,
+    failed_precondition,
+    internal,
+    invalid_argument,
+    unavailable,
+)
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 BatchObserver = Callable[[int, int, float], None]  # (rows, padded rows, seconds the first task waited)
@@ -133,6 +139,7 @@ class Batcher:
                     for key in batch[0].inputs
                 }
                 outputs = self._runner(merged)
+                _check_rows(outputs, padded)
                 offset = 0
                 for task in batch:
                     task.outputs = {k: v[offset : offset + task.size] for k, v in outputs.items()}
@@ -158,6 +165,19 @@ class Batcher:
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
     return int(next(iter(inputs.values())).shape[0]) if inputs else 0
+
+
+def _check_rows(outputs: Mapping[str, np.ndarray], rows: int) -> None:
+    """Each output must have one row per input row, else splitting it by row would hand one client's values
+    to another (TF Serving's BatchingSession::SplitOutputTensors checks the same, with the same words)."""
+    for key, array in outputs.items():
+        if array.ndim == 0:
+            raise failed_precondition(f"Batched output tensor has 0 dimensions (output '{key}')")
+        if array.shape[0] != rows:
+            raise failed_precondition(
+                "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension sizes of "
+                f"the input tensors (output '{key}': {array.shape[0]} rows for {rows})"
+            )
 
 
 def _pad(array: np.ndarray, rows: int) -> np.ndarray:
