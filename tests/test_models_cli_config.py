@@ -17,6 +17,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from serving.ops import model_config, versions
 from serving.ops.config_file import ConfigFile, History, write_atomic
 from serving.ops.errors import ConfigError, QualityGateFailed, VersionNotFound
+from serving.ops.settings import Settings
 
 SERVING = Path(__file__).resolve().parents[1] / "serving"
 
@@ -272,6 +273,8 @@ def test_scan_finds_complete_numbered_versions_only(tmp_path):
         ({"test_accuracy": "0.999"}, 0.99, False),  # not a number: unknown, refused
         ({"accuracy": 0.999}, 0.99, False),
         (None, 0.0, False),  # no metrics.json at all
+        ({"test_accuracy": float("nan")}, 0.0, False),  # a diverged run's metric: unknown, refused
+        ({"test_accuracy": float("inf")}, 0.99, False),
     ],
 )
 def test_the_quality_gate(tmp_path, metrics, min_accuracy, passes):
@@ -345,6 +348,21 @@ def test_the_gate_without_a_stable_version_checks_the_threshold_only(tmp_path):
     assert "0.9930 >= 0.9900" in versions.quality_gate(tmp_path, 2, None, min_accuracy=0.99, force=False)
     with pytest.raises(QualityGateFailed, match="version 9 it replaces is unknown"):
         versions.quality_gate(tmp_path, 2, 9, min_accuracy=0.99, force=False)
+
+
+def test_a_stable_version_with_a_nan_accuracy_is_no_baseline(tmp_path):
+    fake_version(tmp_path, 1, {"test_accuracy": float("nan"), "dataset": "mnist"})
+    fake_version(tmp_path, 2, {"test_accuracy": 0.991, "dataset": "mnist"})
+    with pytest.raises(QualityGateFailed, match=r"version 1 it replaces is unknown \(test_accuracy nan"):
+        versions.quality_gate(tmp_path, 2, 1, min_accuracy=0.99, force=False)
+
+
+@pytest.mark.parametrize("value", ["nan", "-0.1", "1.5", "high"])
+def test_the_accuracy_settings_from_the_environment_are_range_checked(value):
+    for name in ("MODEL_MIN_ACCURACY", "MODEL_MAX_ACCURACY_DROP"):
+        with pytest.raises(ValueError, match=f"{name} must be a number between 0 and 1"):
+            Settings.from_env({name: value})
+    assert Settings.from_env({"MODEL_MIN_ACCURACY": "0.5"}).min_accuracy == 0.5
 
 
 def test_unreadable_metrics_are_reported_not_raised(tmp_path):

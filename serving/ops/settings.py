@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ class Settings:
             config=env.get("MODEL_CONFIG_FILE") or defaults.config,
             model_base_path=env.get("MODEL_BASE_PATH") or None,
             model_name=env.get("MODEL_NAME") or defaults.model_name,
-            min_accuracy=float(env.get("MODEL_MIN_ACCURACY") or defaults.min_accuracy),
+            min_accuracy=_fraction(env, "MODEL_MIN_ACCURACY", defaults.min_accuracy),
             max_accuracy_drop=_fraction(env, "MODEL_MAX_ACCURACY_DROP", defaults.max_accuracy_drop),
             gateway_url=check_gateway_url(env.get("GATEWAY_URL") or defaults.gateway_url),
             ops_token=(env.get("OPS_TOKEN") or "").strip(),
@@ -54,7 +55,11 @@ class Settings:
 
 
 def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
-    value = float(env.get(name) or default)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be between 0 and 1, got {value}")
+    text = env.get(name) or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # false for NaN too, which would turn the quality gate off
+        raise ValueError(f"{name} must be a number between 0 and 1, got {text!r}")
     return value

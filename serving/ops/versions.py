@@ -7,6 +7,7 @@ a hidden `.tmp-*` sibling, and a version directory without `saved_model.pb` is n
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +28,15 @@ class DiskVersion:
 
     @property
     def accuracy(self) -> float | None:
+        return _number((self.metrics or {}).get("test_accuracy"))
+
+    @property
+    def accuracy_problem(self) -> str:
+        """Why `accuracy` is None."""
+        if self.metrics_problem:
+            return self.metrics_problem
         value = (self.metrics or {}).get("test_accuracy")
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return "no test_accuracy" if value is None else f"test_accuracy {value!r} is not a finite number"
 
     @property
     def created_at(self) -> str:
@@ -79,7 +87,11 @@ DEFAULT_MAX_ACCURACY_DROP = 0.002  # MODEL_MAX_ACCURACY_DROP: test accuracy a ne
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A metric as a float; None for anything else, NaN and infinity included (json reads the bare token
+    NaN, and every comparison with NaN is false: it would pass any threshold)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _replacement_problems(candidate: DiskVersion, baseline: DiskVersion, max_drop: float) -> list[str]:
@@ -95,7 +107,7 @@ def _replacement_problems(candidate: DiskVersion, baseline: DiskVersion, max_dro
     datasets = {(v.metrics or {}).get("dataset") for v in (candidate, baseline)} - {None}
     if candidate.accuracy is not None:
         if reference is None:
-            why = baseline.metrics_problem or "no test_accuracy"
+            why = baseline.accuracy_problem
             problems.append(f"the test accuracy of version {baseline.version} it replaces is unknown ({why})")
         elif not scored and len(datasets) > 1:
             problems.append(
@@ -144,8 +156,7 @@ def check_quality(
     on the feedback holdout."""
     problems = []
     if version.accuracy is None:
-        why = version.metrics_problem or "no test_accuracy"
-        problems.append(f"test accuracy unknown ({why})")
+        problems.append(f"test accuracy unknown ({version.accuracy_problem})")
     elif version.accuracy < min_accuracy:
         problems.append(f"test accuracy {version.accuracy:.4f} < required {min_accuracy:.4f}")
     if baseline is not None and baseline.version != version.version:
