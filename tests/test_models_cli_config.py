@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import subprocess
 import sys
 import time
@@ -130,6 +131,18 @@ def test_write_keeps_permissions_and_leaves_no_temporary_files(tmp_path):
     assert path.read_text() == "new"
     assert path.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models.config"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file to another account")
+def test_a_write_by_root_keeps_the_owner(tmp_path):
+    """The server's account must still read the file after an operator rewrote it with sudo."""
+    path = tmp_path / "models.config"
+    path.write_text("old")
+    os.chown(path, 65534, 65534)  # nobody, standing for the server's account
+    path.chmod(0o600)
+    write_atomic(path, b"new")
+    status = path.stat()
+    assert (status.st_uid, status.st_gid, status.st_mode & 0o7777) == (65534, 65534, 0o600)
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path):

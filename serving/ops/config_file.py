@@ -29,14 +29,17 @@ HISTORY_LIMIT = 50  # events and earlier stable versions kept per model
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` in one rename; keeps the target's permission bits."""
-    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    """Replace `path` with `data` in one rename; keeps the target's permission bits, and its owner when
+    running as root (the file is often the server account's, mode 0600/0640, rewritten with sudo)."""
+    old = path.stat() if path.exists() else None
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as tmp:
             tmp.write(data)
             tmp.flush()
-            os.fchmod(tmp.fileno(), mode)
+            if old is not None and os.geteuid() == 0:
+                os.fchown(tmp.fileno(), old.st_uid, old.st_gid)  # before fchmod: chown clears setuid bits
+            os.fchmod(tmp.fileno(), old.st_mode & 0o7777 if old is not None else 0o644)
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
     except BaseException:
