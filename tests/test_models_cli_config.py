@@ -145,6 +145,29 @@ def test_a_write_by_root_keeps_the_owner(tmp_path):
     assert (status.st_uid, status.st_gid, status.st_mode & 0o7777) == (65534, 65534, 0o600)
 
 
+def test_a_config_behind_a_symlink_is_changed_where_it_lives(tmp_path):
+    """/etc/tfserving/models.config -> the file the server reads: the change goes to that file, the link
+    stays, and history and lock sit beside the real file (one lock, whichever path an operator names)."""
+    real = tmp_path / "repo" / "models.config"
+    real.parent.mkdir()
+    ConfigFile(real).write(config_with([1], {"stable": 1}))
+    (tmp_path / "etc").mkdir()
+    link = tmp_path / "etc" / "models.config"
+    link.symlink_to("../repo/models.config")
+    through_link = ConfigFile(link)
+    with through_link.locked():
+        through_link.write(config_with([1, 2], {"stable": 2}))
+        through_link.write_history(History())
+    assert link.is_symlink()
+    assert model_config.labels(ConfigFile(real).read(), "mnist") == {"stable": 2}
+    assert sorted(p.name for p in real.parent.iterdir()) == [
+        "models.config",
+        "models.config.history.json",
+        "models.config.lock",
+    ]
+    assert [p.name for p in link.parent.iterdir()] == ["models.config"]
+
+
 def test_a_failed_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "models.config"
     path.write_text("old")

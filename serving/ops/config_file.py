@@ -3,7 +3,8 @@
 
 Writes are atomic: a temporary file in the same directory, fsync, rename over the target, fsync the directory.
 TF Serving (polling the file) and readers see the old or the new config, never a torn one. The directory must
-be writable: mount a directory, not a single file (a rename cannot replace a bind-mounted file).
+be writable: mount a directory, not a single file (a rename cannot replace a bind-mounted file). A config path
+that is a symlink is followed once: the file it points at is the config, with its sidecars beside it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ HISTORY_LIMIT = 50  # events and earlier stable versions kept per model
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` in one rename; keeps the target's permission bits, and its owner when
-    running as root (the file is often the server account's, mode 0600/0640, rewritten with sudo)."""
+    running as root (the file is often the server account's, mode 0600/0640, rewritten with sudo). A symlink
+    is followed: the file it points at is replaced and the link stays (a rename over the link would replace
+    it with a regular file that the server, reading the link's target, never sees)."""
+    path = _followed(path)
     old = path.stat() if path.exists() else None
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -51,6 +55,10 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _followed(path: Path) -> Path:
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 @dataclass
@@ -90,7 +98,9 @@ class History:
 
 class ConfigFile:
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        # Behind a symlink, the real file is the config: history and lock go beside it, so operators naming
+        # the link and the file share one lock and one history.
+        self.path = _followed(Path(path))
         self.history_path = self.path.with_name(self.path.name + ".history.json")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
 
