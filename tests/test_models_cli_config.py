@@ -85,6 +85,11 @@ def test_a_labelled_version_cannot_be_unloaded():
             "version_labels { key: 'stable' value: 3 } } }",
             "label 'stable' points at version 3",
         ),
+        (  # the server refuses a config naming a model twice
+            "model_config_list { config { name: 'mnist' model_version_policy { specific { versions: 1 } } } "
+            "config { name: 'other' } config { name: 'other' } }",
+            "model 'other' is listed 2 times",
+        ),
     ],
 )
 def test_check_names_the_problem(text, message):

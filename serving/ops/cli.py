@@ -363,7 +363,11 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
         action="store_true",
         help="leave an existing FILE alone (it carries the local label history)",
     )
-    command("check", "validate the config file (model present, specific versions, labels on listed versions)")
+    command(
+        "check",
+        "validate the config file (no model listed twice, model present, specific versions, labels on listed "
+        "versions)",
+    )
     return parser
 
 

@@ -65,7 +65,13 @@ def labels(config: ModelServerConfig, name: str) -> dict[str, int]:
 
 
 def check(config: ModelServerConfig, name: str) -> None:
-    """ConfigError unless the model exists, has a non-empty specific policy, labels on listed versions."""
+    """ConfigError unless no model is named twice (the server refuses that config), and the model exists, has
+    a non-empty specific policy, labels on listed versions."""
+    names = model_names(config)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        times = names.count(twice[0])
+        raise ConfigError(f"model {twice[0]!r} is listed {times} times (the server refuses that)")
     listed = versions(config, name)
     if not listed:
         raise ConfigError(f"model {name!r} lists no versions")
