@@ -21,7 +21,8 @@ EXIT_CODES = {
     0: "success (also: nothing to do)",
     1: "unexpected error",
     2: "bad command line",
-    errors.ConfigError.exit_code: "config file missing, unreadable or invalid; model directory missing",
+    errors.ConfigError.exit_code: "config file or its history missing, unreadable or invalid; model "
+    "directory missing; or the change was made but its history not written (the message says so)",
     errors.ServerError.exit_code: "model server unreachable, too slow (deadline) or it rejected the request",
     errors.VersionNotFound.exit_code: "version not found on disk",
     errors.QualityGateFailed.exit_code: "quality gate: test accuracy below --min-accuracy, more than "

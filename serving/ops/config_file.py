@@ -96,6 +96,22 @@ class History:
         return list(self._model(name)["events"])
 
 
+def _history_problem(data: Any) -> str:
+    """What is wrong with the shape of a history file's JSON; "" when nothing is."""
+    if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+        return 'no "models" object'
+    for name, model in data["models"].items():
+        if not isinstance(model, dict):
+            return f"models.{name} is not an object"
+        stack = model.get("previous_stable", [])
+        if not isinstance(stack, list) or not all(type(v) is int for v in stack):
+            return f"models.{name}.previous_stable is not a list of versions"
+        events = model.get("events", [])
+        if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
+            return f"models.{name}.events is not a list of objects"
+    return ""
+
+
 class ConfigFile:
     def __init__(self, path: Path) -> None:
         # Behind a symlink, the real file is the config: history and lock go beside it, so operators naming
@@ -123,8 +139,12 @@ class ConfigFile:
             return History()
         except (OSError, ValueError) as error:
             raise ConfigError(f"cannot read history {self.history_path}: {error}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-            raise ConfigError(f"history {self.history_path} is not an mnist-models history file")
+        problem = _history_problem(data)
+        if problem:
+            raise ConfigError(f"history {self.history_path} is not an mnist-models history file ({problem})")
+        for model in data["models"].values():
+            model.setdefault("previous_stable", [])
+            model.setdefault("events", [])
         return History(models=data["models"])
 
     def write_history(self, history: History) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serving.ops import model_config, versions
-from serving.ops.config_file import ConfigFile
-from serving.ops.errors import LoadFailed, NothingToRollBack, OpsError
+from serving.ops.config_file import ConfigFile, History
+from serving.ops.errors import ConfigError, LoadFailed, NothingToRollBack, OpsError
 from serving.ops.model_config import ModelServerConfig
 from serving.ops.server import ModelServers, VersionState
 
@@ -76,7 +76,7 @@ class Operator:
             versions.find(self.model_dir, target)
             self._move_label(config, STABLE, target)
             history.record(self.model_name, "rollback", label=STABLE, previous=current, version=target)
-            self.config_file.write_history(history)
+            self._write_history(history, f"{STABLE} moved {_show(current)} -> {target}")
             self.say(f"{STABLE}: {_show(current)} -> {target} (rolled back)")
 
     def retire(self) -> list[int]:
@@ -85,7 +85,8 @@ class Operator:
             config = self._read()
             listed = model_config.versions(config, self.model_name)
             keep = set(model_config.labels(config, self.model_name).values())
-            earlier = self.config_file.read_history().previous_stable(self.model_name)
+            history = self.config_file.read_history()
+            earlier = history.previous_stable(self.model_name)
             if earlier:
                 keep.add(earlier[-1])
             retired = [v for v in listed if v not in keep]
@@ -94,9 +95,8 @@ class Operator:
                 return []
             new = model_config.with_versions(config, self.model_name, [v for v in listed if v in keep])
             self._apply(new)
-            history = self.config_file.read_history()
             history.record(self.model_name, "retire", versions=retired)
-            self.config_file.write_history(history)
+            self._write_history(history, f"retired version(s) {_join(retired)}")
             self.say(f"retired version(s) {', '.join(map(str, retired))}; serving {_join(sorted(keep))}")
             return retired
 
@@ -109,6 +109,7 @@ class Operator:
         replace); only `stable` keeps a rollback history."""
         with self.config_file.locked():
             config = self._read()
+            history = self.config_file.read_history()  # before any push: a bad file must change nothing
             labels = model_config.labels(config, self.model_name)
             old = labels.get(label)
             if old == version:
@@ -125,14 +126,23 @@ class Operator:
                 )
             )
             self._move_label(config, label, version)
-            history = self.config_file.read_history()
             rollback = label == STABLE and old is not None
             if rollback:
                 history.push_stable(self.model_name, old)
             history.record(self.model_name, action, label=label, previous=old, version=version, forced=force)
-            self.config_file.write_history(history)
+            self._write_history(history, f"{label} moved {_show(old)} -> {version}")
             kept = f"; version {old} stays loaded for rollback" if rollback else ""
             self.say(f"{label}: {_show(old)} -> {version}{kept}")
+
+    def _write_history(self, history: History, done: str) -> None:
+        """Write the history of a change the config file and the server already have: an error must not
+        read as if nothing had happened."""
+        try:
+            self.config_file.write_history(history)
+        except ConfigError as error:
+            raise ConfigError(
+                f"{done} (config file and server), but the history was not updated: {error.message}"
+            ) from None
 
     def _read(self) -> ModelServerConfig:
         config = self.config_file.read()

@@ -1,0 +1,189 @@
+"""mnist-models' label moves (serving.ops.operations) through the real gRPC client, against in-process fake
+replicas: what the replicas, the config file and the history hold when something fails half-way."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, model_service_pb2_grpc
+
+from serving.ops import model_config
+from serving.ops.config_file import ConfigFile
+from serving.ops.errors import ConfigError
+from serving.ops.model_config import ModelServerConfig
+from serving.ops.operations import Operator
+from serving.ops.server import ModelServers, VersionState
+from tests.test_models_cli_config import config_with, fake_version
+
+GOOD = {"test_accuracy": 0.995, "dataset": "mnist"}
+
+
+class FakeReplica(model_service_pb2_grpc.ModelServiceServicer):
+    """A model server replica without TensorFlow. A push loads the listed versions at once: AVAILABLE, or
+    END with `broken[v]` as its error; a version in `stuck` keeps its state (a server that does not try it
+    again). With `refuse` set, it rejects every push; `after_push` runs after each accepted one."""
+
+    def __init__(self) -> None:
+        self.address = ""
+        self.states: dict[int, VersionState] = {1: VersionState(1, "AVAILABLE")}
+        self.pushed: list[ModelServerConfig] = []
+        self.refuse = ""
+        self.broken: dict[int, str] = {}
+        self.stuck: set[int] = set()
+        self.after_push: Callable[[], None] | None = None
+
+    def GetModelStatus(self, request, context):
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.states.values():
+            status = response.model_version_status.add(
+                version=state.version, state=get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+            )
+            status.status.error_code = state.error_code
+            status.status.error_message = state.error_message
+        return response
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        if self.refuse:
+            response.status.error_code = grpc.StatusCode.UNAVAILABLE.value[0]
+            response.status.error_message = self.refuse
+            return response
+        config = ModelServerConfig()
+        config.CopyFrom(request.config)
+        self.pushed.append(config)
+        listed = model_config.versions(config, "mnist")
+        for version in listed:
+            if version in self.stuck:
+                continue
+            if version in self.broken:
+                self.states[version] = VersionState(version, "END", 3, self.broken[version])
+            else:
+                self.states[version] = VersionState(version, "AVAILABLE")
+        for version, state in list(self.states.items()):
+            if version not in listed and state.state == "AVAILABLE":
+                self.states[version] = VersionState(version, "END")
+        if self.after_push is not None:
+            self.after_push()
+        return response
+
+    def labels(self) -> dict[str, int]:
+        return model_config.labels(self.pushed[-1], "mnist")
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[FakeReplica]]:
+    fakes, servers = [FakeReplica(), FakeReplica()], []
+    for fake in fakes:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(fake, server)
+        fake.address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        server.start()
+        servers.append(server)
+    yield fakes
+    for server in servers:
+        server.stop(None)
+
+
+class Setup:
+    """A config file listing `versions` with `stable` -> 1, versions 1-3 on disk, the replicas given."""
+
+    def __init__(self, root: Path, fakes: list[FakeReplica], versions: list[int], labels: dict[str, int]):
+        self.model_dir = root / "models" / "mnist"
+        for version in (1, 2, 3):
+            fake_version(self.model_dir, version, GOOD)
+        self.config_file = ConfigFile(root / "models.config")
+        self.config_file.write(config_with(versions, labels))
+        for fake in fakes:
+            fake.states.update({v: VersionState(v, "AVAILABLE") for v in versions})
+        self.servers = ModelServers(",".join(fake.address for fake in fakes), timeout_s=5)
+        self.said: list[str] = []
+
+    def operator(self, *, load_timeout_s: float = 10.0) -> Operator:
+        return Operator(
+            config_file=self.config_file,
+            client=self.servers,
+            model_name="mnist",
+            model_dir=self.model_dir,
+            say=self.said.append,
+            load_timeout_s=load_timeout_s,
+        )
+
+    def file_labels(self) -> dict[str, int]:
+        return model_config.labels(self.config_file.read(), "mnist")
+
+
+@pytest.fixture
+def make_setup(tmp_path: Path, replicas: list[FakeReplica]) -> Iterator[Callable[..., Setup]]:
+    made: list[Setup] = []
+
+    def make(versions: list[int], labels: dict[str, int], fakes: list[FakeReplica] | None = None) -> Setup:
+        made.append(Setup(tmp_path, replicas if fakes is None else fakes, versions, labels))
+        return made[-1]
+
+    yield make
+    for setup in made:
+        setup.servers.close()
+
+
+def promote(operator: Operator, version: int) -> None:
+    operator.promote(version, min_accuracy=0.99, force=False)
+
+
+# -- the history --
+
+BAD_HISTORIES = [
+    '{"models": {"mnist": {"previous_stable": [1,], "events": []}}}',  # not JSON (a hand edit)
+    '{"models": {"mnist": []}}',
+    '{"models": {"mnist": {"previous_stable": "abc", "events": 5}}}',
+    '{"models": {"mnist": {"previous_stable": [1, "2"], "events": []}}}',
+    '{"models": {"mnist": {"previous_stable": [1], "events": ["promote"]}}}',
+]
+
+
+@pytest.mark.parametrize("text", BAD_HISTORIES)
+@pytest.mark.parametrize("command", ["promote", "rollback", "retire"])
+def test_a_bad_history_stops_a_command_before_anything_changes(make_setup, replicas, text, command):
+    setup = make_setup([1, 2, 3], {"stable": 3})
+    setup.config_file.history_path.write_text(text)
+    before = setup.config_file.path.read_bytes()
+    operator = setup.operator()
+    run = {
+        "promote": lambda: promote(operator, 2),
+        "rollback": operator.rollback,
+        "retire": operator.retire,
+    }[command]
+    with pytest.raises(ConfigError, match="history") as failed:
+        run()
+    assert failed.value.exit_code == 3
+    assert setup.config_file.path.read_bytes() == before
+    assert [fake.pushed for fake in replicas] == [[], []]
+
+
+def test_a_history_that_cannot_be_written_after_the_move_says_the_label_moved(make_setup, replicas):
+    setup = make_setup([1], {"stable": 1})
+    history = setup.config_file.history_path
+
+    def history_becomes_unwritable() -> None:  # e.g. the disk filled up during the push
+        history.mkdir(exist_ok=True)
+
+    replicas[0].after_push = history_becomes_unwritable
+    with pytest.raises(ConfigError) as failed:
+        promote(setup.operator(), 2)
+    assert "stable moved 1 -> 2 (config file and server)" in failed.value.message
+    assert f"cannot write {history}" in failed.value.message
+    assert setup.file_labels() == {"stable": 2}
+    assert [fake.labels() for fake in replicas] == [{"stable": 2}, {"stable": 2}]
+
+
+def test_a_history_missing_a_models_lists_is_filled_in(make_setup, replicas):
+    setup = make_setup([1], {"stable": 1})
+    setup.config_file.history_path.write_text('{"models": {"mnist": {}}}')
+    promote(setup.operator(), 2)
+    saved = json.loads(setup.config_file.history_path.read_text())["models"]["mnist"]
+    assert saved["previous_stable"] == [1]
+    assert [event["action"] for event in saved["events"]] == ["promote"]
