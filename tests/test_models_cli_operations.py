@@ -14,7 +14,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, 
 
 from serving.ops import model_config
 from serving.ops.config_file import ConfigFile
-from serving.ops.errors import ConfigError
+from serving.ops.errors import ConfigError, ServerError
 from serving.ops.model_config import ModelServerConfig
 from serving.ops.operations import Operator
 from serving.ops.server import ModelServers, VersionState
@@ -187,3 +187,39 @@ def test_a_history_missing_a_models_lists_is_filled_in(make_setup, replicas):
     saved = json.loads(setup.config_file.history_path.read_text())["models"]["mnist"]
     assert saved["previous_stable"] == [1]
     assert [event["action"] for event in saved["events"]] == ["promote"]
+
+
+# -- several replicas --
+
+
+def test_a_push_one_replica_refuses_is_undone_on_the_replicas_that_took_it(make_setup, replicas):
+    first, second = replicas
+    setup = make_setup([1, 2], {"stable": 1})
+    before = setup.config_file.read()
+    second.refuse = "replica is shutting down"
+    with pytest.raises(ServerError) as failed:
+        promote(setup.operator(), 2)
+    message = failed.value.message
+    assert f"model server {second.address} rejected the config: replica is shutting down" in message
+    assert f"the previous config is back on {first.address}" in message
+    assert first.pushed[-1] == before, "the replica that took the change has the previous config again"
+    assert setup.config_file.read() == before
+
+
+def test_an_undo_that_fails_too_names_the_replica_left_changed(make_setup, replicas):
+    first, second = replicas
+    setup = make_setup([1, 2], {"stable": 1})
+    second.refuse = "replica is shutting down"
+
+    def refuse_from_now_on() -> None:
+        first.refuse = "overloaded"
+
+    first.after_push = refuse_from_now_on
+    with pytest.raises(ServerError) as failed:
+        promote(setup.operator(), 2)
+    assert (
+        f"putting the previous config back on {first.address} failed (model server {first.address} "
+        "rejected the config: overloaded): it serves the new config"
+    ) in failed.value.message
+    assert first.labels() == {"stable": 2}
+    assert setup.file_labels() == {"stable": 1}

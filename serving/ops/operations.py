@@ -150,11 +150,12 @@ class Operator:
         return config
 
     def _apply(self, config: ModelServerConfig) -> None:
-        """Write the file first (the source of truth), then push; a rejected push restores the old file."""
+        """Write the file first (the source of truth), then push; a rejected push restores the old file (and
+        the replicas that took the new one get the old one back)."""
         before = self.config_file.read()
         self.config_file.write(config)
         try:
-            self.client.reload(config)
+            self.client.reload(config, previous=before)
         except OpsError:
             self.config_file.write(before)
             raise

@@ -209,9 +209,24 @@ class ModelServers:
         found = {client.label_version(model_name, label) for client in self._clients}
         return found.pop() if len(found) == 1 else None
 
-    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+    def reload(
+        self,
+        config: model_server_config_pb2.ModelServerConfig,
+        *,
+        previous: model_server_config_pb2.ModelServerConfig,
+    ) -> None:
+        """Push `config` to each replica in turn. When one fails, the replicas that took it get `previous`
+        back, so the fleet is not left split; the error names them (and any still on `config`)."""
+        took: list[ModelServerClient] = []
         for client in self._clients:
-            client.reload(config)
+            try:
+                client.reload(config)
+            except ServerError as error:
+                if took:
+                    error.message += _put_back(took, previous)
+                    error.args = (error.message,)
+                raise
+            took.append(client)
 
     def wait_available(
         self,
@@ -236,3 +251,21 @@ class ModelServers:
                 poll_s=poll_s,
             )
         return ready
+
+
+def _put_back(clients: list[ModelServerClient], previous: model_server_config_pb2.ModelServerConfig) -> str:
+    """Push `previous` to `clients`; what happened, to append to the error that made it necessary."""
+    back, notes = [], []
+    for client in clients:
+        try:
+            client.reload(previous)
+        except ServerError as error:
+            notes.append(
+                f"; putting the previous config back on {client.target} failed ({error.message}): it serves "
+                "the new config"
+            )
+        else:
+            back.append(client.target)
+    if back:
+        notes.insert(0, f"; the previous config is back on {', '.join(back)}")
+    return "".join(notes)
