@@ -14,7 +14,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, 
 
 from serving.ops import model_config
 from serving.ops.config_file import ConfigFile
-from serving.ops.errors import ConfigError, ServerError
+from serving.ops.errors import ConfigError, LoadFailed, ServerError
 from serving.ops.model_config import ModelServerConfig
 from serving.ops.operations import Operator
 from serving.ops.server import ModelServers, VersionState
@@ -222,4 +222,23 @@ def test_an_undo_that_fails_too_names_the_replica_left_changed(make_setup, repli
         "rejected the config: overloaded): it serves the new config"
     ) in failed.value.message
     assert first.labels() == {"stable": 2}
+    assert setup.file_labels() == {"stable": 1}
+
+
+# -- loading --
+
+
+def test_a_version_whose_earlier_load_error_stays_is_reported_with_it(make_setup, replicas):
+    """The server keeps an earlier END-with-error and never tries the version again: the wait ends with
+    that error, not a bare 'not AVAILABLE (END)'."""
+    setup = make_setup([1], {"stable": 1})
+    for fake in replicas:
+        fake.states[2] = VersionState(2, "END", 3, "truncated variables")
+        fake.stuck.add(2)
+    with pytest.raises(LoadFailed) as failed:
+        promote(setup.operator(load_timeout_s=0.5), 2)
+    assert "failed to load before (truncated variables)" in "\n".join(setup.said)
+    assert "failed to load earlier (truncated variables)" in failed.value.message
+    assert "previous config restored" in failed.value.message
+    assert failed.value.exit_code == 7
     assert setup.file_labels() == {"stable": 1}

@@ -174,6 +174,12 @@ class Operator:
             loading = model_config.with_versions(config, self.model_name, [*listed, version])
             self._apply(loading)
             self.say(f"loading version {version}: config pushed (versions {_join([*listed, version])})")
+            if state is not None and state.failed:
+                # Its old error stays until the server tries again, which only the server can tell.
+                self.say(
+                    f"version {version} failed to load before ({state.error_message or state.error_code}); "
+                    f"waiting up to {self.load_timeout_s:g}s for the server to load it again"
+                )
         elif state is not None and state.failed:
             raise LoadFailed(
                 f"version {version} is listed but failed to load: {state.error_message or state.error_code}"

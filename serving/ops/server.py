@@ -137,6 +137,12 @@ class ModelServerClient:
                     reason = state.error_message or f"error code {state.error_code}"
                     raise LoadFailed(f"version {version} of {model_name} failed to load: {reason}")
             if elapsed >= timeout_s:
+                if state is not None and state.failed:  # the earlier attempt's error, never replaced
+                    reason = state.error_message or f"error code {state.error_code}"
+                    raise LoadFailed(
+                        f"version {version} of {model_name} failed to load earlier ({reason}), and the "
+                        f"server did not try it again within {timeout_s:g}s"
+                    )
                 seen = state.state if state else "not reported"
                 raise LoadFailed(
                     f"version {version} of {model_name} not AVAILABLE after {timeout_s:g}s ({seen})"
