@@ -14,7 +14,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_management_pb2, 
 
 from serving.ops import model_config
 from serving.ops.config_file import ConfigFile
-from serving.ops.errors import ConfigError, LoadFailed, ServerError
+from serving.ops.errors import ConfigError, LoadFailed, NothingToRollBack, ServerError
 from serving.ops.model_config import ModelServerConfig
 from serving.ops.operations import Operator
 from serving.ops.server import ModelServers, VersionState
@@ -242,3 +242,28 @@ def test_a_version_whose_earlier_load_error_stays_is_reported_with_it(make_setup
     assert "previous config restored" in failed.value.message
     assert failed.value.exit_code == 7
     assert setup.file_labels() == {"stable": 1}
+
+
+# -- rollback --
+
+
+def test_rollback_skips_earlier_versions_no_longer_on_disk(make_setup, replicas):
+    setup = make_setup([1, 2], {"stable": 2})
+    setup.config_file.history_path.write_text(
+        json.dumps({"models": {"mnist": {"previous_stable": [1, 7, 9], "events": []}}})
+    )
+    setup.operator().rollback()
+    assert "skipped version(s) 9, 7: no longer on disk" in "\n".join(setup.said)
+    assert setup.file_labels() == {"stable": 1}
+    assert [fake.labels() for fake in replicas] == [{"stable": 1}, {"stable": 1}]
+    assert setup.config_file.read_history().previous_stable("mnist") == []
+
+
+def test_rollback_with_only_deleted_versions_left_has_nothing_to_roll_back_to(make_setup):
+    setup = make_setup([1, 2], {"stable": 2})
+    setup.config_file.history_path.write_text(
+        json.dumps({"models": {"mnist": {"previous_stable": [7], "events": []}}})
+    )
+    with pytest.raises(NothingToRollBack, match=r"skipped version\(s\) 7: no longer on disk"):
+        setup.operator().rollback()
+    assert setup.file_labels() == {"stable": 2}

@@ -68,12 +68,20 @@ class Operator:
             config = self._read()
             current = model_config.labels(config, self.model_name).get(STABLE)
             history = self.config_file.read_history()
+            on_disk = {v.version for v in versions.scan(self.model_dir)}
+            gone = []  # deleted since they served: skipped (and dropped from the history if this succeeds)
             target = history.pop_stable(self.model_name, current)
+            while target is not None and target not in on_disk:
+                gone.append(target)
+                target = history.pop_stable(self.model_name, current)
+            skipped = f"skipped version(s) {', '.join(map(str, gone))}: no longer on disk" if gone else ""
             if target is None:
                 raise NothingToRollBack(
                     f"no earlier stable version of {self.model_name!r} in {self.config_file.history_path}"
+                    + (f" ({skipped})" if skipped else "")
                 )
-            versions.find(self.model_dir, target)
+            if skipped:
+                self.say(skipped)
             self._move_label(config, STABLE, target)
             history.record(self.model_name, "rollback", label=STABLE, previous=current, version=target)
             self._write_history(history, f"{STABLE} moved {_show(current)} -> {target}")
