@@ -225,8 +225,8 @@ window.fetch = (url, options) => {
 """
 
 
-def drop_file(page, data: bytes, name: str, content_type: str) -> None:
-    """Drop a file on the drop zone, as dragging it from the desktop does."""
+def drop_file(page, data: bytes, name: str, content_type: str, target: str = "#drop") -> None:
+    """Drop a file on the drop zone (or another element), as dragging it from the desktop does."""
     transfer = page.evaluate_handle(
         """([b64, name, type]) => {
             const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -236,7 +236,7 @@ def drop_file(page, data: bytes, name: str, content_type: str) -> None:
         }""",
         [base64.b64encode(data).decode(), name, content_type],
     )
-    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    page.dispatch_event(target, "drop", {"dataTransfer": transfer})
 
 
 @pytest.mark.parametrize(
@@ -462,4 +462,31 @@ def test_the_hidden_file_input_is_no_tab_stop(browser, gateway_server):
     page.locator("#drop").focus()
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") != "file"
+    page.close()
+
+
+def test_a_picture_dropped_anywhere_on_the_page_is_read(browser, gateway_server, mnist_dir):
+    """Not only on the drop zone: a browser opens a file dropped elsewhere in place of the page."""
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    page = browser.new_page()
+    page.goto(gateway_server.url + "/")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")) as answered:
+        drop_file(page, png_bytes(image), "seven.png", "image/png", target="#pad")
+    assert answered.value.status == 200
+    assert page.url == gateway_server.url + "/"
+    page.close()
+
+
+def test_focus_stays_in_the_feedback_after_sending_it(browser, gateway_server, mnist_dir):
+    """Sending feedback disables its buttons; keyboard users keep their place (the thanks line)."""
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    page = browser.new_page()
+    page.goto(gateway_server.url + "/")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")):
+        drop_file(page, png_bytes(image), "seven.png", "image/png")
+    page.locator("#fb-yes").focus()
+    with page.expect_response(lambda r: r.url.endswith("/feedback")):
+        page.keyboard.press("Enter")
+    expect(page.locator("#fb-status")).to_have_text(re.compile(r"^Thanks!"))
+    assert page.evaluate("document.activeElement.id") == "fb-status"
     page.close()

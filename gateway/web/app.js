@@ -113,9 +113,12 @@
       drop.classList.add("over");
     }),
   );
-  ["dragleave", "drop"].forEach((type) => drop.addEventListener(type, () => drop.classList.remove("over")));
-  drop.addEventListener("drop", (event) => {
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  // A file dropped anywhere on the page is read (the browser would otherwise open it in place of the page).
+  document.addEventListener("dragover", (event) => event.preventDefault());
+  document.addEventListener("drop", (event) => {
     event.preventDefault();
+    drop.classList.remove("over");
     const file = event.dataTransfer.files[0];
     if (file) predictFile(file);
   });
@@ -295,6 +298,7 @@
       setStatus(error.message, "error", "fb-status");
       setFeedbackEnabled(true);
     }
+    $("fb-status").focus(); // the pressed button was disabled: keyboard users keep their place here
   }
 
   // ---- recent predictions ---------------------------------------------------------------------------------------
