@@ -112,12 +112,14 @@ def migrated_node(stack: ExitStack, scratch: Path, keyspace: str = KEYSPACE):
     return node
 
 
-def gateway_call(port: int, upload: bytes) -> Callable[[], Callable[[], bool]]:
+def gateway_call(
+    port: int, upload: bytes, content_type: str = "image/png"
+) -> Callable[[], Callable[[], bool]]:
     """A maker of one client's call: `POST /v1/predict` of `upload` on its own keep-alive connection."""
 
     def make() -> Callable[[], bool]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        headers = {"Content-Type": "image/png"}
+        headers = {"Content-Type": content_type}
 
         def call() -> bool:
             try:
