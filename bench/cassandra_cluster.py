@@ -44,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
-    from bench.gateway import mnist_digit, png_bytes, resolve_models
+    from bench.gateway import mnist_digit, png_bytes, resolve_models, serve_newest
     from gateway.store.cluster import quiet_driver_logs
-    from tests.fixtures.model_server import ModelServerProcess, models_config_text
-    from training.contract import version_dirs
 
     quiet_driver_logs()
     upload = png_bytes(mnist_digit(0))
@@ -56,11 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
         stack.callback(shutil.rmtree, scratch, True)
         models = resolve_models(args.model_base_path, scratch)
-        version = max(version_dirs(models / "mnist"))
-        config = scratch / "models.config"
-        config.write_text(models_config_text(models, versions=(version,), labels={"stable": version}))
-        server = ModelServerProcess(models, config, scratch / "mnist-serve.log").start()
-        stack.callback(server.stop)
+        server, _ = serve_newest(stack, models, scratch)
         for name, (size, replication) in LAYOUTS.items():
             print(f"{name}: starting Cassandra ...", flush=True)
             results[name] = measure_layout(args, size, replication, server, upload, scratch)

@@ -112,6 +112,19 @@ def migrated_node(stack: ExitStack, scratch: Path, keyspace: str = KEYSPACE):
     return node
 
 
+def serve_newest(stack: ExitStack, models: Path, scratch: Path):
+    """`mnist-serve` on `models`, `stable` on the newest version, stopped with `stack`: (server, version)."""
+    from tests.fixtures.model_server import ModelServerProcess, models_config_text
+
+    version = max(version_dirs(models / "mnist"))
+    print(f"starting mnist-serve on {models} (stable -> version {version}) ...", flush=True)
+    config = scratch / "models.config"
+    config.write_text(models_config_text(models, versions=(version,), labels={"stable": version}))
+    server = ModelServerProcess(models, config, scratch / "mnist-serve.log").start()
+    stack.callback(server.stop)
+    return server, version
+
+
 def gateway_call(
     port: int, upload: bytes, content_type: str = "image/png"
 ) -> Callable[[], Callable[[], bool]]:
@@ -299,22 +312,14 @@ def main(argv: list[str] | None = None) -> int:
     from gateway.preprocess import to_mnist
     from gateway.store.cluster import quiet_driver_logs
     from tests.fixtures.gateway_server import GatewayProcess, gateway_environment
-    from tests.fixtures.model_server import ModelServerProcess, models_config_text
 
     quiet_driver_logs()
     with ExitStack() as stack:
         scratch = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
         stack.callback(shutil.rmtree, scratch, True)
         models = resolve_models(args.model_base_path, scratch)
-        version = max(version_dirs(models / "mnist"))
-
         node = migrated_node(stack, scratch)
-
-        print(f"starting mnist-serve on {models} (stable -> version {version}) ...", flush=True)
-        config = scratch / "models.config"
-        config.write_text(models_config_text(models, versions=(version,), labels={"stable": version}))
-        server = ModelServerProcess(models, config, scratch / "mnist-serve.log").start()
-        stack.callback(server.stop)
+        server, version = serve_newest(stack, models, scratch)
 
         print(f"starting mnist-gateway ({args.workers} worker(s) x {args.threads} threads) ...", flush=True)
         env = gateway_environment(

@@ -52,10 +52,10 @@ from bench.gateway import (
     png_bytes,
     resolve_models,
     run_level,
+    serve_newest,
     span,
     worker_pids,
 )
-from training.contract import version_dirs
 
 REAL = "mnist-gateway"
 CONFIGS = {  # name -> what the table calls it
@@ -150,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO_ROOT))
     from gateway.store.cluster import quiet_driver_logs
     from tests.fixtures.gateway_server import GatewayProcess, gateway_environment
-    from tests.fixtures.model_server import ModelServerProcess, models_config_text
 
     quiet_driver_logs()
     png = png_bytes(mnist_digit(0))
@@ -159,15 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tempfile.mkdtemp(prefix="bench-gateway-floor-"))
         stack.callback(shutil.rmtree, scratch, True)
         models = resolve_models(args.model_base_path, scratch)
-        version = max(version_dirs(models / "mnist"))
-
         node = migrated_node(stack, scratch)
-
-        print(f"starting mnist-serve on {models} (stable -> version {version}) ...", flush=True)
-        config = scratch / "models.config"
-        config.write_text(models_config_text(models, versions=(version,), labels={"stable": version}))
-        server = ModelServerProcess(models, config, scratch / "mnist-serve.log").start()
-        stack.callback(server.stop)
+        server, version = serve_newest(stack, models, scratch)
 
         print(
             "starting the floor variants A, B, C and mnist-gateway (1 worker x 16 threads each) ...",
