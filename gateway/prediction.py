@@ -178,8 +178,9 @@ def predict(
     except GatewayError:
         if chosen.reason != "canary":
             raise
-        # The canary failed this user: they get stable's answer (the failure is counted against the canary).
-        chosen = Route(stable, "stable")
+        # The canary failed this user: they get stable's answer. The canary's failure counts against it, and
+        # stable's, if it fails too (an outage), against the rollout's stable version as any stable request's.
+        chosen = Route(stable, "stable", state.stable_version)
         result = _ask(svc, image, chosen)
     finally:
         svc.metrics.model_seconds.observe(time.perf_counter() - preprocessed)

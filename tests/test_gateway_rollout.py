@@ -33,12 +33,14 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 class VersionedModel:
     """Version 1 (`stable`) always says 3; version 2 says 3 and 5 in turn, so shadow pairs both agree and
-    disagree. Calls for `block_version` wait for `release` (a slow shadow); `fail_version` raises."""
+    disagree. Calls for `block_version` wait for `release` (a slow shadow); calls for `fail_versions` fail."""
 
-    def __init__(self, model_name: str, *, block_version: int | None = None, fail_version: int | None = None):
+    def __init__(
+        self, model_name: str, *, block_version: int | None = None, fail_versions: tuple[int, ...] = ()
+    ):
         self.model_name = model_name
         self.block_version = block_version
-        self.fail_version = fail_version
+        self.fail_versions = fail_versions
         self.release = threading.Event()
         self.blocked = threading.Event()
         self.calls: list[tuple[str | None, int | None]] = []
@@ -51,8 +53,8 @@ class VersionedModel:
             self.calls.append((label, version))
             self._turn += answering == 2
             turn = self._turn
-        if answering == self.fail_version:
-            raise ModelUnavailable("version 2 is down")
+        if answering in self.fail_versions:
+            raise ModelUnavailable(f"version {answering} is down")
         if answering == self.block_version:
             self.blocked.set()
             self.release.wait(30)
@@ -305,7 +307,7 @@ def test_a_split_is_sticky_per_client(make_gateway, model_name):
 def test_a_failing_canary_answers_from_stable_and_counts_the_error(
     make_gateway, model_name, cassandra_session, clean_tables
 ):
-    model = VersionedModel(model_name, fail_version=2)
+    model = VersionedModel(model_name, fail_versions=(2,))
     gateway, _ = make_gateway(model)
     put(gateway, model_name, state(canary_percent=100))
     wait_until_applied(gateway, model_name, canary_percent=100)
@@ -318,6 +320,30 @@ def test_a_failing_canary_answers_from_stable_and_counts_the_error(
         what="the canary's errors",
         timeout_s=30,
     )
+
+
+def test_an_outage_counts_the_fallbacks_failure_against_stable(
+    make_gateway, model_name, cassandra_session, clean_tables
+):
+    """The model server fails both versions: a canary request fails, so does stable's fallback. Each failure
+    counts against its own version, so the error-rate guard sees stable failing as much as the canary (only
+    the canary blamed, a healthy canary would be rolled back for an outage)."""
+    model = VersionedModel(model_name, fail_versions=(1, 2))
+    gateway, _ = make_gateway(model)
+    put(gateway, model_name, state(canary_percent=100, step_index=2))
+    wait_until_applied(gateway, model_name, canary_percent=100)
+    answers = [predict(gateway, f"x{i}") for i in range(3)]
+    assert [a.status_code for a in answers] == [503] * 3
+    assert {a.json()["error"]["code"] for a in answers} == {"model_unavailable"}
+    assert model.calls == [(None, 2), ("stable", None)] * 3
+
+    def errors() -> tuple:
+        return tuple(
+            counters(cassandra_session, clean_tables, model_name, version).get(stats.ERRORS)
+            for version in (1, 2)
+        )
+
+    eventually(lambda: errors() == (3, 3), what="both versions' errors", timeout_s=30)
 
 
 # --- shadows and counters --------------------------------------------------------------------------------
