@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from gateway.errors import InvalidInput
 
@@ -27,6 +27,11 @@ STATUSES = ("running", "promoted", "rolled_back", "aborted")
 ACTIONS = ("start", "step", "promote", "rollback", "abort", "resume", "set")
 MAX_VERSION = 2**63 - 1
 MAX_STEP_SECONDS = 7 * 86400
+# How far past the gateway's clock `lease_until` may be. A lease is what ends a split whose driver stopped
+# renewing it, so a forged or buggy one must not keep a canary live for ever. The driver writes 3 polls ahead
+# (at least 10 s), and `mnist-models rollout --poll-seconds` is at most 600: 30 minutes, so an hour leaves as
+# much again for the operator's clock running ahead of the gateway's.
+MAX_LEASE_S = 3600
 MAX_TEXT_CHARS = 128  # started_by, an event's actor
 MAX_REASON_CHARS = 2000
 MAX_DETAIL_CHARS = 8000  # an event's detail, as JSON
@@ -243,8 +248,9 @@ _STATE_KEYS = tuple(f.name for f in fields(RolloutState) if f.name != "updated_a
 _BODY_KEYS = frozenset((*_STATE_KEYS, "if_updated_at", "event"))
 
 
-def parse_write(body: object) -> RolloutWrite:
-    """Validate a PUT body field by field: a clear 400 naming the field, never a partial write."""
+def parse_write(body: object, now: datetime | None = None) -> RolloutWrite:
+    """Validate a PUT body field by field: a clear 400 naming the field, never a partial write. `now` (the
+    gateway's clock by default) is what `lease_until` is bounded from."""
     if not isinstance(body, dict):
         raise InvalidInput("send the whole rollout state as a JSON object")
     missing = sorted(_BODY_KEYS - body.keys())
@@ -265,6 +271,13 @@ def parse_write(body: object) -> RolloutWrite:
         raise InvalidInput("'shadow' must be true or false")
     steps = _steps(body["steps"])
     step_index = _integer(body, "step_index", 0, max(len(steps) - 1, 0))
+    lease_until = _timestamp(body, "lease_until")
+    now = now or datetime.now(UTC)
+    if lease_until is not None and lease_until - now > timedelta(seconds=MAX_LEASE_S):
+        raise InvalidInput(
+            f"'lease_until' must be at most {MAX_LEASE_S} s (an hour) after the gateway's clock "
+            f"({iso(now)}); a driver renews its lease while it runs"
+        )
     state = RolloutState(
         status=status,
         canary_version=canary_version,
@@ -275,7 +288,7 @@ def parse_write(body: object) -> RolloutWrite:
         step_index=step_index,
         step_seconds=_integer(body, "step_seconds", 1, MAX_STEP_SECONDS, nullable=True),
         step_started_at=_timestamp(body, "step_started_at"),
-        lease_until=_timestamp(body, "lease_until"),
+        lease_until=lease_until,
         started_by=_text(body, "started_by", MAX_TEXT_CHARS, nullable=True),
         started_at=_timestamp(body, "started_at"),
         reason=_text(body, "reason", MAX_REASON_CHARS, nullable=True),

@@ -252,6 +252,19 @@ def test_put_limits_over_http(make_gateway, model_name, ok, bad):
     assert requests.get(f"{gateway.url}/v1/models/{'m' * 64}/rollout", timeout=30).status_code == 200
 
 
+def test_a_lease_more_than_an_hour_ahead_of_the_gateway_is_refused(make_gateway, model_name):
+    """A forged or buggy lease would keep the canary live for ever: an hour ahead is the most a PUT may set
+    (30 s either side of it: the time this request takes)."""
+    gateway, _ = make_gateway()
+    for too_far in ((datetime.now(UTC) + timedelta(hours=1, seconds=30)).isoformat(), "9999-12-31T23:59:59Z"):
+        refused = put(gateway, model_name, state(lease_until=too_far))
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_input"
+        assert "'lease_until' must be at most 3600 s" in refused.json()["error"]["message"]
+    assert requests.get(f"{gateway.url}/v1/models/{model_name}/rollout", timeout=30).json()["state"] is None
+    within = (datetime.now(UTC) + timedelta(hours=1, seconds=-30)).isoformat()
+    assert put(gateway, model_name, state(lease_until=within)).status_code == 200
+
+
 def test_the_client_id_header_is_bounded(make_gateway):
     gateway, _ = make_gateway()
     assert predict(gateway, "c" * 128).status_code == 200

@@ -207,6 +207,18 @@ def test_the_lease_is_live_only_while_running_and_in_the_future():
     assert stored_state({"state": state})["status"] == "running"
 
 
+def test_the_longest_lease_the_driver_writes_is_well_within_the_gateways_bound(tmp_path):
+    """The gateway refuses a lease more than MAX_LEASE_S ahead of its clock: the slowest polls the command
+    line allows must stay under half of it (the other half is for the operator's clock running ahead)."""
+    from gateway.rollout import MAX_LEASE_S
+    from serving.ops.cli import build_parser
+    from serving.ops.rollout import Driver
+
+    slowest = build_parser(Settings.from_env({})).parse_args(["rollout", "2", "--poll-seconds", "600"])
+    driver = Driver(None, None, "mnist", tmp_path, LIMITS, 0.99, poll_s=slowest.poll_seconds, who="tests")
+    assert driver.lease_s <= MAX_LEASE_S / 2
+
+
 # -- settings and the command line --
 
 
@@ -241,6 +253,8 @@ def run_cli(*args: str) -> tuple[int, str]:
         (["rollout", "2", "--step-seconds", "0"], "whole seconds from 1 to 86400"),
         (["rollout", "2", "--step-seconds", "86401"], "whole seconds from 1 to 86400"),
         (["rollout", "2", "--window", "59"], "60 to 604800"),
+        (["rollout", "2", "--poll-seconds", "600.5"], "at most 600 s between polls"),
+        (["rollout", "2", "--poll-seconds", "0"], "must be > 0"),
         (["scorecard", "--window", "604801"], "60 to 604800"),
         (["rollout", "2", "--max-p99-ratio", "0.9"], "ratio to stable is >= 1"),
         (["rollout", "2", "--min-agreement", "1.01"], "between 0 and 1"),

@@ -138,7 +138,7 @@ def body(**changes) -> dict:
 
 
 def test_a_whole_state_is_read_exactly():
-    write = parse_write(body())
+    write = parse_write(body(), NOW)
     assert write.state == RolloutState(
         status="running",
         canary_version=2,
@@ -190,6 +190,9 @@ TOO_LONG_DETAIL = {"x": "a" * 7992}  # {"x":"..."} is 8 characters more: 8000 ex
         ({"reason": "r" * 2000}, {"reason": "r" * 2001}),
         ({"lease_until": "2026-11-30T12:00:00+01:00"}, {"lease_until": "2026-11-30T12:00:00"}),
         ({"lease_until": None}, {"lease_until": "tomorrow"}),
+        # At most an hour after the gateway's clock (NOW here): a lease must end a split nobody renews.
+        ({"lease_until": "2026-11-30T13:00:00Z"}, {"lease_until": "2026-11-30T13:00:00.001Z"}),
+        ({"lease_until": "2026-11-30T13:00:00+01:00"}, {"lease_until": "9999-12-31T23:59:59Z"}),
         # The calendar's edges: an offset that would carry the moment past them is refused, not a 500.
         ({"lease_until": "0001-01-01T00:00:00Z"}, {"lease_until": "0001-01-01T00:00:00+00:01"}),
         ({"started_at": "9999-12-31T23:59:59Z"}, {"started_at": "9999-12-31T23:59:59-01:00"}),
@@ -210,9 +213,18 @@ TOO_LONG_DETAIL = {"x": "a" * 7992}  # {"x":"..."} is 8 characters more: 8000 ex
     ],
 )
 def test_each_field_is_accepted_at_its_limit_and_refused_just_past_it(ok, bad):
-    parse_write(body(**ok))
+    parse_write(body(**ok), NOW)
     with pytest.raises(InvalidInput):
-        parse_write(body(**bad))
+        parse_write(body(**bad), NOW)
+
+
+def test_a_lease_too_far_ahead_is_refused_with_the_rule_and_the_gateways_time():
+    with pytest.raises(InvalidInput) as refused:
+        parse_write(body(lease_until="2026-11-30T13:00:01Z"), NOW)
+    assert refused.value.message == (
+        "'lease_until' must be at most 3600 s (an hour) after the gateway's clock "
+        "(2026-11-30T12:00:00.000Z); a driver renews its lease while it runs"
+    )
 
 
 def test_missing_or_unknown_fields_are_named():

@@ -92,6 +92,18 @@ def _steps(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{error} (e.g. 5,25,50,100), got {text!r}") from None
 
 
+# The driver's lease is 3 polls (docs/model-ops.md): 30 minutes at most, within the hour the gateway allows
+# a lease to run ahead of its clock (gateway/rollout.py MAX_LEASE_S), with room for the clocks to differ.
+MAX_POLL_S = 600.0
+
+
+def _poll_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value > MAX_POLL_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_POLL_S:g} s between polls, got {text!r}")
+    return value
+
+
 def _whole_seconds(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 86_400:
         raise argparse.ArgumentTypeError(f"whole seconds from 1 to 86400, got {text!r}")
@@ -164,11 +176,11 @@ def _add_rollout(command: Callable[[str, str], argparse.ArgumentParser], setting
     )
     sub.add_argument(
         "--poll-seconds",
-        type=_seconds,
+        type=_poll_seconds,
         default=5.0,
         metavar="S",
-        help="how often the guards are checked and the lease renewed (default 5; the lease is 3 polls, "
-        "at least 10 s)",
+        help="how often the guards are checked and the lease renewed (default 5, at most 600; the lease is "
+        "3 polls, at least 10 s)",
     )
     sub.add_argument(
         "--window",
