@@ -225,6 +225,27 @@ def test_a_stale_or_missing_if_updated_at_is_a_409(make_gateway, model_name):
     assert put(gateway, model_name, state()).status_code == 200
 
 
+def test_an_if_updated_at_at_the_end_of_time_is_a_409_that_changes_nothing(make_gateway, model_name):
+    """The last millisecond a timestamp holds is never a stored `updated_at` (each write is stamped near its
+    own time): a write naming it is stale like any other, with or without a stored rollout."""
+    gateway, _ = make_gateway()
+    step = {"actor": "tests", "action": "step", "detail": None}
+    end_of_time = state(
+        canary_percent=100, step_index=2, if_updated_at="9999-12-31T23:59:59.999Z", event=step
+    )
+
+    def refused() -> dict:
+        answer = put(gateway, model_name, end_of_time)
+        assert answer.status_code == 409, answer.text
+        assert answer.json()["error"]["code"] == "conflict"
+        return requests.get(f"{gateway.url}/v1/models/{model_name}/rollout", timeout=30).json()
+
+    assert refused()["state"] is None
+    first = put(gateway, model_name, state()).json()["state"]
+    after = refused()
+    assert after["state"] == first and [e["action"] for e in after["events"]] == ["start"]
+
+
 def test_put_needs_the_token_and_get_does_not(make_gateway, model_name):
     gateway, _ = make_gateway()
     assert put(gateway, model_name, state(), headers={}).status_code == 401

@@ -109,6 +109,8 @@ _HELD_IDS = 4096  # ids of this process's unshipped records kept for read-your-w
 _ORPHAN_SCAN_S = 10.0  # how often to look for logs left by processes that died
 _COUNTS_PER_BATCH = 100  # counter updates per request (one version_stats partition each)
 _MAX_PENDING_COUNTS = 10_000  # counters added outside records (errors, agreement) awaiting the shipper
+# The latest `if_updated_at` a rollout write can name: the write is stamped a millisecond after it.
+_LAST_UPDATED_AT = datetime.max.replace(tzinfo=UTC) - timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -706,13 +708,13 @@ class PredictionStore:
             if current.status == "running":
                 raise Conflict(f"the rollout of {model!r} is running: send its updated_at as if_updated_at")
             if_updated_at = _aware(current.updated_at)
+        if if_updated_at > _LAST_UPDATED_AT:  # no write is ever stamped so late: it cannot be the stored one
+            raise _changed_since(model, if_updated_at)
         # Later than the state it replaces, even within one millisecond: every write has its own updated_at.
         now = max(now, if_updated_at + timedelta(milliseconds=1))
         result = self._read("update_rollout", [*_rollout_values(state, now), model, if_updated_at])
         if not result.was_applied:
-            raise Conflict(
-                f"the rollout of {model!r} changed since {if_updated_at.isoformat()}: read it again"
-            )
+            raise _changed_since(model, if_updated_at)
         return self._rollout_written(model, state, now, event)
 
     def _rollout_written(
@@ -823,6 +825,10 @@ def _record_from_row(row, input_image: bytes | None, label: int | None) -> Predi
 def _aware(moment: datetime | None) -> datetime | None:
     """The driver reads timestamps as naive UTC."""
     return None if moment is None else moment.replace(tzinfo=UTC)
+
+
+def _changed_since(model: str, if_updated_at: datetime) -> Conflict:
+    return Conflict(f"the rollout of {model!r} changed since {if_updated_at.isoformat()}: read it again")
 
 
 def _rollout_values(state: RolloutState, updated_at: datetime) -> list:
