@@ -271,6 +271,15 @@ def parse_write(body: object, now: datetime | None = None) -> RolloutWrite:
         raise InvalidInput("'shadow' must be true or false")
     steps = _steps(body["steps"])
     step_index = _integer(body, "step_index", 0, max(len(steps) - 1, 0))
+    canary_percent = _integer(body, "canary_percent", 0, 100)
+    if status == "running":  # what the split applies is the step it is on (the other statuses apply none)
+        if not steps:
+            raise InvalidInput("a running rollout needs at least one step in 'steps'")
+        if canary_percent != steps[step_index]:
+            raise InvalidInput(
+                f"a running rollout's 'canary_percent' must be its step's: steps[{step_index}] = "
+                f"{steps[step_index]}, not {canary_percent}"
+            )
     lease_until = _timestamp(body, "lease_until")
     now = now or datetime.now(UTC)
     if lease_until is not None and lease_until - now > timedelta(seconds=MAX_LEASE_S):
@@ -282,7 +291,7 @@ def parse_write(body: object, now: datetime | None = None) -> RolloutWrite:
         status=status,
         canary_version=canary_version,
         stable_version=stable_version,
-        canary_percent=_integer(body, "canary_percent", 0, 100),
+        canary_percent=canary_percent,
         shadow=shadow,
         steps=steps,
         step_index=step_index,

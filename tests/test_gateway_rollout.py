@@ -19,6 +19,7 @@ import requests
 from gateway.app import create_app
 from gateway.errors import ModelUnavailable
 from gateway.model_client import Prediction
+from gateway.rollout import bucket
 from gateway.settings import Settings
 from gateway.store import PredictionStore, stats
 from tests.fixtures.cassandra_node import qualified
@@ -203,10 +204,16 @@ def test_a_stale_or_missing_if_updated_at_is_a_409(make_gateway, model_name):
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
     step = {"actor": "tests", "action": "step", "detail": None}
     second = put(
-        gateway, model_name, state(canary_percent=100, if_updated_at=first["updated_at"], event=step)
+        gateway,
+        model_name,
+        state(canary_percent=100, step_index=2, if_updated_at=first["updated_at"], event=step),
     )
     assert second.status_code == 200 and second.json()["state"]["updated_at"] > first["updated_at"]
-    stale = put(gateway, model_name, state(canary_percent=5, if_updated_at=first["updated_at"], event=step))
+    stale = put(
+        gateway,
+        model_name,
+        state(canary_percent=5, step_index=0, if_updated_at=first["updated_at"], event=step),
+    )
     assert stale.status_code == 409 and stale.json()["error"]["code"] == "conflict"
     assert (
         requests.get(f"{gateway.url}/v1/models/{model_name}/rollout", timeout=30).json()["state"][
@@ -258,9 +265,15 @@ def test_put_needs_the_token_and_get_does_not(make_gateway, model_name):
 @pytest.mark.parametrize(
     ("ok", "bad"),
     [
-        ({"canary_percent": 100}, {"canary_percent": 101}),
+        ({"canary_percent": 100, "step_index": 2}, {"canary_percent": 101, "step_index": 2}),
         ({"started_by": "a" * 128}, {"started_by": "a" * 129}),
-        ({"steps": [1, 100]}, {"steps": [1, 101]}),
+        ({"steps": [1, 50, 100]}, {"steps": [1, 50, 101]}),
+        # Running, the split is the step's percentage, and there is a step to be on.
+        ({"canary_percent": 5, "step_index": 0}, {"canary_percent": 5}),
+        (
+            {"status": "aborted", "steps": [], "step_index": 0, "canary_percent": 0},
+            {"steps": [], "step_index": 0, "canary_percent": 0},
+        ),
     ],
 )
 def test_put_limits_over_http(make_gateway, model_name, ok, bad):
@@ -302,7 +315,7 @@ def test_two_gateways_on_one_cassandra_apply_a_change_within_the_refresh(make_ga
     b, _ = make_gateway()
     before = predict(b, "client-1").json()["model"]
     assert (before["routing"], before["version"], before["label"]) == ("stable", 1, "stable")
-    written = put(a, model_name, state(canary_percent=100)).json()["state"]
+    written = put(a, model_name, state(canary_percent=100, step_index=2)).json()["state"]
 
     def routed_to_canary(gateway: LiveGateway) -> bool:
         return predict(gateway, "client-1").json()["model"]["routing"] == "canary"
@@ -343,7 +356,7 @@ def test_a_failing_canary_answers_from_stable_and_counts_the_error(
 ):
     model = VersionedModel(model_name, fail_versions=(2,))
     gateway, _ = make_gateway(model)
-    put(gateway, model_name, state(canary_percent=100))
+    put(gateway, model_name, state(canary_percent=100, step_index=2))
     wait_until_applied(gateway, model_name, canary_percent=100)
     answers = [predict(gateway, f"x{i}") for i in range(3)]
     assert [a.status_code for a in answers] == [200] * 3
@@ -486,13 +499,15 @@ def test_shadow_copies_are_linked_and_the_counters_equal_what_was_sent(
 def test_a_full_shadow_queue_drops_copies_without_slowing_the_user(make_gateway, model_name):
     model = VersionedModel(model_name, block_version=2)
     gateway, _ = make_gateway(model, shadow_queue=1)
-    put(gateway, model_name, state(canary_percent=0, shadow=True))  # everyone on stable, version 2 shadows
+    # 1 % to the canary, and clients the split puts on stable: version 2 answers their shadow copies.
+    put(gateway, model_name, state(canary_percent=1, steps=[1, 100], step_index=0, shadow=True))
+    clients = [c for c in (f"u{i}" for i in range(100)) if bucket(f"id:{c}", model_name, 2) >= 1][:5]
     wait_until_applied(gateway, model_name, shadow=True)
     try:
-        assert predict(gateway, "a").status_code == 200
+        assert predict(gateway, clients[0]).status_code == 200
         eventually(model.blocked.is_set, what="a busy shadow worker", timeout_s=10)
         # The worker is stuck on its copy: one more copy fits in the queue, the next three are dropped.
-        answers = [predict(gateway, f"u{i}") for i in range(4)]
+        answers = [predict(gateway, c) for c in clients[1:]]
         assert [a.status_code for a in answers] == [200] * 4
         assert {a.json()["model"]["routing"] for a in answers} == {"stable"}
         text = requests.get(f"{gateway.url}/metrics", timeout=30).text

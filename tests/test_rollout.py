@@ -167,8 +167,8 @@ TOO_LONG_DETAIL = {"x": "a" * 7992}  # {"x":"..."} is 8 characters more: 8000 ex
 @pytest.mark.parametrize(
     ("ok", "bad"),
     [
-        ({"canary_percent": 0}, {"canary_percent": -1}),
-        ({"canary_percent": 100}, {"canary_percent": 101}),
+        ({"status": "aborted", "canary_percent": 0}, {"status": "aborted", "canary_percent": -1}),
+        ({"canary_percent": 100, "step_index": 3}, {"canary_percent": 101, "step_index": 3}),
         ({"canary_percent": 5.0}, {"canary_percent": 5.5}),
         ({"canary_percent": 5}, {"canary_percent": True}),
         ({"canary_version": 1, "stable_version": 2}, {"canary_version": 0}),
@@ -176,11 +176,20 @@ TOO_LONG_DETAIL = {"x": "a" * 7992}  # {"x":"..."} is 8 characters more: 8000 ex
         ({"stable_version": 3}, {"stable_version": 2}),  # the canary itself
         ({"status": "aborted"}, {"status": "paused"}),
         ({"shadow": True}, {"shadow": 1}),
-        ({"steps": list(range(1, 101)), "step_index": 99}, {"steps": list(range(1, 101)), "step_index": 100}),
-        ({"steps": [1, 100]}, {"steps": [1, 101]}),
-        ({"steps": [1, 2]}, {"steps": [0, 2]}),
-        ({"steps": [1, 2]}, {"steps": [2, 2]}),
-        ({"steps": [], "step_index": 0}, {"steps": [], "step_index": 1}),
+        (
+            {"steps": list(range(1, 101)), "step_index": 99, "canary_percent": 100},
+            {"steps": list(range(1, 101)), "step_index": 100, "canary_percent": 100},
+        ),
+        ({"steps": [1, 100], "canary_percent": 1}, {"steps": [1, 101], "canary_percent": 1}),
+        ({"steps": [1, 2], "canary_percent": 1}, {"steps": [0, 2], "canary_percent": 1}),
+        ({"steps": [1, 2], "canary_percent": 1}, {"steps": [2, 2], "canary_percent": 1}),
+        (
+            {"status": "aborted", "steps": [], "step_index": 0, "canary_percent": 0},
+            {"status": "aborted", "steps": [], "step_index": 1, "canary_percent": 0},
+        ),
+        # Running, the split is the step it is on; it needs a step to be on.
+        ({"canary_percent": 25, "step_index": 1}, {"canary_percent": 25, "step_index": 2}),
+        ({"steps": [100], "canary_percent": 100}, {"steps": [], "canary_percent": 0}),
         ({"step_seconds": 604800}, {"step_seconds": 604801}),
         ({"step_seconds": 1}, {"step_seconds": 0}),
         ({"step_seconds": None}, {"step_seconds": "300"}),
@@ -225,6 +234,21 @@ def test_a_lease_too_far_ahead_is_refused_with_the_rule_and_the_gateways_time():
         "'lease_until' must be at most 3600 s (an hour) after the gateway's clock "
         "(2026-11-30T12:00:00.000Z); a driver renews its lease while it runs"
     )
+
+
+def test_a_running_split_is_its_steps_percentage_and_an_ended_one_may_be_0():
+    """What the driver writes: running at steps[step_index] %, then promoted, rolled back or aborted at 0 %
+    (those keep the steps and the index the rollout ended on)."""
+    for status in ("promoted", "rolled_back", "aborted"):
+        assert parse_write(body(status=status, canary_percent=0, step_index=2), NOW).state.canary_percent == 0
+    with pytest.raises(InvalidInput) as refused:
+        parse_write(body(canary_percent=50, step_index=1), NOW)
+    assert (
+        refused.value.message
+        == "a running rollout's 'canary_percent' must be its step's: steps[1] = 25, not 50"
+    )
+    with pytest.raises(InvalidInput, match="a running rollout needs at least one step in 'steps'"):
+        parse_write(body(steps=[], canary_percent=0), NOW)
 
 
 def test_missing_or_unknown_fields_are_named():
