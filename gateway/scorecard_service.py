@@ -1,9 +1,9 @@
 """Which versions a scorecard shows, and a short cache so that refreshing pages cost Cassandra little.
 
-Versions: the one the gateway's label (`MODEL_LABEL`, usually `stable`) serves now, else the rollout's stable
-version; the rollout's canary; the versions asked for (`?versions=`); the versions the model server has
-loaded, newest first; at most MAX_STATS_VERSIONS in all. A model server that does not answer leaves its
-versions out, not the scorecard.
+Versions: the one the gateway's label (`MODEL_LABEL`, usually `stable`) serves (`_stable_version`); the
+canary of a running rollout; the versions asked for (`?versions=`); the versions the model server has loaded,
+newest first; at most MAX_STATS_VERSIONS in all. A model server that does not answer leaves its versions out,
+not the scorecard.
 
 Cache: one answer per (window, asked versions), kept a few seconds (longer for long windows: their minutes
 change little between refreshes) and computed once however many requests ask at the same moment, so any
@@ -76,7 +76,8 @@ class ScorecardService:
         loaded = sorted(_loaded_versions(svc.model_client), reverse=True)
         seen = svc.metrics.seen_version(settings.model_name, settings.model_label)
         stable = _stable_version(rollout, seen, loaded)
-        canary = rollout.canary_version if rollout is not None and rollout.canary_version != stable else None
+        running = rollout is not None and rollout.status == "running"
+        canary = rollout.canary_version if running and rollout.canary_version != stable else None
         versions = list(dict.fromkeys(v for v in (stable, canary, *asked, *loaded) if v is not None))
         versions = versions[:MAX_STATS_VERSIONS]
         window = scorecard.window_for(window_s)
@@ -91,13 +92,15 @@ class ScorecardService:
 
 
 def _stable_version(rollout: Any, seen: int | None, loaded: list[int]) -> int | None:
-    """The version the gateway's label names: the rollout's record of it (the canary once promoted), else
-    the version that last answered the label here, else the only loaded one. (GetModelStatus cannot say:
-    TF Serving and mnist-serve ignore its label and list every version.)"""
-    if rollout is not None:
-        return rollout.canary_version if rollout.status == "promoted" else rollout.stable_version
+    """The version the gateway's label names: the one that last answered the label in this process (it
+    follows the label however it moved: a rollout, or `mnist-models promote` or `rollback` long after one
+    ended), else, before any answer, the rollout record's stable version (its canary once promoted), else the
+    only loaded one. (GetModelStatus cannot say: TF Serving and mnist-serve ignore its label and list every
+    version.)"""
     if seen is not None:
         return seen
+    if rollout is not None:
+        return rollout.canary_version if rollout.status == "promoted" else rollout.stable_version
     return loaded[0] if len(loaded) == 1 else None
 
 

@@ -255,23 +255,27 @@ class ThreeLoaded:
         return [SimpleNamespace(version=v, state="AVAILABLE") for v in (3, 2, 1)]
 
 
+def record(status: str, percent: int = 0) -> RolloutState:
+    """A rollout of version 3 over stable 1, as its record stands."""
+    return RolloutState(status, canary_version=3, stable_version=1, canary_percent=percent, shadow=False)
+
+
 @pytest.mark.parametrize(
     ("rollout", "seen", "stable", "canary"),
     [
         (None, None, None, None),  # nothing says which of 3 loaded is `stable`: no roles, not the highest
         (None, 2, 2, None),  # the version that last answered the label here
-        (
-            RolloutState("running", canary_version=3, stable_version=1, canary_percent=5, shadow=False),
-            2,
-            1,
-            3,
-        ),
-        (
-            RolloutState("promoted", canary_version=3, stable_version=1, canary_percent=0, shadow=False),
-            1,
-            3,
-            None,
-        ),
+        (record("running", 5), 1, 1, 3),
+        (record("running", 5), None, 1, 3),  # no answer yet: the record says
+        (record("running", 5), 2, 2, 3),  # the label moved by hand meanwhile: its answers say where to
+        (record("promoted"), None, 3, None),
+        (record("promoted"), 3, 3, None),
+        # A rollout that ended long ago, then `mnist-models promote 2` by hand: the label answers with 2, and
+        # the old record names neither the stable version nor a canary.
+        (record("rolled_back"), 2, 2, None),
+        (record("aborted"), 2, 2, None),
+        (record("rolled_back"), None, 1, None),
+        (record("aborted"), None, 1, None),
     ],
 )
 def test_stable_is_the_labels_version_not_the_highest_loaded(rollout, seen, stable, canary):
