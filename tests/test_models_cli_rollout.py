@@ -477,3 +477,311 @@ def test_the_status_shows_state_effective_split_and_events():
     assert "effective now: 0 % to canary, shadow off" in text
     assert text.splitlines()[-1].split()[:3] == ["t", "a@h", "rollback"]
     assert "no rollout stored" in rollout_status({"state": None, "effective": {}, "events": []})
+
+
+# -- the driver against a fake gateway, operator and clock --
+
+MODEL = "mnist"
+
+
+class FakeClock:
+    """The driver's clock; the driver's pauses advance it instead of sleeping (FastDriver)."""
+
+    def __init__(self, start: float = 1796040000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeGateway:
+    """The gateway's rollout API as the driver and --abort see it: a conditional write on `updated_at`
+    (a RolloutConflict when it moved), the checks the gateway applies to a running state (step_index within
+    the steps, canary_percent == steps[step_index]), the events, and a scorecard. `on_scorecard`,
+    `on_read` and `on_put` run another actor's move at a chosen moment."""
+
+    def __init__(self) -> None:
+        self.state: dict | None = None
+        self.events: list[dict] = []
+        self.writes: list[dict] = []
+        self.card = card(row(1), row(2))
+        self.on_scorecard = None
+        self.on_read = None
+        self._seq = 0
+
+    def rollout(self, model: str) -> dict:
+        answer = {"state": dict(self.state) if self.state else None, "effective": {}, "events": self.events}
+        if self.on_read is not None:
+            hook, self.on_read = self.on_read, None
+            hook()
+        return answer
+
+    def put_rollout(self, model: str, state: dict, *, if_updated_at, event) -> dict:
+        current = self.state
+        if if_updated_at is None:
+            if current is not None and current["status"] == "running":
+                raise RolloutConflict("409 conflict: a rollout is running")
+        elif current is None or current["updated_at"] != if_updated_at:
+            raise RolloutConflict(f"409 conflict: the rollout changed since {if_updated_at}")
+        steps = state["steps"]
+        if not 0 <= state["step_index"] <= max(len(steps) - 1, 0):
+            raise GatewayError("400 invalid_input: 'step_index' out of range")
+        if state["status"] == "running" and steps and state["canary_percent"] != steps[state["step_index"]]:
+            raise GatewayError("400 invalid_input: 'canary_percent' must be steps[step_index]")
+        self._seq += 1
+        self.state = {**state, "updated_at": f"2026-11-30T12:00:00.{self._seq:03d}Z"}
+        self.writes.append(self.state)
+        if event is not None:
+            self.events.insert(0, {**event, "canary_percent": state["canary_percent"]})
+        return {"state": dict(self.state)}
+
+    def scorecard(self, model: str, *, window_s=None) -> dict:
+        if self.on_scorecard is not None:
+            self.on_scorecard()
+        return self.card
+
+    def actions(self) -> list[str]:
+        return [e["action"] for e in reversed(self.events)]
+
+
+class FakeConfigFile:
+    def __init__(self, operator: FakeOperator) -> None:
+        self.operator = operator
+
+    def read(self):
+        from serving.ops import model_config
+
+        labels = "".join(
+            f' version_labels {{ key: "{k}" value: {v} }}' for k, v in sorted(self.operator.labels.items())
+        )
+        return model_config.parse(
+            f'model_config_list {{ config {{ name: "{MODEL}" base_path: "/m" model_platform: "tensorflow"'
+            f" model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}{labels} }} }}"
+        )
+
+
+class FakeOperator:
+    """Labels in memory. `promote_error` is raised by promote, after the label moved when `moved` says so
+    (the history write failing) and before otherwise; `during_promote` runs inside promote."""
+
+    def __init__(self) -> None:
+        self.labels = {"stable": 1}
+        self.calls: list[tuple[str, int]] = []
+        self.config_file = FakeConfigFile(self)
+        self.promote_error: Exception | None = None
+        self.moved = False
+        self.during_promote = None
+
+    def canary(self, version: int, **_gate) -> None:
+        self.calls.append(("canary", version))
+        self.labels["canary"] = version
+
+    def promote(self, version: int, **_gate) -> None:
+        self.calls.append(("promote", version))
+        if self.during_promote is not None:
+            self.during_promote()
+        if self.promote_error is not None and not self.moved:
+            raise self.promote_error
+        self.labels["stable"] = version
+        if self.promote_error is not None:
+            raise self.promote_error
+
+
+def fast_driver(tmp_path, gateway, operator, clock, **options):
+    from serving.ops.rollout import Driver
+
+    class FastDriver(Driver):
+        def _pause(self, seconds: float) -> None:
+            clock.now += seconds
+
+    for version in (1, 2):
+        (tmp_path / str(version) / "assets.extra").mkdir(parents=True, exist_ok=True)
+        (tmp_path / str(version) / "saved_model.pb").write_bytes(b"")
+        (tmp_path / str(version) / "assets.extra" / "metrics.json").write_text(
+            json.dumps({"test_accuracy": 0.99, "dataset": "mnist"})
+        )
+    lines: list[str] = []
+    driver = FastDriver(
+        gateway=gateway,
+        operator=operator,
+        model_name=MODEL,
+        model_dir=tmp_path,
+        limits=LIMITS,
+        min_accuracy=0.9,
+        poll_s=5.0,
+        say=lines.append,
+        who="driver@host",
+        clock=clock,
+        **options,
+    )
+    return driver, lines
+
+
+@pytest.fixture
+def rig(tmp_path):
+    gateway, operator, clock = FakeGateway(), FakeOperator(), FakeClock()
+    driver, lines = fast_driver(tmp_path, gateway, operator, clock)
+    return driver, gateway, operator, clock, lines
+
+
+def plan(*steps: int):
+    from serving.ops.rollout import Plan
+
+    return Plan(2, steps, 10, True)
+
+
+def at_end_of_last_step(gateway: FakeGateway, clock: FakeClock, then) -> None:
+    """Run `then` once, at the scorecard read that ends the last step (after the driver's last renewal)."""
+    from serving.ops.rollout import parse_time
+
+    def hook() -> None:
+        s = gateway.state
+        ends = parse_time(s["step_started_at"]) + s["step_seconds"]
+        if s["status"] == "running" and s["step_index"] == len(s["steps"]) - 1 and clock() >= ends:
+            gateway.on_scorecard = None
+            then()
+
+    gateway.on_scorecard = hook
+
+
+def test_a_good_rollout_writes_each_steps_percent_then_promotes(rig):
+    driver, gateway, operator, clock, lines = rig
+    stored = driver.start(plan(10, 50, 100))
+    assert stored["status"] == "promoted" and stored["canary_percent"] == 0
+    assert operator.labels == {"stable": 2, "canary": 2}
+    assert gateway.actions() == ["start", "step", "step", "promote"]
+    running = [w for w in gateway.writes if w["status"] == "running"]
+    assert {w["canary_percent"] for w in running} == {10, 50, 100}
+    assert all(w["canary_percent"] == w["steps"][w["step_index"]] for w in running)
+    assert lines[-1] == "promoted version 2: stable 1 -> 2; split back to 0 %"
+
+
+def test_an_abort_at_the_end_of_the_last_step_is_not_overridden_by_the_promotion(rig):
+    from serving.ops import rollout
+
+    driver, gateway, operator, clock, _ = rig
+    said: list[str] = []
+    at_end_of_last_step(
+        gateway, clock, lambda: rollout.abort(gateway, MODEL, say=said.append, who="ops@elsewhere")
+    )
+    with pytest.raises(RolloutConflict) as raised:
+        driver.start(plan(50, 100))
+    assert ("promote", 2) not in operator.calls and operator.labels["stable"] == 1
+    assert "aborted by ops@elsewhere" in raised.value.message
+    assert "version 2 not promoted, stable stays 1" in raised.value.message
+    assert gateway.state["status"] == "aborted" and gateway.state["canary_percent"] == 0
+    assert said == ["aborted the rollout of version 2 (stable 1), step 2/2 (100 %); all traffic to stable 1"]
+
+
+def test_an_abort_while_the_label_moves_finds_the_rollout_promoted(rig):
+    """The driver stores `promoted` before it moves the label: an abort after that point has nothing left to
+    abort and says so, instead of being stored and then overridden by the label move."""
+    from serving.ops import rollout
+
+    driver, gateway, operator, _, _ = rig
+    said: list[str] = []
+    operator.during_promote = lambda: rollout.abort(gateway, MODEL, say=said.append, who="ops@elsewhere")
+    stored = driver.start(plan(50, 100))
+    assert stored["status"] == "promoted" and gateway.state["status"] == "promoted"
+    assert operator.labels["stable"] == 2
+    assert said == [
+        f"no rollout of {MODEL} is running (the last one, of version 2, was promoted); nothing to abort"
+    ]
+
+
+def running_state(**changes) -> dict:
+    state = {
+        "status": "running",
+        "canary_version": 2,
+        "stable_version": 1,
+        "canary_percent": 100,
+        "shadow": True,
+        "steps": [50, 100],
+        "step_index": 1,
+        "step_seconds": 10,
+        "step_started_at": "2026-11-30T12:00:00.000+00:00",
+        "lease_until": "2026-11-30T12:00:15.000+00:00",
+        "started_by": "driver@host",
+        "started_at": "2026-11-30T11:59:50.000+00:00",
+        "reason": None,
+    }
+    return {**state, **changes}
+
+
+def test_an_abort_that_loses_the_race_to_the_promotion_fails_and_says_so():
+    """--abort reads a running rollout, then the driver's promotion lands before the abort's write: the abort
+    cannot undo it, so it fails (exit 10) naming the way back, rather than saying 'nothing to abort'."""
+    from serving.ops import rollout
+
+    gateway = FakeGateway()
+    gateway.put_rollout(MODEL, running_state(), if_updated_at=None, event=None)
+
+    def the_driver_promotes() -> None:
+        promoted = running_state(status="promoted", canary_percent=0)
+        gateway.put_rollout(MODEL, promoted, if_updated_at=gateway.state["updated_at"], event=None)
+
+    gateway.on_read = the_driver_promotes  # right after the abort's first read
+    with pytest.raises(RolloutConflict) as raised:
+        rollout.abort(gateway, MODEL, say=lambda line: None, who="ops@elsewhere")
+    assert raised.value.exit_code == 10
+    assert raised.value.message == (
+        "not aborted: the rollout of version 2 (stable 1) was promoted meanwhile; stable is version 2 now "
+        "(`mnist-models rollback` moves it back)"
+    )
+    assert gateway.state["status"] == "promoted"
+
+
+def test_an_abort_that_loses_the_race_to_a_rollback_is_done():
+    from serving.ops import rollout
+
+    gateway = FakeGateway()
+    gateway.put_rollout(MODEL, running_state(), if_updated_at=None, event=None)
+    back = running_state(status="rolled_back", canary_percent=0, reason="guard agreement failed: 0.1 < 0.9")
+    gateway.on_read = lambda: gateway.put_rollout(
+        MODEL, back, if_updated_at=gateway.state["updated_at"], event=None
+    )
+    said: list[str] = []
+    assert rollout.abort(gateway, MODEL, say=said.append, who="ops@elsewhere") is None
+    assert said == [
+        f"no rollout of {MODEL} is running (the last one, of version 2, was rolled_back: guard agreement "
+        "failed: 0.1 < 0.9); nothing to abort"
+    ]
+
+
+def test_a_failed_label_move_after_the_promotion_is_stored_rolls_back(rig):
+    from serving.ops.errors import LoadFailed
+
+    driver, gateway, operator, _, lines = rig
+    operator.promote_error = LoadFailed("version 2 of mnist failed to load: gone")
+    with pytest.raises(LoadFailed):
+        driver.start(plan(100))
+    assert operator.labels["stable"] == 1
+    assert gateway.actions() == ["start", "promote", "rollback"]
+    assert gateway.state["status"] == "rolled_back" and gateway.state["canary_percent"] == 0
+    assert gateway.state["reason"] == "promotion failed: version 2 of mnist failed to load: gone"
+    assert "rolled back version 2: promotion failed" in lines[-1] and "stable stays 1" in lines[-1]
+
+
+def test_a_label_moved_without_its_history_stays_promoted(rig):
+    from serving.ops.errors import ConfigError
+
+    driver, gateway, operator, _, _ = rig
+    operator.promote_error = ConfigError("stable moved 1 -> 2 (config file and server), but the history ...")
+    operator.moved = True
+    with pytest.raises(ConfigError):
+        driver.start(plan(100))
+    assert operator.labels["stable"] == 2
+    assert gateway.state["status"] == "promoted" and gateway.actions() == ["start", "promote"]
+
+
+def test_a_signal_at_the_end_of_the_last_step_rolls_back_instead_of_promoting(rig):
+    import signal
+
+    from serving.ops.errors import RolloutInterrupted
+
+    driver, gateway, operator, clock, _ = rig
+    at_end_of_last_step(gateway, clock, lambda: setattr(driver.stop, "signum", signal.SIGTERM))
+    with pytest.raises(RolloutInterrupted, match="interrupted by SIGTERM"):
+        driver.start(plan(50, 100))
+    assert ("promote", 2) not in operator.calls and operator.labels["stable"] == 1
+    assert gateway.state["status"] == "rolled_back" and gateway.actions()[-1] == "rollback"

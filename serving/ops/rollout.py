@@ -320,21 +320,69 @@ class Driver:
             )
 
     def _promote(self, state: dict[str, Any], decision: guards.Decision) -> dict[str, Any]:
-        version = int(state["canary_version"])
+        """Store `promoted`, then move the label.
+
+        The `promoted` write is the commit point: it names the `updated_at` this driver last wrote, so an
+        --abort stored before it makes it conflict and the label never moves, and an --abort after it finds
+        the rollout over. Claiming the record first and storing `promoted` after the move would leave the
+        whole move (a reload, a version load at worst) as a window in which an abort is stored and then
+        undone by the label move. The price of this order: during the move the record says promoted while
+        `stable` is still the old version (the split is 0 %, so the old stable answers, as after an abort),
+        and a move that fails turns the record into rolled_back."""
+        version, stable = int(state["canary_version"]), state.get("stable_version")
+        self._stop_if_signalled()
+        done = {**_state_fields(state), "status": PROMOTED, "canary_percent": 0, "reason": None}
+        try:
+            stored = self._write(
+                done,
+                state.get("updated_at"),
+                "promote",
+                decision.as_dict(),
+                conflict_means=f"version {version} not promoted, stable stays {stable}",
+            )
+        except GatewayError as error:
+            raise GatewayError(
+                f"{error.message}; version {version} not promoted (stable stays {stable}) unless the gateway "
+                f"stored it anyway: if `rollout --status` says promoted, run `mnist-models promote {version}`"
+            ) from None
         try:
             self.operator.promote(
                 version, min_accuracy=self.min_accuracy, max_drop=self.max_drop, force=self.force
             )
-        except OpsError as error:
-            self._roll_back(state, f"promotion failed: {error.message}", decision.as_dict())
+        except BaseException as error:
+            self._promotion_failed(stored, decision, error)
             raise
-        done = {**_state_fields(state), "status": PROMOTED, "canary_percent": 0, "reason": None}
-        stored = self._write(done, state.get("updated_at"), "promote", decision.as_dict())
-        self.say(
-            f"promoted version {version}: stable {state.get('stable_version')} -> {version}; "
-            "split back to 0 %"
-        )
+        self.say(f"promoted version {version}: stable {stable} -> {version}; split back to 0 %")
         return stored
+
+    def _promotion_failed(
+        self, stored: dict[str, Any], decision: guards.Decision, error: BaseException
+    ) -> None:
+        """`promoted` is stored but the label move failed. If `stable` did move (only the history write
+        failed), the record is right as it is; otherwise it becomes rolled_back."""
+        version, stable = int(stored["canary_version"]), stored.get("stable_version")
+        try:
+            moved = model_config.labels(self.operator.config_file.read(), self.model_name).get(STABLE)
+        except Exception as unreadable:  # whatever the reason, the record is left as it is
+            self.say(
+                f"the rollout stays stored as promoted, but whether stable moved is unknown (config "
+                f"unreadable: {unreadable}): check `mnist-models status`"
+            )
+            return
+        if moved == version:
+            return
+        message = getattr(error, "message", None) or f"{type(error).__name__}: {error}"
+        reason = f"promotion failed: {message}"
+        back = {**_state_fields(stored), "status": ROLLED_BACK, "canary_percent": 0, "reason": reason}
+        try:
+            self._write(back, stored.get("updated_at"), "rollback", {**decision.as_dict(), "reason": reason})
+        except OpsError as unstored:
+            self.say(
+                f"the rollout stays stored as promoted, but stable still points at version {moved}: "
+                f"could not store the rollback ({unstored.message})"
+            )
+            return
+        self.say(f"rolled back version {version}: {reason}; stable stays {stable}")
 
     def _roll_back(self, state: dict[str, Any], reason: str, detail: dict[str, Any]) -> None:
         """Percent 0 at once. If the write fails, the lease lapses soon and the gateway goes all-stable."""
@@ -357,6 +405,8 @@ class Driver:
         if_updated_at: str | None,
         action: str | None,
         detail: dict[str, Any] | None,
+        *,
+        conflict_means: str = "stopping",
     ) -> dict[str, Any]:
         event = None if action is None else {"actor": self.who, "action": action, "detail": detail or {}}
         try:
@@ -366,20 +416,20 @@ class Driver:
         except RolloutConflict as conflict:
             if action in ("start", "abort", "rollback"):
                 raise
-            raise self._explain_conflict(conflict) from None
+            raise self._explain_conflict(conflict, conflict_means) from None
         stored = stored_state(answer) or state
         self._last_written = stored
         return stored
 
-    def _explain_conflict(self, conflict: RolloutConflict) -> RolloutConflict:
+    def _explain_conflict(self, conflict: RolloutConflict, means: str) -> RolloutConflict:
         try:
             now = stored_state(self.gateway.rollout(self.model_name))
         except GatewayError:
-            return conflict
+            return RolloutConflict(f"{conflict.message}; {means}")
         if now is None:
-            return conflict
+            return RolloutConflict(f"{conflict.message}; {means}")
         why = now.get("reason") or f"status {now.get('status')}"
-        return RolloutConflict(f"the stored rollout changed under this driver ({why}); stopping")
+        return RolloutConflict(f"the stored rollout changed under this driver ({why}); {means}")
 
     def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -390,13 +440,21 @@ class Driver:
 def abort(
     gateway: GatewayClient, model_name: str, *, say: Say = print, who: str = ""
 ) -> dict[str, Any] | None:
-    """End the running rollout (driven or interrupted): percent 0, status aborted. A driver still running
-    may renew its lease between this read and this write: the abort then reads again and retries (an abort
-    is meant to win), and the driver notices at its next write (a conflict) and stops."""
+    """End the running rollout (driven or interrupted): percent 0, status aborted.
+
+    A driver still running may write between this read and this write: the abort then reads again and
+    retries (an abort is meant to win), and the driver notices at its next write (a conflict) and stops. If
+    that write was the driver's promotion, the version is stable already and an abort cannot undo it: that is
+    a RolloutConflict naming the way back (`mnist-models rollback`), not a quiet "nothing to abort"."""
     who = who or actor()
+    seen: dict[str, Any] | None = None  # the running rollout this abort read, if any
     for attempt in range(_ABORT_ATTEMPTS):
+        current = stored_state(gateway.rollout(model_name))
+        if current is None or current["status"] != RUNNING:
+            return _nothing_to_abort(model_name, current, seen, say)
+        seen = current
         try:
-            return _abort_once(gateway, model_name, who, say)
+            return _abort_once(gateway, model_name, current, who, say)
         except RolloutConflict:
             if attempt == _ABORT_ATTEMPTS - 1:
                 raise
@@ -406,11 +464,26 @@ def abort(
 _ABORT_ATTEMPTS = 5  # a driver writes at most once a poll: it cannot win five read-then-write races in a row
 
 
-def _abort_once(gateway: GatewayClient, model_name: str, who: str, say: Say) -> dict[str, Any] | None:
-    current = stored_state(gateway.rollout(model_name))
-    if current is None or current["status"] != RUNNING:
-        say(f"no rollout of {model_name} is running; nothing to abort")
-        return None
+def _nothing_to_abort(
+    model_name: str, current: dict[str, Any] | None, seen: dict[str, Any] | None, say: Say
+) -> None:
+    if current is not None and seen is not None and current["status"] == PROMOTED:
+        version, stable = seen.get("canary_version"), seen.get("stable_version")
+        raise RolloutConflict(
+            f"not aborted: the rollout of version {version} (stable {stable}) was promoted meanwhile; "
+            f"stable is version {current.get('canary_version')} now (`mnist-models rollback` moves it back)"
+        )
+    last = ""
+    if current is not None:
+        reason = f": {current['reason']}" if current.get("reason") else ""
+        last = f" (the last one, of version {current.get('canary_version')}, was {current['status']}{reason})"
+    say(f"no rollout of {model_name} is running{last}; nothing to abort")
+    return None
+
+
+def _abort_once(
+    gateway: GatewayClient, model_name: str, current: dict[str, Any], who: str, say: Say
+) -> dict[str, Any] | None:
     state = {**_state_fields(current), "status": ABORTED, "canary_percent": 0, "reason": f"aborted by {who}"}
     event = {"actor": who, "action": "abort", "detail": {"at": describe(current)}}
     answer = gateway.put_rollout(model_name, state, if_updated_at=current.get("updated_at"), event=event)
