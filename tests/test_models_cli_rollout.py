@@ -83,6 +83,67 @@ def test_error_rate_waits_for_enough_requests():
     assert check(enough, "error_rate").status == guards.FAIL
 
 
+def test_error_rate_in_an_outage_of_every_version_does_not_blame_the_canary():
+    # The model server fails half of all requests, whichever version they are for.
+    outage = guards.evaluate(
+        card(row(1, requests=500, errors=500), row(2, requests=100, errors=100)),
+        canary=2,
+        stable=1,
+        limits=LIMITS,
+    )
+    assert check(outage, "error_rate").status == guards.PASS and outage.failed is None
+    assert check(outage, "error_rate").numbers["limit"] == pytest.approx(0.52)
+
+
+def test_error_rate_fails_a_canary_clearly_worse_than_a_failing_stable():
+    # stable fails 10 %: the canary may fail 10 % + 2 % = 12 %, not more
+    stable = row(1, requests=900, errors=100)
+    at = guards.evaluate(card(stable, row(2, requests=880, errors=120)), canary=2, stable=1, limits=LIMITS)
+    over = guards.evaluate(card(stable, row(2, requests=879, errors=121)), canary=2, stable=1, limits=LIMITS)
+    assert check(at, "error_rate").status == guards.PASS
+    assert over.failed.guard == "error_rate"
+    assert over.failed.summary == (
+        "0.121 > 0.120 (121 errors in 1000 requests); limit: stable's 0.100 (100 errors in 1000 requests) "
+        "+ 0.020"
+    )
+
+
+def test_error_rate_is_absolute_while_stable_has_too_few_requests():
+    # 49 stable requests, all failed: too few to excuse the canary, which is judged against 2 % alone
+    few = row(1, requests=0, errors=49)
+    failed = guards.evaluate(
+        card(few, row(2, requests=50, errors=50)), canary=2, stable=1, limits=LIMITS
+    ).failed
+    assert failed.guard == "error_rate"
+    assert failed.summary.endswith("; limit 0.020: stable has 49 < 50 requests to compare with")
+    enough = row(1, requests=0, errors=50)
+    passed = guards.evaluate(card(enough, row(2, requests=50, errors=50)), canary=2, stable=1, limits=LIMITS)
+    assert check(passed, "error_rate").status == guards.PASS
+
+
+def test_error_rate_compares_stable_over_the_minutes_the_canary_answered():
+    """An outage in the last two minutes of a ten-minute window: the canary (started two minutes ago) fails
+    as much as stable in those minutes; stable's whole window, mostly healthy, would blame the canary."""
+
+    def point(minute, requests, errors):
+        return {"minute": f"2026-11-30T12:{minute:02d}:00.000Z", "requests": requests, "errors": errors}
+
+    stable = {
+        **row(1, requests=800, errors=200),
+        "series": [point(m, 100, 0) for m in range(8)] + [point(8, 0, 100), point(9, 0, 100)],
+    }
+    canary = {
+        **row(2, requests=0, errors=100),
+        "series": [point(m, 0, 0) for m in range(8)] + [point(8, 0, 50), point(9, 0, 50)],
+    }
+    decision = guards.evaluate(card(stable, canary), canary=2, stable=1, limits=LIMITS)
+    assert check(decision, "error_rate").status == guards.PASS, check(decision, "error_rate").summary
+    assert "stable's 1.000 (200 errors in 200 requests)" in check(decision, "error_rate").summary
+    healthy = {**stable, "series": [point(m, 100, 0) for m in range(10)]}
+    decision = guards.evaluate(card(healthy, canary), canary=2, stable=1, limits=LIMITS)
+    assert decision.failed.guard == "error_rate"
+
+
 def test_p99_latency_against_stable_with_ratio_and_slack():
     # limit = 40 * 1.5 + 25 = 85 ms
     at = guards.evaluate(card(row(1, p99=40), row(2, p99=85)), canary=2, stable=1, limits=LIMITS)

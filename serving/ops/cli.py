@@ -195,7 +195,7 @@ def _add_rollout(command: Callable[[str, str], argparse.ArgumentParser], setting
         type=_fraction,
         default=limits.max_error_rate,
         metavar="R",
-        help=f"most errors per request (default {limits.max_error_rate})",
+        help=f"most errors per request above stable's (default {limits.max_error_rate})",
     )
     guard.add_argument(
         "--max-p99-ratio",

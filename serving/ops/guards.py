@@ -4,8 +4,11 @@ Each guard compares the canary with the stable version over the scorecard's wind
 or `wait` (not enough data to judge yet), with the numbers behind it. A rollout step advances only while no
 guard fails; the first failure rolls the canary back. The defaults (Limits) and why:
 
-- error rate <= 2 %: the stable version fails well under 0.1 % of requests here; 2 % is a broken version, not
-  noise (a model-server blip of a few requests during a step stays under it once 50 requests are in).
+- error rate <= stable's + 2 points, over the minutes the canary answered in: the stable version fails well
+  under 0.1 % of requests here, so 2 points more is a broken version, not noise (a model-server blip of a few
+  requests during a step stays under it once 50 requests are in). Relative, because an outage of the model
+  server fails every version alike and is not the canary's fault; with fewer than 50 stable requests in those
+  minutes there is nothing to compare with, and 2 % is the limit.
 - p99 latency <= stable's p99 x 1.5 + 25 ms: the scorecard reads p99 from buckets 25 % apart, so two equal
   versions can differ by a bucket; the slack covers that and scheduling noise at low rates.
 - agreement with stable >= 90 % over >= 50 shadow pairs: two versions that are each >= 99 % accurate disagree
@@ -79,7 +82,7 @@ def evaluate(scorecard: dict[str, Any], *, canary: int, stable: int, limits: Lim
     stable_row = find_version(scorecard, stable) or {}
     return Decision(
         (
-            error_rate(canary_row, limits),
+            error_rate(canary_row, stable_row, limits),
             p99_latency(canary_row, stable_row, limits),
             agreement(canary_row, stable_row, canary=canary, stable=stable, limits=limits),
             feedback_accuracy(canary_row, stable_row, limits),
@@ -92,18 +95,53 @@ def _attempts(row: dict[str, Any]) -> tuple[int, int]:
     return int(row.get("requests") or 0), int(row.get("errors") or 0)
 
 
-def error_rate(canary: dict[str, Any], limits: Limits) -> Check:
+def error_rate(canary: dict[str, Any], stable: dict[str, Any], limits: Limits) -> Check:
+    """The canary fails when its error rate is over `max_error_rate` above stable's (an outage of the model
+    server fails every version alike: that is not the canary's fault). Stable's rate is taken over the
+    minutes in which the canary had requests (the scorecard's series), else over the whole window; with
+    fewer than `min_requests` stable requests there, the canary is judged against `max_error_rate` alone."""
     answered, failed = _attempts(canary)
     total = answered + failed
-    numbers = {"errors": failed, "requests": total, "max": limits.max_error_rate}
+    numbers: dict[str, Any] = {"errors": failed, "requests": total, "max": limits.max_error_rate}
     if total < limits.min_requests:
         return Check("error_rate", WAIT, f"{total} < {limits.min_requests} requests", numbers)
     rate = failed / total
-    numbers["rate"] = rate
-    ok = rate <= limits.max_error_rate
-    sign = "<=" if ok else ">"
-    text = f"{rate:.3f} {sign} {limits.max_error_rate:.3f} ({failed} errors in {total} requests)"
+    stable_answered, stable_failed = _stable_attempts(canary, stable)
+    stable_total = stable_answered + stable_failed
+    numbers.update(rate=rate, stable_errors=stable_failed, stable_requests=stable_total)
+    if stable_total >= limits.min_requests:
+        stable_rate = stable_failed / stable_total
+        limit = stable_rate + limits.max_error_rate
+        basis = (
+            f"limit: stable's {stable_rate:.3f} ({stable_failed} errors in {stable_total} requests) "
+            f"+ {limits.max_error_rate:.3f}"
+        )
+        numbers["stable_rate"] = stable_rate
+    else:
+        limit = limits.max_error_rate
+        basis = (
+            f"limit {limit:.3f}: stable has {stable_total} < {limits.min_requests} requests to compare with"
+        )
+    numbers["limit"] = limit
+    ok = rate <= limit
+    text = f"{rate:.3f} {'<=' if ok else '>'} {limit:.3f} ({failed} errors in {total} requests); {basis}"
     return Check("error_rate", PASS if ok else FAIL, text, numbers)
+
+
+def _stable_attempts(canary: dict[str, Any], stable: dict[str, Any]) -> tuple[int, int]:
+    """Stable's (requests, errors) over the series points in which the canary had requests; its window's
+    totals when either row has no series. A canary that started late in the window is then compared with
+    the same minutes: an outage in its minutes counts for both, not diluted by stable's healthy past."""
+    canary_series, stable_series = canary.get("series"), stable.get("series")
+    if not canary_series or not stable_series:
+        return _attempts(stable)
+    minutes = {p.get("minute") for p in canary_series if sum(_attempts(p))}
+    answered = failed = 0
+    for point in stable_series:
+        if point.get("minute") in minutes:
+            a, f = _attempts(point)
+            answered, failed = answered + a, failed + f
+    return answered, failed
 
 
 def _p99(row: dict[str, Any]) -> float | None:
