@@ -846,3 +846,100 @@ def test_a_signal_at_the_end_of_the_last_step_rolls_back_instead_of_promoting(ri
         driver.start(plan(50, 100))
     assert ("promote", 2) not in operator.calls and operator.labels["stable"] == 1
     assert gateway.state["status"] == "rolled_back" and gateway.actions()[-1] == "rollback"
+
+
+def interrupted(**changes) -> dict:
+    """A stored running rollout whose driver died: its lease lapsed before the fake clock's now."""
+    return {
+        **running_state(step_index=0, canary_percent=50, lease_until="2026-11-30T11:00:00.000+00:00"),
+        "updated_at": "2026-11-30T11:00:00.000Z",
+        **changes,
+    }
+
+
+def test_resume_continues_at_the_stored_step_with_its_percentage(rig):
+    driver, gateway, operator, _, lines = rig
+    gateway.state = interrupted(steps=[10, 50, 100], step_index=1, canary_percent=50)
+    stored = driver.resume()
+    assert stored["status"] == "promoted" and operator.labels["stable"] == 2
+    assert [(w["step_index"], w["canary_percent"]) for w in gateway.writes if w["status"] == "running"][
+        0
+    ] == (
+        1,
+        50,
+    )
+    assert gateway.actions() == ["resume", "step", "promote"]
+    assert lines[0] == "resumed the rollout of version 2 (stable 1), step 2/3 (50 %); the step starts over"
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"steps": [], "step_index": 0}, "steps []: steps are percentages from 1 to 100"),
+        ({"steps": [10, 100], "step_index": 2}, "step_index 2 is not a step of [10, 100]"),
+        ({"steps": [10, 100], "step_index": -1}, "step_index -1 is not a step of [10, 100]"),
+        (
+            {"steps": [10, 50], "step_index": 0, "canary_percent": 10},
+            "steps [10, 50]: the last step must be 100",
+        ),
+        (
+            {"steps": [10, 100], "step_index": 0, "canary_percent": 100},
+            "canary_percent 100 is not step 1's 10 %",
+        ),
+        ({"step_seconds": None}, "step_seconds None is not a whole number of seconds >= 1"),
+        ({"stable_version": 2}, "canary_version 2 and stable_version 2 must be two versions"),
+    ],
+)
+def test_resume_of_an_inconsistent_stored_rollout_changes_nothing(rig, changes, problem):
+    from serving.ops.errors import NoRollout
+
+    driver, gateway, operator, _, _ = rig
+    gateway.state = interrupted(**changes)
+    with pytest.raises(NoRollout) as raised:
+        driver.resume()
+    assert raised.value.message == (
+        f"the stored rollout of {MODEL} cannot be resumed: {problem}; nothing changed (its lease has lapsed: "
+        "the gateway sends all traffic to stable); end it with `mnist-models rollout --abort`"
+    )
+    assert operator.calls == [] and gateway.writes == []
+
+
+def test_abort_ends_a_stored_rollout_whose_step_index_is_past_its_steps():
+    from serving.ops import rollout
+
+    gateway = FakeGateway()
+    gateway.state = interrupted(steps=[10, 100], step_index=5)
+    ended = rollout.abort(gateway, MODEL, say=lambda line: None, who="ops@elsewhere")
+    assert ended["status"] == "aborted" and gateway.state["canary_percent"] == 0
+    assert gateway.state["step_index"] == 1
+
+
+def test_an_unexpected_error_while_driving_rolls_back_before_it_propagates(tmp_path):
+    gateway, operator, clock = FakeGateway(), FakeOperator(), FakeClock()
+    polls: list[int] = []
+
+    def progress(state, decision, left) -> None:
+        polls.append(state["canary_percent"])
+        if len(polls) == 2:
+            raise RuntimeError("a bug in the progress line")
+
+    driver, lines = fast_driver(tmp_path, gateway, operator, clock, progress=progress)
+    with pytest.raises(RuntimeError, match="a bug in the progress line"):
+        driver.start(plan(50, 100))
+    assert gateway.state["status"] == "rolled_back" and gateway.state["canary_percent"] == 0
+    assert gateway.state["reason"] == "driver error: RuntimeError: a bug in the progress line"
+    assert operator.labels["stable"] == 1
+    assert lines[-1] == (
+        "rolled back version 2 (stable 1), step 1/2 (0 %): driver error: RuntimeError: a bug in the progress "
+        "line; all traffic to stable 1"
+    )
+
+
+def test_an_unexpected_error_moving_the_label_rolls_back_once(rig):
+    driver, gateway, operator, _, _ = rig
+    operator.promote_error = RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        driver.start(plan(100))
+    assert operator.labels["stable"] == 1
+    assert gateway.actions() == ["start", "promote", "rollback"]
+    assert gateway.state["reason"] == "promotion failed: RuntimeError: boom"

@@ -33,7 +33,7 @@ EXIT_CODES = {
     errors.RolloutConflict.exit_code: "another rollout is running, or this one changed elsewhere (--abort)",
     errors.GuardFailed.exit_code: "rollout rolled back: a guard failed (the message names it, with numbers)",
     errors.RolloutInterrupted.exit_code: "rollout rolled back: interrupted by SIGINT or SIGTERM",
-    errors.NoRollout.exit_code: "rollout --resume: no interrupted rollout to resume",
+    errors.NoRollout.exit_code: "rollout --resume: no interrupted rollout to resume, or not a resumable one",
 }
 
 

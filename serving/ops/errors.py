@@ -76,6 +76,6 @@ class RolloutInterrupted(OpsError):
 
 
 class NoRollout(OpsError):
-    """`--resume` found no interrupted rollout to continue."""
+    """`--resume` found no interrupted rollout to continue, or a stored one it cannot drive (inconsistent)."""
 
     exit_code = 13

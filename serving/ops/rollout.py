@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.ops import guards, model_config, versions
+from serving.ops.cli import check_steps
 from serving.ops.errors import (
     GatewayError,
     GuardFailed,
@@ -42,6 +43,7 @@ RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", 
 MIN_LEASE_S = 10.0  # the gateway re-reads the state every 2 s (GATEWAY_ROLLOUT_REFRESH_S): several re-reads
 LEASE_POLLS = 3  # a lease outlives this many missed renewals
 SLEEP_SLICE_S = 0.1  # how soon a signal is noticed while waiting
+MAX_REASON_CHARS = 500  # of an unexpected error's text in the stored reason (the gateway takes 2000)
 
 Say = Callable[[str], None]
 
@@ -221,6 +223,15 @@ class Driver:
                 f"the rollout of {describe(current)} is still driven (lease until "
                 f"{current.get('lease_until')}); resume only once its lease expired, or --abort it"
             )
+        # Refused, not rolled back: its lease has lapsed, so the gateway applies no split already, and the
+        # record stays as it is for `--status` to show; `--abort` ends it.
+        problem = resume_problem(current)
+        if problem is not None:
+            raise NoRollout(
+                f"the stored rollout of {self.model_name} cannot be resumed: {problem}; nothing changed (its "
+                "lease has lapsed: the gateway sends all traffic to stable); end it with "
+                "`mnist-models rollout --abort`"
+            )
         version = int(current["canary_version"])
         self.operator.canary(
             version, min_accuracy=self.min_accuracy, max_drop=self.max_drop, force=self.force
@@ -228,6 +239,7 @@ class Driver:
         now = self.clock()
         state = {
             **_state_fields(current),
+            "canary_percent": current["steps"][current["step_index"]],
             "step_started_at": iso(now),
             "lease_until": iso(now + self.lease_s),
         }
@@ -238,6 +250,27 @@ class Driver:
     # -- the loop --
 
     def _drive(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Run the steps from `state` (stored), then promote. An unexpected error (a bug, an answer of an
+        unforeseen shape) rolls back before it propagates, so no crash leaves the split on the canary for
+        the rest of the lease. The OpsErrors are each handled where they arise (a guard or a signal rolled
+        back, a conflict means someone else owns the rollout, a gateway out of reach lets the lease lapse)."""
+        try:
+            return self._run_steps(state)
+        except OpsError:
+            raise
+        except BaseException as error:
+            if self._last_written.get("status") != RUNNING:
+                raise  # ended already (promoted, or rolled back by a failed promotion)
+            reason = f"driver error: {type(error).__name__}: {error}"[:MAX_REASON_CHARS]
+            self._roll_back(self._last_written, reason, {})
+            if self._last_written.get("status") == ROLLED_BACK:  # stored (not beaten by an --abort)
+                self.say(
+                    f"rolled back {describe(self._last_written)}: {reason}; "
+                    f"all traffic to stable {self._last_written.get('stable_version')}"
+                )
+            raise
+
+    def _run_steps(self, state: dict[str, Any]) -> dict[str, Any]:
         steps = list(state["steps"])
         while True:
             index = int(state["step_index"])
@@ -485,6 +518,10 @@ def _abort_once(
     gateway: GatewayClient, model_name: str, current: dict[str, Any], who: str, say: Say
 ) -> dict[str, Any] | None:
     state = {**_state_fields(current), "status": ABORTED, "canary_percent": 0, "reason": f"aborted by {who}"}
+    steps, index = current.get("steps"), current.get("step_index")
+    if isinstance(steps, list) and isinstance(index, int) and not 0 <= index < max(len(steps), 1):
+        # A record written past the gateway's checks: ended at a step it has, so the gateway takes the write.
+        state["step_index"] = min(max(index, 0), max(len(steps) - 1, 0))
     event = {"actor": who, "action": "abort", "detail": {"at": describe(current)}}
     answer = gateway.put_rollout(model_name, state, if_updated_at=current.get("updated_at"), event=event)
     say(f"aborted the rollout of {describe(current)}; all traffic to stable {current.get('stable_version')}")
@@ -506,6 +543,36 @@ STATE_FIELDS = (
     "started_at",
     "reason",
 )
+
+
+def resume_problem(state: dict[str, Any]) -> str | None:
+    """What makes a stored running rollout impossible to drive on (None: nothing). The gateway checks what
+    it stores, but a record written by another client or an older gateway may have steps this driver would
+    not plan (check_steps: increasing, ending at 100), a step_index outside them, or a percentage other than
+    its step's."""
+    steps = state.get("steps")
+    if not isinstance(steps, list) or not all(_whole(s) for s in steps):
+        return f"steps {steps!r} are not a list of whole percentages"
+    try:
+        check_steps(steps)
+    except ValueError as error:
+        return f"steps {steps}: {error}"
+    index = state.get("step_index")
+    if not _whole(index) or not 0 <= index < len(steps):
+        return f"step_index {index!r} is not a step of {steps}"
+    if state.get("canary_percent") != steps[index]:
+        return f"canary_percent {state.get('canary_percent')!r} is not step {index + 1}'s {steps[index]} %"
+    seconds = state.get("step_seconds")
+    if not _whole(seconds) or seconds < 1:
+        return f"step_seconds {seconds!r} is not a whole number of seconds >= 1"
+    canary, stable = state.get("canary_version"), state.get("stable_version")
+    if not _whole(canary) or not _whole(stable) or min(canary, stable) < 1 or canary == stable:
+        return f"canary_version {canary!r} and stable_version {stable!r} must be two versions"
+    return None
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _state_fields(state: dict[str, Any]) -> dict[str, Any]:
