@@ -786,8 +786,8 @@ def test_an_abort_that_loses_the_race_to_the_promotion_fails_and_says_so():
         rollout.abort(gateway, MODEL, say=lambda line: None, who="ops@elsewhere")
     assert raised.value.exit_code == 10
     assert raised.value.message == (
-        "not aborted: the rollout of version 2 (stable 1) was promoted meanwhile; stable is version 2 now "
-        "(`mnist-models rollback` moves it back)"
+        "not aborted: the rollout of version 2 (stable 1) was promoted meanwhile; its driver moves stable to "
+        "version 2 (`mnist-models rollback` moves it back)"
     )
     assert gateway.state["status"] == "promoted"
 

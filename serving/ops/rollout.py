@@ -477,7 +477,7 @@ def abort(
 
     A driver still running may write between this read and this write: the abort then reads again and
     retries (an abort is meant to win), and the driver notices at its next write (a conflict) and stops. If
-    that write was the driver's promotion, the version is stable already and an abort cannot undo it: that is
+    that write was the driver's promotion, the driver moves `stable` next and an abort cannot undo it: that is
     a RolloutConflict naming the way back (`mnist-models rollback`), not a quiet "nothing to abort"."""
     who = who or actor()
     seen: dict[str, Any] | None = None  # the running rollout this abort read, if any
@@ -504,7 +504,8 @@ def _nothing_to_abort(
         version, stable = seen.get("canary_version"), seen.get("stable_version")
         raise RolloutConflict(
             f"not aborted: the rollout of version {version} (stable {stable}) was promoted meanwhile; "
-            f"stable is version {current.get('canary_version')} now (`mnist-models rollback` moves it back)"
+            f"its driver moves stable to version {current.get('canary_version')} (`mnist-models rollback` "
+            "moves it back)"
         )
     last = ""
     if current is not None:
