@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -172,6 +173,27 @@ def test_a_torn_tail_is_detected_and_set_aside_not_shipped(tmp_path):
     assert drain(wal) == good
     assert (tmp_path / (path.name + ".corrupt")).read_bytes() == frame[: HEADER.size + 7]
     assert wal.corrupt_files == 1
+
+
+def test_an_orphan_whose_claim_fails_on_a_full_disk_is_claimed_once_there_is_room(tmp_path, monkeypatch):
+    path = tmp_path / "wal-00000000000000000001-1-000001.log"
+    path.write_bytes(encode_frame(b"a") + encode_frame(b"b") + encode_frame(b"c" * 30)[: HEADER.size + 7])
+    wal = WriteAheadLog(tmp_path)
+    real_set_aside = wal._set_aside_tail
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wal, "_set_aside_tail", disk_full)
+    assert wal.claim_orphans() == 0  # left for a later scan, not locked by a half-done claim
+    other = WriteAheadLog(tmp_path)
+    monkeypatch.setattr(other, "_set_aside_tail", real_set_aside)
+    assert other.claim_orphans() == 2  # another process can take it
+    assert drain(other) == [b"a", b"b"]
+    monkeypatch.setattr(wal, "_set_aside_tail", real_set_aside)
+    assert wal.claim_orphans() == 0  # shipped and removed by the other one
+    wal.close()
+    other.close()
 
 
 def test_files_of_the_earlier_spool_are_claimed_too(tmp_path):

@@ -22,8 +22,9 @@ has it.
   all acknowledged is deleted, and the segment being written is truncated to empty. A crash before `commit`
   ships those records again (the writes are idempotent).
 - **Orphans.** A segment whose lock can be taken belongs to a process that is gone: `claim_orphans` takes it
-  over, checking its frames in one streaming pass outside the lock appends take. Files of the earlier
-  single-file spool (`spool-*.log`, the same frames) are claimed the same way.
+  over, checking its frames in one streaming pass outside the lock appends take. A claim that fails (a full
+  disk while setting a torn tail aside, an I/O error) unlocks the segment again, for a later scan or another
+  process. Files of the earlier single-file spool (`spool-*.log`, the same frames) are claimed the same way.
 - **Cap.** The bytes of this process's own segments never exceed `max_bytes`: an append past it raises
   `LogFull`, and nothing already logged is ever dropped. Claimed segments do not count against it (a
   replacement worker must not refuse predictions because its predecessor died with a full log); a process
@@ -318,10 +319,15 @@ class WriteAheadLog:
         if not path.exists():  # removed between our open and our lock
             os.close(fd)
             return None
-        records, intact = self._scan(fd)
-        total = os.fstat(fd).st_size
-        if intact < total:
-            self._set_aside_tail(path, fd, intact, total)
+        try:
+            records, intact = self._scan(fd)
+            total = os.fstat(fd).st_size
+            if intact < total:
+                self._set_aside_tail(path, fd, intact, total)
+        except OSError as exc:  # a full disk, an I/O error: unlocked again, for a later scan or another one
+            os.close(fd)
+            log.error("cannot claim the log segment %s (%s); trying again later", path, exc)
+            return None
         if records == 0:
             path.unlink(missing_ok=True)
             os.close(fd)
