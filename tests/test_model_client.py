@@ -467,3 +467,43 @@ def test_a_dns_name_is_resolved_to_its_replicas(server, images):
     with ModelClient(f"dns:///localhost:{server.port}", health_label="stable") as client:
         assert client.predict(images, label="stable").model_version == 1
     assert len(server.requests) == 1
+
+
+def test_a_hung_replica_costs_half_the_deadline_and_the_call_goes_to_another(two_servers, images):
+    """A replica that accepts calls and never answers (a stopped process, a node gone without a reset):
+    the call gives up on it at half of its deadline and is sent again, which round robin gives the other."""
+    hung, up = two_servers
+    released = threading.Event()
+
+    def hang(request, context):
+        released.wait(60)
+
+    with ModelClient(replicas_target(two_servers), timeout_s=2.0, retries=2, backoff_s=0.001) as client:
+        eventually(
+            lambda: client.predict(images) and hung.requests and up.requests,
+            what="both replicas to be connected",
+        )
+        hung.script = hang
+        met = len(hung.requests)
+        try:
+            for _ in range(4):  # round robin: at least two of these are sent to the hung replica first
+                assert client.predict(images).digits.shape == (5,)
+        finally:
+            released.set()
+        assert len(hung.requests) >= met + 2
+
+
+def test_a_single_hung_server_still_fails_at_the_deadline(server, images):
+    released = threading.Event()
+
+    def hang(request, context):
+        released.wait(60)
+
+    server.script = hang
+    with ModelClient(server.address, timeout_s=0.6, retries=2) as client:
+        try:
+            with pytest.raises(ModelUnavailable, match="did not answer in time"):
+                client.predict(images)
+        finally:
+            released.set()
+    assert len(server.requests) == 3  # half of the time left, half again, then the rest: never past it
