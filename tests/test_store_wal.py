@@ -19,7 +19,7 @@ import pytest
 from cassandra.util import datetime_from_uuid1, uuid_from_time
 
 from gateway.store import buckets
-from gateway.store.wal import HEADER, LogFull, WriteAheadLog, encode_frame, scan_frames
+from gateway.store.wal import HEADER, LogError, LogFull, WriteAheadLog, encode_frame, scan_frames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -194,6 +194,30 @@ def test_an_orphan_whose_claim_fails_on_a_full_disk_is_claimed_once_there_is_roo
     assert wal.claim_orphans() == 0  # shipped and removed by the other one
     wal.close()
     other.close()
+
+
+def test_a_segment_that_cannot_be_started_leaves_no_descriptor_or_file_behind(tmp_path, monkeypatch):
+    """Every refused append tries to start the next segment again (ENOSPC on the rename, ENOLCK from an NFS
+    lock): a descriptor kept each time would exhaust the worker's, sockets included, within a thousand."""
+    wal = WriteAheadLog(tmp_path, segment_bytes=64)
+    wal.append(b"x" * 100)  # the first segment is full: the next append starts another
+    names = sorted(p.name for p in tmp_path.iterdir())
+    real_rename = os.rename
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", no_space)
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(LogError):
+            wal.append(b"refused")
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    monkeypatch.setattr(os, "rename", real_rename)
+    wal.append(b"taken")
+    assert drain(wal) == [b"x" * 100, b"taken"]
+    wal.close()
 
 
 def test_files_of_the_earlier_spool_are_claimed_too(tmp_path):

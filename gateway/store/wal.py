@@ -3,8 +3,9 @@ has it.
 
 - **Segments.** Each process appends to its own segment files `wal-<created ns>-<pid>-<seq>.log`, holding an
   exclusive `flock` on each for as long as it keeps it open; a file is created under a hidden name, locked,
-  then renamed (and the directory fsynced), so no one sees it unlocked. A segment is sealed at `segment_bytes`
-  (4 MiB, at most a quarter of the cap) and the next one started.
+  then renamed (and the directory fsynced), so no one sees it unlocked; when a step fails the file is removed
+  and its descriptor closed (the next append tries again). A segment is sealed at `segment_bytes` (4 MiB, at
+  most a quarter of the cap) and the next one started.
 - **Frames.** magic, length, CRC-32, payload. A torn or corrupt tail (a crash in the middle of a write) is
   detected when the file is claimed; its bytes are moved aside to `<file>.corrupt` and reported, never shipped
   as garbage and never deleted silently.
@@ -208,16 +209,21 @@ class WriteAheadLog:
             return last
         if last is not None and last.sync_failed and last.records == 0:  # sealed as it is: nothing to keep
             self._drop(self._own.pop())
+        self._seq += 1
+        name = f"wal-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.log"
+        hidden, fd = self.directory / f".{name}.new", None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._seq += 1
-            name = f"wal-{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.log"
-            hidden = self.directory / f".{name}.new"
             fd = os.open(hidden, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(hidden, self.directory / name)
             _fsync_dir(self.directory)  # the file's name is durable before any record counts on it
         except OSError as exc:
+            if fd is not None:  # the next append tries again: leave no descriptor or empty file behind
+                for path in (hidden, self.directory / name):
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                os.close(fd)
             raise LogError(f"cannot create a log segment in {self.directory}: {exc}") from exc
         self._own.append(_Segment(self.directory / name, fd))
         return self._own[-1]
