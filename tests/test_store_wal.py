@@ -360,12 +360,19 @@ def test_a_hidden_new_file_left_by_a_dead_process_is_removed_when_claiming(tmp_p
     )
     stale = tmp_path / f".wal-00000000000000000001-{int(dead.stdout)}-000001.log.new"
     live = tmp_path / f".wal-00000000000000000001-{os.getppid()}-000001.log.new"  # the test runner's parent
-    stale.touch()
-    live.touch()
+    # On a volume shared by pods a pid names a process of another pid namespace: a file being created there
+    # right now carries a pid that is dead here. Only an old one is left over.
+    fresh = tmp_path / f".wal-00000000000000000002-{int(dead.stdout)}-000001.log.new"
+    for path in (stale, live, fresh):
+        path.touch()
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
     wal = WriteAheadLog(tmp_path)
     assert wal.claim_orphans() == 0
     assert not stale.exists()
     assert live.exists()
+    assert fresh.exists()
     wal.close()
 
 

@@ -23,7 +23,8 @@ has it.
   all acknowledged is deleted, and the segment being written is truncated to empty. A crash before `commit`
   ships those records again (the writes are idempotent).
 - **Orphans.** A segment whose lock can be taken belongs to a process that is gone: `claim_orphans` takes it
-  over, checking its frames in one streaming pass outside the lock appends take. A claim that fails (a full
+  over, checking its frames in one streaming pass outside the lock appends take; a hidden segment a process
+  left unnamed when it died is removed once it is old. A claim that fails (a full
   disk while setting a torn tail aside, an I/O error) unlocks the segment again, for a later scan or another
   process. Files of the earlier single-file spool (`spool-*.log`, the same frames) are claimed the same way.
 - **Cap.** The bytes of this process's own segments never exceed `max_bytes`: an append past it raises
@@ -50,6 +51,7 @@ MAGIC = b"\xa7S"
 HEADER = struct.Struct(">2sII")  # magic, payload length, CRC-32 of the payload
 MAX_PAYLOAD = 16 * 1024 * 1024
 SEGMENT_PATTERNS = ("wal-*.log", "spool-*.log")
+_STALE_NEW_S = 600.0  # a hidden segment still unrenamed after this was left by a process that died
 
 log = logging.getLogger(__name__)
 
@@ -302,15 +304,20 @@ class WriteAheadLog:
 
     def _remove_stale_new_files(self) -> None:
         """Remove the hidden, empty `.wal-*.log.new` a process left when it died between creating a segment
-        and renaming it (its name carries the creator's pid)."""
+        and renaming it (its name carries the creator's pid). Only one older than `_STALE_NEW_S`: on a volume
+        shared by pods the pid belongs to another pid namespace, and a file being created there now carries a
+        pid that is dead here."""
         with contextlib.suppress(OSError):
             for path in self.directory.glob(".wal-*.log.new"):
                 try:
                     pid = int(path.name.split("-")[2])
                 except (IndexError, ValueError):
                     continue
-                if pid != os.getpid() and not process_alive(pid):
-                    path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    if time.time() - path.stat().st_mtime < _STALE_NEW_S:
+                        continue
+                    if pid != os.getpid() and not process_alive(pid):
+                        path.unlink(missing_ok=True)
 
     def _claim(self, path: Path) -> _Segment | None:
         try:
