@@ -359,6 +359,12 @@ class ModelClient:
                 f"probabilities {list(probabilities.shape)}, digit {list(digits.shape)} "
                 f"for a batch of {batch}"
             )
+        # What the store can record (gateway/store/records.py): an answer it cannot is never handed out.
+        if not np.isfinite(probabilities).all() or not ((digits >= 0) & (digits < NUM_CLASSES)).all():
+            raise ModelError(
+                "the model's answer does not match the serving contract: "
+                "probabilities that are not finite or a digit outside 0-9"
+            )
         spec = response.model_spec
         return Prediction(
             probabilities=probabilities,

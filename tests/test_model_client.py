@@ -346,8 +346,14 @@ def test_a_batch_over_the_message_limit_is_refused(server):
             client.predict(np.zeros((8, 28, 28), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("drift", ["no digit", "wrong shape", "string dtype"])
+@pytest.mark.parametrize(
+    "drift",
+    ["no digit", "wrong shape", "string dtype", "NaN probability", "infinite probability", "digit 10"],
+)
 def test_an_answer_off_the_serving_contract_is_a_model_error(server, images, drift):
+    """Such an answer would reach the client with an id the store cannot record (a prediction answered and
+    lost), and NaN is not JSON."""
+
     def answer(request, context):
         response = predict_pb2.PredictResponse()
         response.model_spec.name = "mnist"
@@ -355,9 +361,15 @@ def test_an_answer_off_the_serving_contract_is_a_model_error(server, images, dri
         probabilities = np.zeros((n, 10), np.float32)
         if drift == "wrong shape":
             probabilities = np.zeros((n, 9), np.float32)
+        elif drift == "NaN probability":
+            probabilities[-1, 4] = np.nan
+        elif drift == "infinite probability":
+            probabilities[0, 0] = np.inf
         response.outputs["probabilities"].CopyFrom(tf.make_tensor_proto(probabilities))
         if drift == "string dtype":
             response.outputs["digit"].CopyFrom(tf.make_tensor_proto([b"1"] * n))
+        elif drift == "digit 10":
+            response.outputs["digit"].CopyFrom(tf.make_tensor_proto(np.full(n, 10, np.int64)))
         elif drift != "no digit":
             response.outputs["digit"].CopyFrom(tf.make_tensor_proto(np.zeros(n, np.int64)))
         return response
