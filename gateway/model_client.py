@@ -7,9 +7,7 @@ after the app is built, and a gRPC channel must not cross a fork). Every call ca
 Several model-server replicas (an `ipv4:` list or a `dns:///` name, gateway/settings.py) share the load
 through gRPC's own `round_robin` policy over the replicas its health checks (grpc.health.v1) report SERVING
 for `<model>:<label>`; a replica without the health service (TF Serving) counts as healthy while connected. A
-retried UNAVAILABLE call is picked again, so it lands on another ready replica. An attempt that may still be
-retried gets half of the time left: one that meets a replica that never answers (hung, or its node gone
-without closing the connection) is sent again at that point, to another replica.
+retried UNAVAILABLE call is picked again, so it lands on another ready replica.
 gRPC failures become the gateway's errors: the model server can't answer -> ModelUnavailable (503), it
 does not serve the label or version the caller named -> ModelVersionNotFound (404), it does not serve the
 model at all (no label or version named) -> ModelUnavailable (503), it rejected what we sent -> ModelError
@@ -286,27 +284,15 @@ class ModelClient:
         return f"model {self.model_name!r}"
 
     def _call(self, rpc, request, timeout_s: float | None, *, what: str, named: bool):
-        """One unary call under one overall deadline, retrying UNAVAILABLE with backoff inside it. An attempt
-        that may be retried gets half of what remains: a replica that never answers (hung, or gone without
-        closing its connection) costs that half, and the attempt is sent again (the calls are idempotent),
-        which round robin gives to another replica."""
+        """One unary call under one overall deadline, retrying UNAVAILABLE with backoff inside it."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
-            attempt_deadline = deadline if attempt >= self.retries else time.monotonic() + remaining / 2
             try:
-                return rpc(request, timeout=max(attempt_deadline - time.monotonic(), 0.001))
+                return rpc(request, timeout=max(remaining, 0.001))
             except grpc.RpcError as exc:
                 code = exc.code()
-                if (
-                    code == grpc.StatusCode.DEADLINE_EXCEEDED
-                    and attempt < self.retries
-                    and attempt_deadline < deadline
-                    and time.monotonic() >= attempt_deadline
-                ):
-                    attempt += 1  # this attempt's own deadline, not the call's: no pause, another replica
-                    continue
                 if code == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
                     pause = self._random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt))
                     # Only retry when a pause and a short attempt still fit before the deadline.

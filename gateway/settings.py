@@ -33,8 +33,7 @@ directly or use `Settings.from_env(env)` with a plain dict. Nothing else in the 
   `dns:///name:port`, a name resolving to every replica (a headless Kubernetes Service). Calls are spread by
   gRPC's `round_robin` over the replicas its health checks find ready (gateway/model_client.py).
 - `MODEL_NAME` (`mnist`), `MODEL_LABEL` (`stable`): the model asked, and the label used unless a request asks.
-- `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls
-  and of attempts that got no answer within half of the time left.
+- `MODEL_TIMEOUT_S` (`5`): deadline of each model call; `MODEL_RETRIES` (`2`): retries of UNAVAILABLE calls.
 - `GATEWAY_MODEL_MAX_BATCH` (`32`): most images in one Predict call when concurrent requests share it
   (gateway/batching.py; 1-1000, 1 sends each request alone); `GATEWAY_MODEL_CONCURRENCY` (`2`): Predict calls
   in flight per model version and worker before requests wait to share the next (1-64).
