@@ -174,6 +174,14 @@ def test_a_streamed_json_body_is_held_to_the_upload_limit_just_under_and_over(se
     r = requests.request(method, gw.url + path, data=chunks(under + b" "), headers=headers, timeout=30)
     assert r.status_code == 413, r.text
     assert error_of(r)["code"] == "payload_too_large"
+    # The API description lists the answer a client gets.
+    spec = requests.get(f"{gw.url}/openapi.json", timeout=30).json()
+    template = {
+        FEEDBACK: "/v1/predictions/{id}/feedback",
+        "/v1/models/mnist/rollout": "/v1/models/{name}/rollout",
+    }
+    template = template.get(path, path)
+    assert "413" in spec["paths"][template][method.lower()]["responses"], template
 
 
 @pytest.mark.parametrize(
