@@ -2,7 +2,8 @@
 
     init_app(app, settings)     # the body and form limits into Flask's config, the body's checked up front
     read_body()                 # the raw body, within the limit
-    read_json()                 # the JSON body, within the limit (None: not JSON, malformed, too deep)
+    read_json()                 # the JSON body, within the limit (None: not JSON, malformed, too deep; a
+                                #   400 when an object repeats a key)
     whole_number(raw, low, high)  # a query string's number, never converted while absurdly long
     too_large(exc, config)      # werkzeug's bare 413 -> the PayloadTooLarge that says which limit
 
@@ -27,7 +28,7 @@ from werkzeug import formparser, wsgi
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio import multipart
 
-from gateway.errors import BodyTooLarge, FormFieldTooLarge, PayloadTooLarge, TooManyFormParts
+from gateway.errors import BodyTooLarge, FormFieldTooLarge, InvalidInput, PayloadTooLarge, TooManyFormParts
 from gateway.settings import Settings
 
 # Where werkzeug raises its bare RequestEntityTooLarge, by limit (the raising function's code object).
@@ -71,13 +72,24 @@ def read_body() -> bytes:
 
 def read_json() -> object:
     """The JSON body (a streamed one held to the body limit, as uploads are), or None when the request is
-    not JSON: another content type, malformed, or nested deeper than the parser's recursion allows."""
+    not JSON: another content type, malformed, or nested deeper than the parser's recursion allows. An
+    object that names a key twice is a 400: which value counts is up to each parser (a proxy reading the
+    first `label` and the gateway the last would disagree), so neither is guessed."""
     if not request.is_json:
         return None
     try:
-        return json.loads(read_body())
+        return json.loads(read_body(), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError):
         return None
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise InvalidInput(f"the JSON body repeats the key {repeated[:40]!r}: send each key once")
+    return obj
 
 
 def whole_number(raw: str, low: int, high: int) -> int | None:

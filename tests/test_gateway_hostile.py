@@ -157,6 +157,25 @@ def test_deeply_nested_json_is_a_400_on_every_json_route(serve, method, path, de
     assert error_of(r)["code"] == "invalid_input"
 
 
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+def test_a_json_body_repeating_a_key_is_a_400_on_every_json_route(serve, method, path):
+    """Which of two values a JSON parser keeps is up to it: a proxy checking the first `label` and the gateway
+    recording the last would disagree. A body naming a key twice is refused; each key once is read."""
+    gw, _, store = serve(store=FeedbackStore(), ops_token=OPS_TOKEN)
+    headers = {**OPS, "Content-Type": "application/json"}
+    once = b'{"label": 3, "level": "INFO"}'
+    r = requests.request(method, gw.url + path, data=once, headers=headers, timeout=30)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:  # the rollout PUT: a body with fields missing, said so
+        assert "missing field" in error_of(r)["message"]
+    twice = b'{"label": 3, "level": "INFO", "event": {"detail": {"a": {"k": 1, "k": 2}}}, "label": 5}'
+    for body in (twice, b'{"level": "INFO", "level": "DEBUG", "label": 3, "label": 5}'):
+        r = requests.request(method, gw.url + path, data=body, headers=headers, timeout=30)
+        assert r.status_code == 400, r.text
+        assert error_of(r)["code"] == "invalid_input" and "repeats the key" in error_of(r)["message"]
+    assert list(store.labels.values()) == ([3] if path == FEEDBACK else [])
+
+
 def chunks(body: bytes, size: int = 8192):
     for start in range(0, len(body), size):
         yield body[start : start + size]
