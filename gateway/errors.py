@@ -33,6 +33,14 @@ class Unauthorized(GatewayError):
     code = "unauthorized"
 
 
+class Forbidden(GatewayError):
+    """An operator route (or an operator's feedback correction) was called while OPS_TOKEN is empty: operator
+    access is disabled, whatever the token."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(GatewayError):
     status = 404
     code = "not_found"

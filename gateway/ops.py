@@ -14,10 +14,9 @@ import hmac
 import logging
 
 from flask import Blueprint, Flask, jsonify, request
-from werkzeug.exceptions import Forbidden
 
 from gateway import request_limits, services
-from gateway.errors import InvalidInput, Unauthorized
+from gateway.errors import Forbidden, InvalidInput, Unauthorized
 from gateway.settings import LOG_LEVELS
 
 bp = Blueprint("ops", __name__, url_prefix="/ops")

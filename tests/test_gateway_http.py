@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from gateway.app import create_app
-from gateway.errors import ModelUnavailable, ModelVersionNotFound, StoreUnavailable
+from gateway.errors import GatewayError, ModelUnavailable, ModelVersionNotFound, StoreUnavailable
 from gateway.model_client import Prediction, VersionStatus
 from gateway.prediction import png_base64
 from gateway.settings import Settings
@@ -296,6 +297,23 @@ def test_json_log_lines_carry_the_request_id(make_gateway):
     line = json.loads(stream.getvalue().splitlines()[-1])
     assert line["request_id"] == "req-1" and line["status"] == 200 and line["path"] == "/v1/predict"
     assert line["digit"] == 3 and line["model_version"] == 7 and "prediction_id" in line
+
+
+def error_classes(cls: type = GatewayError) -> set[type]:
+    return {cls} | {sub for direct in cls.__subclasses__() for sub in error_classes(direct)}
+
+
+def test_the_contract_lists_every_error_the_gateway_answers():
+    """docs/contracts.md names each error class's status and code (one hierarchy, gateway/errors.py), and the
+    405 werkzeug answers for a method a route does not take."""
+    contracts = (Path(__file__).parents[1] / "docs" / "contracts.md").read_text(encoding="utf-8")
+    listed = contracts.split("Errors are JSON", 1)[1].split("\n## ", 1)[0]
+    answered = {(c.status, c.code) for c in error_classes() if c is not GatewayError} | {
+        (405, "method_not_allowed")
+    }
+    missing = sorted(f"{status} {code}" for status, code in answered if f"`{status} {code}`" not in listed)
+    assert missing == []
+    assert (403, "forbidden") in answered  # a disabled operator route: a class of its own too
 
 
 def test_ops_endpoints_need_the_token(make_gateway):

@@ -11,10 +11,9 @@ import re
 from datetime import UTC, datetime
 
 from flask import Blueprint, jsonify
-from werkzeug.exceptions import Forbidden
 
 from gateway import ops, request_limits, services
-from gateway.errors import InvalidInput, Unauthorized
+from gateway.errors import Forbidden, InvalidInput, Unauthorized
 from gateway.logs import add_log_fields
 from gateway.rollout import MAX_EVENTS, iso, parse_write
 
