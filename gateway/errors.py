@@ -93,7 +93,7 @@ class TooManyFormParts(PayloadTooLarge):
 
 
 class UnsupportedMediaType(GatewayError):
-    """The upload is not an image format the gateway reads."""
+    """The upload is not an image format the gateway reads, or a JSON route's body is not declared JSON."""
 
     status = 415
     code = "unsupported_media_type"

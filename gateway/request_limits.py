@@ -2,8 +2,8 @@
 
     init_app(app, settings)     # the body and form limits into Flask's config, the body's checked up front
     read_body()                 # the raw body, within the limit
-    read_json()                 # the JSON body, within the limit (None: not JSON, malformed, too deep; a
-                                #   400 when an object repeats a key)
+    read_json()                 # the JSON body, within the limit (None: malformed, too deep; a 415 when
+                                #   not sent as JSON, a 400 when an object repeats a key)
     whole_number(raw, low, high)  # a query string's number, never converted while absurdly long
     too_large(exc, config)      # werkzeug's bare 413 -> the PayloadTooLarge that says which limit
 
@@ -28,7 +28,14 @@ from werkzeug import formparser, wsgi
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.sansio import multipart
 
-from gateway.errors import BodyTooLarge, FormFieldTooLarge, InvalidInput, PayloadTooLarge, TooManyFormParts
+from gateway.errors import (
+    BodyTooLarge,
+    FormFieldTooLarge,
+    InvalidInput,
+    PayloadTooLarge,
+    TooManyFormParts,
+    UnsupportedMediaType,
+)
 from gateway.settings import Settings
 
 # Where werkzeug raises its bare RequestEntityTooLarge, by limit (the raising function's code object).
@@ -71,12 +78,16 @@ def read_body() -> bytes:
 
 
 def read_json() -> object:
-    """The JSON body (a streamed one held to the body limit, as uploads are), or None when the request is
-    not JSON: another content type, malformed, or nested deeper than the parser's recursion allows. An
-    object that names a key twice is a 400: which value counts is up to each parser (a proxy reading the
-    first `label` and the gateway the last would disagree), so neither is guessed."""
+    """The JSON body (a streamed one held to the body limit, as uploads are), or None when it is malformed
+    or nested deeper than the parser's recursion allows. A body not declared JSON (`curl -d` sends a form
+    type) is a 415 that says so. An object that names a key twice is a 400: which value counts is up to each
+    parser (a proxy reading the first `label` and the gateway the last would disagree), so neither is
+    guessed."""
     if not request.is_json:
-        return None
+        declared = repr(request.mimetype) if request.mimetype else "none"
+        raise UnsupportedMediaType(
+            f"send the body as JSON with 'Content-Type: application/json' (got {declared})"
+        )
     try:
         return json.loads(read_body(), object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError):

@@ -143,6 +143,10 @@ def test_feedback_first_label_wins_and_only_an_operator_corrects_it(serve):
 FEEDBACK = f"/v1/predictions/{uuid.uuid1()}/feedback"
 OPS = {"Authorization": f"Bearer {OPS_TOKEN}"}
 JSON_ROUTES = [("POST", FEEDBACK), ("PUT", "/v1/models/mnist/rollout"), ("POST", "/ops/log-level")]
+TEMPLATES = {
+    FEEDBACK: "/v1/predictions/{id}/feedback",
+    "/v1/models/mnist/rollout": "/v1/models/{name}/rollout",
+}
 
 
 @pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
@@ -176,6 +180,28 @@ def test_a_json_body_repeating_a_key_is_a_400_on_every_json_route(serve, method,
     assert list(store.labels.values()) == ([3] if path == FEEDBACK else [])
 
 
+@pytest.mark.parametrize(("method", "path"), JSON_ROUTES)
+def test_a_json_body_sent_as_another_type_is_a_415_saying_so(serve, method, path):
+    """`curl -d '{"label": 3}'` sends a form type: the answer says the type is wrong (it said "send JSON
+    {"label": N}", which the client did)."""
+    gw, _, store = serve(store=FeedbackStore(), ops_token=OPS_TOKEN)
+    body = b'{"label": 3, "level": "INFO"}'
+    for declared in ("application/json", "application/json; charset=utf-8"):
+        r = requests.request(method, gw.url + path, data=body, headers={**OPS, "Content-Type": declared})
+        assert r.status_code in (200, 400), r.text  # the route judges it (a rollout body is incomplete)
+    for declared in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {**OPS, "Content-Type": declared} if declared else OPS
+        r = requests.request(method, gw.url + path, data=body, headers=headers)
+        assert r.status_code == 415, r.text
+        error = error_of(r)
+        assert (
+            error["code"] == "unsupported_media_type" and "Content-Type: application/json" in error["message"]
+        )
+    spec = requests.get(f"{gw.url}/openapi.json", timeout=30).json()
+    assert "415" in spec["paths"][TEMPLATES.get(path, path)][method.lower()]["responses"]
+    assert list(store.labels.values()) == ([3] if path == FEEDBACK else [])
+
+
 def chunks(body: bytes, size: int = 8192):
     for start in range(0, len(body), size):
         yield body[start : start + size]
@@ -195,12 +221,7 @@ def test_a_streamed_json_body_is_held_to_the_upload_limit_just_under_and_over(se
     assert error_of(r)["code"] == "payload_too_large"
     # The API description lists the answer a client gets.
     spec = requests.get(f"{gw.url}/openapi.json", timeout=30).json()
-    template = {
-        FEEDBACK: "/v1/predictions/{id}/feedback",
-        "/v1/models/mnist/rollout": "/v1/models/{name}/rollout",
-    }
-    template = template.get(path, path)
-    assert "413" in spec["paths"][template][method.lower()]["responses"], template
+    assert "413" in spec["paths"][TEMPLATES.get(path, path)][method.lower()]["responses"]
 
 
 @pytest.mark.parametrize(
