@@ -316,6 +316,20 @@ def test_the_contract_lists_every_error_the_gateway_answers():
     assert (403, "forbidden") in answered  # a disabled operator route: a class of its own too
 
 
+@pytest.mark.parametrize("route", ["scorecard", "rollout"])
+def test_a_model_name_out_of_its_rule_is_a_400_on_every_model_route(make_gateway, route):
+    class NoEvents(StoreDouble):
+        def rollout_events(self, model, limit):
+            return []
+
+    gw, _, _ = make_gateway(store=NoEvents())
+    for name, status in (("m" * 64, 404 if route == "scorecard" else 200), ("m" * 65, 400), ("a$b", 400)):
+        r = requests.get(f"{gw.url}/v1/models/{name}/{route}", timeout=30)
+        assert r.status_code == status, (name, r.text)
+        if status == 400:
+            assert error_of(r)["code"] == "invalid_input" and "model name" in error_of(r)["message"]
+
+
 def test_ops_endpoints_need_the_token(make_gateway):
     disabled, _, _ = make_gateway()
     r = requests.post(f"{disabled.url}/ops/log-level", json={"level": "DEBUG"})

@@ -24,7 +24,8 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
-def _model(name: str) -> str:
+def model_name(name: str) -> str:
+    """`name` when it is a model name (the `{name}` of every /v1/models route), else a 400."""
     if not _MODEL_NAME.fullmatch(name):
         raise InvalidInput("a model name is 1-64 letters, digits, '.', '_' or '-'")
     return name
@@ -46,7 +47,7 @@ def _view(name: str, state) -> dict:
 
 @bp.get("/v1/models/<name>/rollout")
 def get_rollout(name: str):
-    name = _model(name)
+    name = model_name(name)
     return jsonify(_view(name, services.current().store.read_rollout(name)))
 
 
@@ -56,7 +57,7 @@ def put_rollout(name: str):
         raise Forbidden("changing a rollout is disabled: set OPS_TOKEN to enable it")
     if not ops.is_operator():
         raise Unauthorized("send 'Authorization: Bearer <OPS_TOKEN>'")
-    name = _model(name)
+    name = model_name(name)
     write = parse_write(request_limits.read_json())
     stored = services.current().store.write_rollout(
         name, write.state, if_updated_at=write.if_updated_at, event=write.event

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, redirect, request, send_from_
 
 from gateway import request_limits, scorecard, services
 from gateway.errors import InvalidInput, NotFound
+from gateway.routes.rollouts import model_name
 from gateway.routes.web import page_headers
 from gateway.scorecard_service import ScorecardService
 
@@ -54,6 +55,7 @@ def parse_versions(raw: str | None) -> tuple[int, ...]:
 @bp.get("/v1/models/<name>/scorecard")
 def get_scorecard(name: str):
     svc = services.current()
+    name = model_name(name)
     window_s = parse_window(request.args.get("window"))
     asked = parse_versions(request.args.get("versions"))
     if name != svc.settings.model_name:
