@@ -4,6 +4,7 @@ Cassandra node (rows written with prepared statements into a keyspace of this mo
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import stat
@@ -80,6 +81,64 @@ def test_an_altered_snapshot_is_refused(tmp_path):
         load_snapshot(path)
     with pytest.raises(SnapshotError, match="not a feedback snapshot"):
         load_snapshot(tmp_path)
+
+
+def rewrite(path: Path, side: str, change) -> None:
+    """Alter a side's arrays (or its bytes) and put the new sha256 in the manifest, as a hand-built snapshot
+    would be: the checksums agree, only the content is wrong."""
+    file, manifest_path = path / f"{side}.npz", path / "manifest.json"
+    file.chmod(0o644)
+    manifest_path.chmod(0o644)
+    if isinstance(change, bytes):
+        file.write_bytes(change)
+    else:
+        with np.load(file) as content:
+            arrays = dict(content)
+        np.savez_compressed(file, **change(arrays))
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"][file.name]["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def with_label(value, dtype):
+    def change(arrays):
+        labels = arrays["labels"].astype(dtype)
+        labels[0] = value
+        return {**arrays, "labels": labels}
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("side", "change", "message"),
+    [
+        ("train", with_label(10, np.uint8), "labels must be integers 0-9"),
+        ("holdout", with_label(255, np.uint8), "labels must be integers 0-9"),
+        ("train", with_label(-1, np.int64), "labels must be integers 0-9"),
+        ("train", with_label(np.nan, np.float32), "labels must be integers 0-9"),
+        ("train", lambda a: {**a, "labels": a["labels"].reshape(-1, 1)}, "labels must be integers 0-9"),
+        ("train", lambda a: {"images": a["images"]}, "not a snapshot array file"),
+        ("holdout", b"PK\x03\x04 cut short", "not a snapshot array file"),
+    ],
+)
+def test_bad_labels_or_arrays_are_refused_whatever_the_checksums(tmp_path, side, change, message):
+    path, _ = write(records(50), tmp_path)
+    rewrite(path, side, change)
+    with pytest.raises(SnapshotError, match=message):
+        load_snapshot(path)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [lambda m: {**m, "files": []}, lambda m: {k: v for k, v in m.items() if k != "id"}],
+)
+def test_a_malformed_manifest_is_refused(tmp_path, change):
+    path, _ = write(records(20), tmp_path)
+    manifest_path = path / "manifest.json"
+    manifest_path.chmod(0o644)
+    manifest_path.write_text(json.dumps(change(json.loads(manifest_path.read_text()))))
+    with pytest.raises(SnapshotError, match="malformed"):
+        load_snapshot(path)
 
 
 def test_too_few_labels_or_a_missing_digit_is_a_warning_and_still_written(tmp_path):
@@ -308,3 +367,14 @@ def test_feedback_training_needs_a_baseline_and_a_real_snapshot(tmp_path, mnist_
     assert missing.returncode == 1 and "not a feedback snapshot (no manifest.json)" in missing.stderr
     latest = mnist_train(*common, "--feedback", "latest", "--baseline", "1", env=env)
     assert latest.returncode == 1 and "no snapshot directory" in latest.stderr
+
+
+def test_training_refuses_a_snapshot_with_a_label_outside_0_9_before_training(tmp_path, mnist_dir):
+    path, _ = write(records(50), tmp_path / "snapshots")
+    rewrite(path, "train", with_label(10, np.uint8))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODEL_", "FEEDBACK_"))}
+    args = ["--data-dir", str(mnist_dir), "--model-base-path", str(tmp_path / "models")]
+    result = mnist_train(*args, "--feedback", str(path), "--baseline", "1", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "labels must be integers 0-9, 1 are not (e.g. 10)" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,7 +275,8 @@ class Snapshot:
 
 
 def load_snapshot(path: Path) -> Snapshot:
-    """Read a snapshot, checking its format and every file's sha256 against the manifest."""
+    """Read a snapshot, checking its format, every file's sha256 against the manifest, and the arrays (a
+    snapshot built by hand has matching checksums whatever it holds)."""
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
     try:
@@ -285,21 +287,41 @@ def load_snapshot(path: Path) -> Snapshot:
         raise SnapshotError(f"{manifest_path}: unreadable ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SnapshotError(f"{manifest_path}: unknown snapshot format (expected format {FORMAT})")
+    files = manifest.get("files")
+    if not isinstance(manifest.get("id"), str) or not isinstance(files, dict):
+        raise SnapshotError(f"{manifest_path}: malformed (no snapshot id or no files)")
     arrays = {}
     for side in SIDES:
         name = f"{side}.npz"
-        expected = manifest.get("files", {}).get(name, {}).get("sha256")
+        entry = files.get(name)
+        if not isinstance(entry, dict):
+            raise SnapshotError(f"{manifest_path}: malformed (no sha256 for {name})")
         file = path / name
         if not file.is_file():
             raise SnapshotError(f"{file}: missing")
-        if _sha256_file(file) != expected:
+        if _sha256_file(file) != entry.get("sha256"):
             raise SnapshotError(f"{file}: sha256 differs from the manifest (altered or truncated)")
+        arrays[side] = _read_side(file)
+    return Snapshot(path, manifest, *arrays["train"], *arrays["holdout"])
+
+
+def _read_side(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A side's images and labels, checked as training uses them: uint8 [n, 28, 28], one integer 0-9 each."""
+    try:
         with np.load(file, allow_pickle=False) as content:
             images, labels = content["images"], content["labels"]
-        if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
-            raise SnapshotError(f"{file}: images are not uint8 [n, 28, 28] with one label each")
-        arrays[side] = (images, labels)
-    return Snapshot(path, manifest, *arrays["train"], *arrays["holdout"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise SnapshotError(f"{file}: not a snapshot array file with images and labels ({exc})") from None
+    if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE or len(images) != len(labels):
+        raise SnapshotError(f"{file}: images are not uint8 [n, 28, 28] with one label each")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise SnapshotError(f"{file}: labels must be integers 0-9, got {labels.dtype} {list(labels.shape)}")
+    outside = labels[(labels < 0) | (labels >= NUM_CLASSES)]
+    if len(outside):
+        raise SnapshotError(
+            f"{file}: labels must be integers 0-9, {len(outside)} are not (e.g. {int(outside[0])})"
+        )
+    return images, labels
 
 
 @contextlib.contextmanager
