@@ -378,3 +378,19 @@ def test_training_refuses_a_snapshot_with_a_label_outside_0_9_before_training(tm
     assert result.returncode == 1, result.stderr
     assert "labels must be integers 0-9, 1 are not (e.g. 10)" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_latest_is_the_newest_snapshot_whatever_else_the_directory_holds(tmp_path):
+    from training.errors import TrainingError
+    from training.feedback import resolve_snapshot
+
+    older, _ = write(records(20), tmp_path, now=dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    newer, _ = write(records(30), tmp_path, now=dt.datetime(2026, 11, 2, tzinfo=dt.UTC))
+    for name in ("lost+found", "old", "zz-backup", f"{newer.name}-copy"):  # a volume's root, an operator's
+        (tmp_path / name).mkdir()
+    assert resolve_snapshot("latest", tmp_path).path == newer
+    only_others = tmp_path / "others"
+    (only_others / "lost+found").mkdir(parents=True)
+    with pytest.raises(TrainingError, match="no snapshot in"):
+        resolve_snapshot("latest", only_others)
+    assert older.is_dir()

@@ -18,7 +18,7 @@ import numpy as np
 
 from training.contract import version_of
 from training.errors import TrainingError
-from training.snapshot import Snapshot, load_snapshot
+from training.snapshot import ID_PATTERN, Snapshot, load_snapshot
 
 SNAPSHOT_DIR_NAME = "feedback-snapshots"  # under MODEL_BASE_PATH unless FEEDBACK_SNAPSHOT_DIR says otherwise
 # Weight of a feedback image in the loss against 1 for an MNIST image (docs/training.md: measured choice).
@@ -36,11 +36,12 @@ def snapshot_root(explicit: Path | None, model_base_path: Path | None) -> Path:
 
 
 def resolve_snapshot(argument: str, root: Path | None) -> Snapshot:
-    """A snapshot directory, or `latest`: the newest under the snapshot root (ids start with their time)."""
+    """A snapshot directory, or `latest`: the newest under the snapshot root (ids start with their time).
+    Only directories named like a snapshot id count, not a volume's `lost+found` or an operator's `old/`."""
     if argument == "latest":
         if root is None or not root.is_dir():
             raise TrainingError(f"no snapshot directory {root} (export one: mnist-train dataset export)")
-        found = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = sorted(p for p in root.iterdir() if ID_PATTERN.fullmatch(p.name) and p.is_dir())
         if not found:
             raise TrainingError(f"no snapshot in {root} (export one: mnist-train dataset export)")
         return load_snapshot(found[-1])

@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 import zipfile
@@ -47,6 +48,8 @@ RECORD = np.dtype(
         ("updated_ms", "<i8"),
     ]
 )
+# The name `publish` gives a snapshot: its creation time (UTC), then the first 10 hex of its files' hash.
+ID_PATTERN = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{10}")
 ROWS_FILE = "rows.bin"
 STATE_FILE = "state.json"
 
