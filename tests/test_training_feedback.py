@@ -217,6 +217,10 @@ def export_env(cassandra_node) -> dict[str, str]:
     }
 
 
+def export_env_without_node() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("CASSANDRA_", "MODEL_", "FEEDBACK_"))}
+
+
 def mnist_train(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "training.cli", *args],
@@ -332,6 +336,16 @@ def test_bad_settings_are_one_line_errors(tmp_path, cassandra_node, args, env, c
         "dataset", "export", "--snapshot-dir", str(tmp_path), *args, env={**export_env(cassandra_node), **env}
     )
     assert result.returncode == code and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_a_snapshot_directory_that_cannot_be_one_is_a_one_line_error(tmp_path, where):
+    (tmp_path / "a-file").write_text("not a directory")
+    env = {**export_env_without_node(), "CASSANDRA_PORT": "1"}  # refused before any connection
+    result = mnist_train("dataset", "export", "--snapshot-dir", str(tmp_path / where), env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert f"{tmp_path / where}: cannot use as the snapshot directory" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 

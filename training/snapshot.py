@@ -332,8 +332,12 @@ def exclusive(root: Path):
     """One export at a time per snapshot root (an flock on `<root>/.export.lock`)."""
     import fcntl
 
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".export.lock", "a") as lock:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = open(root / ".export.lock", "a")  # noqa: SIM115 - closed by the `with` below
+    except OSError as exc:
+        raise SnapshotError(f"{root}: cannot use as the snapshot directory ({exc.strerror})") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
