@@ -349,6 +349,23 @@ def test_a_snapshot_directory_that_cannot_be_one_is_a_one_line_error(tmp_path, w
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "window",
+    [
+        ["--since", "2026-12-01T00:00:00Z", "--until", "2026-11-01T00:00:00Z"],
+        ["--since", "2026-11-01T00:00:00Z", "--until", "2026-11-01T00:00:00Z"],
+        ["--since", "2999-01-01T00:00:00Z"],  # until defaults to now
+    ],
+)
+def test_an_empty_window_is_refused_before_reading(tmp_path, window):
+    env = {**export_env_without_node(), "CASSANDRA_PORT": "1"}  # refused before any connection
+    result = mnist_train("dataset", "export", "--snapshot-dir", str(tmp_path), *window, env=env, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert "is not before --until" in result.stderr and "no label can be in the window" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_largest_page_is_accepted(tmp_path, cassandra_node, feedback_rows):
     result = mnist_train(
         "dataset",

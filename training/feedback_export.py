@@ -152,6 +152,12 @@ def export_snapshot(
         raise TrainingError(f"page size must be 1-{MAX_PAGE_SIZE}, got {page_size}")
     if not 0 < holdout_percent < 100:
         raise TrainingError(f"holdout percent must be 1-99, got {holdout_percent}")
+    end = until or dt.datetime.now(dt.UTC)
+    if since is not None and since >= end:
+        raise TrainingError(
+            f"--since {since.isoformat()} is not before --until {end.isoformat(timespec='seconds')}"
+            f"{' (now)' if until is None else ''}: no label can be in the window"
+        )
     root = Path(root)
     with snapshot.exclusive(root):
         spool = snapshot.Spool(root / SPOOL_DIR)
