@@ -425,3 +425,15 @@ def test_latest_is_the_newest_snapshot_whatever_else_the_directory_holds(tmp_pat
     with pytest.raises(TrainingError, match="no snapshot in"):
         resolve_snapshot("latest", only_others)
     assert older.is_dir()
+
+
+def test_an_interrupted_export_says_the_same_command_continues_it(tmp_path, monkeypatch, capsys):
+    from training import cli, feedback_export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(feedback_export, "export_snapshot", interrupted)
+    assert cli.main(["dataset", "export", "--snapshot-dir", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err == "mnist-train: interrupted; run the same command again to continue from the last page\n"

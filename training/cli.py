@@ -436,7 +436,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no version was exported", file=sys.stderr)
+        if command == "dataset":  # the export keeps its checkpoint (training/snapshot.py Spool)
+            print(
+                f"{PROG}: interrupted; run the same command again to continue from the last page",
+                file=sys.stderr,
+            )
+        else:
+            print(f"{PROG}: interrupted; no version was exported", file=sys.stderr)
         return 130
 
 
