@@ -168,6 +168,33 @@ def test_the_spool_keeps_the_latest_label_and_resumes_at_its_checkpoint(tmp_path
     resumed.close()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda spool: (spool / "rows.bin").write_bytes((spool / "rows.bin").read_bytes()[: RECORD.itemsize]),
+        lambda spool: (spool / "rows.bin").unlink(),
+        lambda spool: (spool / "state.json").write_text("{not json"),
+        lambda spool: (spool / "state.json").write_text("[]"),
+    ],
+    ids=["rows-cut", "rows-deleted", "state-garbage", "state-not-an-object"],
+)
+def test_a_damaged_spool_starts_over_instead_of_inventing_rows(tmp_path, damage):
+    spool = Spool(tmp_path / "spool")
+    spool.add(image(1), 3, 3, 1, 100)
+    spool.add(image(2), 4, 4, 1, 100)
+    spool.checkpoint(paging_state="ab")
+    spool.close()
+    damage(tmp_path / "spool")
+    again = Spool(tmp_path / "spool")
+    assert again.damaged and again.records == 0 and again.state == {} and len(again.rows()) == 0
+    assert again.add(image(1), 3, 3, 1, 100) == ("new", False)
+    again.close()
+    (tmp_path / "file").write_text("x")  # the spool's name taken by a file
+    taken = Spool(tmp_path / "file")
+    assert taken.damaged and taken.directory.is_dir() and taken.records == 0
+    taken.close()
+
+
 # -- the export against Cassandra ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def feedback_keyspace(cassandra_session) -> str:
@@ -302,6 +329,22 @@ def test_an_interrupted_export_continues_where_it_stopped(tmp_path, cassandra_no
     one = json.loads((only_snapshot(tmp_path / "whole") / "manifest.json").read_text())
     other = json.loads((only_snapshot(tmp_path / "parts") / "manifest.json").read_text())
     assert other["rows"] == one["rows"] and other["files"] == one["files"]  # the same bytes
+
+
+def test_an_export_whose_checkpoint_was_damaged_starts_over(tmp_path, cassandra_node, feedback_rows):
+    env = export_env(cassandra_node)
+    common = ["dataset", "export", "--page-size", "7", "--min-labels", "10", *WINDOW]
+    whole = mnist_train(*common, "--snapshot-dir", str(tmp_path / "whole"), env=env)
+    assert whole.returncode == 0, whole.stderr
+    first = mnist_train(*common, "--snapshot-dir", str(tmp_path / "parts"), "--max-pages", "3", env=env)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "parts" / ".export-in-progress" / "rows.bin").unlink()  # a careless clean-up
+    rest = mnist_train(*common, "--snapshot-dir", str(tmp_path / "parts"), env=env)
+    assert rest.returncode == 0, rest.stderr
+    assert "the export in progress was damaged" in rest.stderr and "starting over" in rest.stderr
+    one = json.loads((only_snapshot(tmp_path / "whole") / "manifest.json").read_text())
+    other = json.loads((only_snapshot(tmp_path / "parts") / "manifest.json").read_text())
+    assert other["rows"] == one["rows"] and other["files"] == one["files"]  # no invented blank rows
 
 
 def test_a_short_snapshot_warns_on_stderr_and_is_still_written(tmp_path, cassandra_node, feedback_rows):

@@ -161,6 +161,8 @@ def export_snapshot(
     root = Path(root)
     with snapshot.exclusive(root):
         spool = snapshot.Spool(root / SPOOL_DIR)
+        if spool.damaged:
+            say(f"the export in progress was damaged ({spool.damaged}): starting over")
         request = {
             "keyspace": settings.keyspace,
             "since": since.isoformat() if since else None,

@@ -91,10 +91,18 @@ class Spool:
 
     `add` de-duplicates by image hash (a newer label replaces the record in place); `checkpoint` makes the
     rows durable and then records the caller's state (the paging position), so after a crash the rows on disk
-    are those the checkpoint counts, and re-reading the page after it changes nothing (replays are no-ops)."""
+    are those the checkpoint counts, and re-reading the page after it changes nothing (replays are no-ops).
+    A checkpoint that cannot be true (`state.json` unreadable, `rows.bin` shorter than the records it counts,
+    the name taken by a file) is thrown away: the spool starts empty and `damaged` says why."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self.damaged: str | None = self._damage()
+        if self.damaged:
+            if self.directory.is_dir() and not self.directory.is_symlink():
+                shutil.rmtree(self.directory)
+            else:
+                self.directory.unlink()
         self.directory.mkdir(parents=True, exist_ok=True)
         state_path = self.directory / STATE_FILE
         self.state: dict = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -106,6 +114,27 @@ class Spool:
         self.records = records
         self._index: dict[bytes, tuple[int, int, int]] = {}  # sha256 -> (record, updated_ms, label)
         self._index_existing()
+
+    def _damage(self) -> str | None:
+        """Why the checkpoint here cannot be resumed from, or None (none at all, or a sound one)."""
+        if not self.directory.exists() and not self.directory.is_symlink():
+            return None
+        if not self.directory.is_dir():
+            return f"{self.directory} is not a directory"
+        state_path, rows_path = self.directory / STATE_FILE, self.directory / ROWS_FILE
+        if not state_path.exists():
+            return None
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError) as exc:
+            return f"{state_path} unreadable ({exc})"
+        records = state.get("records", 0) if isinstance(state, dict) else None
+        if not isinstance(records, int) or records < 0:
+            return f"{state_path} is not a checkpoint"
+        held = rows_path.stat().st_size // RECORD.itemsize if rows_path.is_file() else 0
+        if held < records:
+            return f"{rows_path} holds {held} of the {records} records its checkpoint counts"
+        return None
 
     def _index_existing(self) -> None:
         if self.records == 0:
