@@ -60,6 +60,21 @@ def test_subcommand_help(command):
     assert result.returncode == 0 and "version_dir" in result.stdout
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_retrain_job_help_prints_its_usage_and_runs_nothing(tmp_path, flag):
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "FEEDBACK_SNAPSHOT_DIR": str(tmp_path / "snapshots"),
+        "CASSANDRA_PORT": "1",  # an export started by mistake would fail here
+    }
+    script = REPO / "training" / "mnist-retrain.sh"
+    result = subprocess.run(["bash", str(script), flag], capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "usage: mnist-retrain" in result.stdout and "RETRAIN_CANARY" in result.stdout
+    assert result.stderr == "" and not (tmp_path / "snapshots").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

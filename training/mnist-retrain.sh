@@ -12,8 +12,31 @@
 # 4. With RETRAIN_CANARY=1 (the default): `mnist-models canary VERSION`, past the quality gate (exit 6 when it
 #    refuses; the job then fails and the version stays unserved). RETRAIN_CANARY=0 stops after step 3 (when
 #    the model server's config cannot be written from here, as with a Kubernetes ConfigMap).
-# Stops at the first failing step with that step's exit code.
+# Stops at the first failing step with that step's exit code. `-h`/`--help` prints the usage and runs nothing.
 set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: mnist-retrain [mnist-train flags, e.g. --data-dir /data/mnist --download]
+
+The retraining job: users' feedback -> snapshot -> new version -> canary.
+  1. mnist-train dataset export: the feedback labels in Cassandra (CASSANDRA_*) into a new snapshot under
+     FEEDBACK_SNAPSHOT_DIR (default MODEL_BASE_PATH/feedback-snapshots)
+  2. the stable version, read from MODEL_CONFIG_FILE (default serving/models.config)
+  3. mnist-train --feedback latest --baseline STABLE [the flags given here]
+  4. RETRAIN_CANARY=1 (default): mnist-models canary VERSION, past the quality gate (exit 6: refused);
+     RETRAIN_CANARY=0 stops after step 3
+Stops at the first failing step with that step's exit code. See docs/training.md, "Retraining on feedback".
+EOF
+}
+for arg in "$@"; do
+    case "${arg}" in
+        -h | --help)
+            usage
+            exit 0
+            ;;
+    esac
+done
 
 echo "mnist-retrain: exporting the feedback snapshot" >&2
 mnist-train dataset export
