@@ -480,3 +480,18 @@ def test_an_interrupted_export_says_the_same_command_continues_it(tmp_path, monk
     assert cli.main(["dataset", "export", "--snapshot-dir", str(tmp_path)]) == 130
     err = capsys.readouterr().err
     assert err == "mnist-train: interrupted; run the same command again to continue from the last page\n"
+
+
+def test_the_snapshot_and_baseline_are_named_by_absolute_paths(tmp_path, monkeypatch):
+    """metrics.json records both as a version's lineage: a path relative to where training ran is lost."""
+    from training.feedback import resolve_baseline, resolve_snapshot
+
+    path, _ = write(records(20), tmp_path / "snapshots")
+    version_dir = tmp_path / "models" / "mnist" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_snapshot(f"snapshots/{path.name}", None).path == path
+    assert resolve_snapshot("latest", Path("snapshots")).path == path
+    assert resolve_baseline("1", Path("models/mnist")) == (1, version_dir)
+    assert resolve_baseline("models/mnist/1", Path("elsewhere")) == (1, version_dir)

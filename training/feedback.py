@@ -44,8 +44,8 @@ def resolve_snapshot(argument: str, root: Path | None) -> Snapshot:
         found = sorted(p for p in root.iterdir() if ID_PATTERN.fullmatch(p.name) and p.is_dir())
         if not found:
             raise TrainingError(f"no snapshot in {root} (export one: mnist-train dataset export)")
-        return load_snapshot(found[-1])
-    return load_snapshot(Path(argument))
+        return load_snapshot(found[-1].absolute())
+    return load_snapshot(Path(argument).absolute())  # metrics.json names it: not relative to where this ran
 
 
 def resolve_baseline(argument: str, model_dir: Path) -> tuple[int, Path]:
@@ -56,7 +56,7 @@ def resolve_baseline(argument: str, model_dir: Path) -> tuple[int, Path]:
     version = version_of(path.name)
     if version is None:
         raise TrainingError(f"--baseline {argument}: not a version number nor a version directory")
-    return version, check_version_dir(path)
+    return version, check_version_dir(path.absolute())
 
 
 def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
