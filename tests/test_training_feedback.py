@@ -4,6 +4,7 @@ Cassandra node (rows written with prepared statements into a keyspace of this mo
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -139,6 +140,16 @@ def test_a_malformed_manifest_is_refused(tmp_path, change):
     manifest_path.write_text(json.dumps(change(json.loads(manifest_path.read_text()))))
     with pytest.raises(SnapshotError, match="malformed"):
         load_snapshot(path)
+
+
+def test_a_snapshot_that_cannot_be_written_is_a_snapshot_error_and_leaves_nothing(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    with pytest.raises(SnapshotError, match=r"cannot write the snapshot \(No space left on device\)"):
+        write(records(20), tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_too_few_labels_or_a_missing_digit_is_a_warning_and_still_written(tmp_path):

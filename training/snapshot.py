@@ -227,8 +227,16 @@ def publish(
     counts: dict,
     now: dt.datetime | None = None,
 ) -> tuple[Path, dict]:
-    """Split `rows` (RECORD array), write the snapshot atomically under `root`: (its directory, manifest)."""
+    """Split `rows` (RECORD array), write the snapshot atomically under `root`: (its directory, manifest).
+    A write that fails (a full disk, say) is a SnapshotError and leaves nothing behind."""
     root = Path(root)
+    try:
+        return _publish(rows, root, holdout_percent, min_labels, source, window, counts, now)
+    except OSError as exc:
+        raise SnapshotError(f"{root}: cannot write the snapshot ({exc.strerror or exc})") from None
+
+
+def _publish(rows, root, holdout_percent, min_labels, source, window, counts, now) -> tuple[Path, dict]:
     root.mkdir(parents=True, exist_ok=True)
     created = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     holdout = np.fromiter((is_holdout(bytes(d), holdout_percent) for d in rows["sha256"]), bool, len(rows))
