@@ -291,6 +291,23 @@ def test_a_polled_promote_that_moves_a_label_to_a_version_not_loaded_yet_converg
     reload(server, stubs, models_config_text(base, versions=None, labels={}))
 
 
+def test_a_polled_label_moved_to_a_version_the_file_never_loads_is_rejected(server, stubs):
+    """Only a label waiting for a version the same file loads waits: a typo (a version not on disk) is a
+    rejected edit, logged as such, and the old labels keep answering."""
+    base = server.base_path
+    waits = "model config file applied, its labels wait for their versions"
+    waited_before = len(log_entries(server, waits))  # the server (and its log) serves the whole module
+    reload(server, stubs, models_config_text(base, versions=[1], labels={"stable": 1}))
+    write_config(server, models_config_text(base, versions=[1, 21], labels={"stable": 21}).encode())
+    eventually(
+        lambda: any("21" in e["error"] for e in log_entries(server, "model config file rejected")),
+        what="the edit naming version 21 rejected in the log",
+    )
+    assert len(log_entries(server, waits)) == waited_before
+    assert predict(stubs, label="stable").model_spec.version.value == 1
+    reload(server, stubs, models_config_text(base, versions=None, labels={}))
+
+
 def test_a_config_file_that_is_not_utf8_is_rejected_and_a_later_edit_applies(server, stubs):
     text = models_config_text(server.base_path, versions=None, labels={})
     write_config(server, "# r\xe9gl\xe9 par Zo\xeb\n".encode("latin-1") + text.encode())

@@ -79,6 +79,13 @@ def aspired_versions(config: ModelConfig, on_disk: list[int]) -> set[int]:
     return set(on_disk[-count:])
 
 
+def _will_load(config: ModelConfig, model: _Model | None, version: int) -> bool:
+    """Whether `config` makes `version` load: aspired out of the versions on disk, and not failed already."""
+    on_disk = version_dirs(Path(config.base_path)) or {}
+    failed = model.failed if model is not None else set()
+    return version in aspired_versions(config, sorted(on_disk)) and version not in failed
+
+
 class ModelManager:
     """Thread-safe registry of servables; ``resolve()`` is the hot path of every request."""
 
@@ -170,12 +177,7 @@ class ModelManager:
     ) -> tuple[set[str], str | None]:
         check_reload_request(config)
         with self._lock:
-            try:
-                labels, waiting = self._checked_labels(config), None
-            except ServingError as exc:
-                if not labels_may_wait:
-                    raise
-                labels, waiting = self._labels, exc.message
+            labels, waiting = self._checked_labels(config, may_wait=labels_may_wait)
             wanted = {m.name: m for m in config.model_config_list.config}
             new_models = {
                 name for name in wanted if name not in self._models or self._models[name].config is None
@@ -196,10 +198,15 @@ class ModelManager:
             log.info("config applied", extra={"models": sorted(wanted), "labels": labels})
         return new_models, waiting
 
-    def _checked_labels(self, config: ModelServerConfig) -> dict[str, dict[str, int]]:
+    def _checked_labels(
+        self, config: ModelServerConfig, *, may_wait: bool = False
+    ) -> tuple[dict[str, dict[str, int]], str | None]:
         """ServerCore::UpdateModelVersionLabelMap: a label must point at an AVAILABLE version, except that
-        with the flag a *new* label (or one left where it is) may point at any version."""
+        with the flag a *new* label (or one left where it is) may point at any version. With `may_wait`, a
+        label whose version this config will load (aspired, on disk, not failed) keeps the current labels and
+        returns why they wait: (current labels, reason). Any other refused label raises."""
         labels: dict[str, dict[str, int]] = {}
+        waiting = None
         for model_config in config.model_config_list.config:
             model = self._models.get(model_config.name)
             for label, version in model_config.version_labels.items():
@@ -207,12 +214,15 @@ class ModelManager:
                 allowed = self._allow_unavailable_labels and current in (None, version)
                 record = model.versions.get(version) if model else None
                 if not allowed and (record is None or record.status.state != "AVAILABLE"):
-                    raise failed_precondition(
+                    refused = failed_precondition(
                         f"Request to assign label to version {version} of model {model_config.name}, "
                         "which is not currently available for inference"
                     )
+                    if not (may_wait and _will_load(model_config, model, version)):
+                        raise refused
+                    waiting = waiting or refused.message
                 labels.setdefault(model_config.name, {})[label] = version
-        return labels
+        return (self._labels, waiting) if waiting else (labels, None)
 
     def _wait_for_models(self, names: set[str]) -> None:
         deadline = time.monotonic() + self._new_model_wait
