@@ -490,3 +490,32 @@ def test_focus_stays_in_the_feedback_after_sending_it(browser, gateway_server, m
     expect(page.locator("#fb-status")).to_have_text(re.compile(r"^Thanks!"))
     assert page.evaluate("document.activeElement.id") == "fb-status"
     page.close()
+
+
+def test_feedback_answered_after_the_next_upload_failed_is_kept_quietly(browser, gateway_server, mnist_dir):
+    """Feedback in flight when the next upload fails (the answer it was for is gone from the page): its
+    answer still refreshes the recent list, and no error about the vanished answer is shown."""
+    image, _ = mnist_test_digit(mnist_dir, index=0)
+    page = browser.new_page()
+    page.goto(gateway_server.url + "/")
+    with page.expect_response(lambda r: r.url.endswith("/v1/predict?input=png")):
+        drop_file(page, png_bytes(image), "seven.png", "image/png")
+    held = []
+    page.route("**/feedback", lambda route: held.append(route))
+    page.locator("#fb-yes").click()
+    page.wait_for_function("document.querySelector('#fb-yes').disabled")
+    for _ in range(600):  # the request reaches the route handler on Playwright's side of the connection
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the feedback request never left the page"
+    page.route(
+        "**/v1/predict*",
+        lambda route: route.fulfill(status=503, json={"error": {"code": "x", "message": "down"}}),
+    )
+    drop_file(page, png_bytes(image), "seven.png", "image/png")
+    expect(page.locator("#status")).to_have_text("down")
+    with page.expect_request(lambda r: "/v1/predictions?" in r.url):
+        held[0].continue_()
+    expect(page.locator("#fb-status")).not_to_contain_text("Cannot read")
+    page.close()

@@ -284,17 +284,20 @@
   }
 
   async function sendFeedback(label) {
-    if (!state.current) return;
+    const current = state.current; // another upload may replace (or a failed one remove) it meanwhile
+    if (!current) return;
     setFeedbackEnabled(false);
     try {
-      await api(`/v1/predictions/${state.current.id}/feedback`, {
+      await api(`/v1/predictions/${current.id}/feedback`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ label }),
       });
-      setStatus(label === state.current.digit ? "Thanks! Recorded as correct." : `Thanks! Recorded the right digit: ${label}.`, "ok", "fb-status");
       loadRecent(true);
+      if (state.current !== current) return; // the feedback area is the next answer's now
+      setStatus(label === current.digit ? "Thanks! Recorded as correct." : `Thanks! Recorded the right digit: ${label}.`, "ok", "fb-status");
     } catch (error) {
+      if (state.current !== current) return;
       setStatus(error.message, "error", "fb-status");
       setFeedbackEnabled(true);
     }
