@@ -4,6 +4,8 @@ replicas: what the replicas, the config file and the history hold when something
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -21,6 +23,7 @@ from serving.ops.server import ModelServers, VersionState
 from tests.test_models_cli_config import config_with, fake_version
 
 GOOD = {"test_accuracy": 0.995, "dataset": "mnist"}
+LATE_S = 2.0  # how late a replica told to answer late answers (the test's deadline is a quarter of it)
 
 
 class FakeReplica(model_service_pb2_grpc.ModelServiceServicer):
@@ -36,6 +39,9 @@ class FakeReplica(model_service_pb2_grpc.ModelServiceServicer):
         self.broken: dict[int, str] = {}
         self.stuck: set[int] = set()
         self.after_push: Callable[[], None] | None = None
+        self.answer_late = (
+            threading.Event()
+        )  # set: the next push applies, then its answer misses the deadline
 
     def GetModelStatus(self, request, context):
         response = get_model_status_pb2.GetModelStatusResponse()
@@ -69,6 +75,9 @@ class FakeReplica(model_service_pb2_grpc.ModelServiceServicer):
                 self.states[version] = VersionState(version, "END")
         if self.after_push is not None:
             self.after_push()
+        if self.answer_late.is_set():
+            self.answer_late.clear()
+            time.sleep(LATE_S)
         return response
 
     def labels(self) -> dict[str, int]:
@@ -203,6 +212,24 @@ def test_a_push_one_replica_refuses_is_undone_on_the_replicas_that_took_it(make_
     assert f"model server {second.address} rejected the config: replica is shutting down" in message
     assert f"the previous config is back on {first.address}" in message
     assert first.pushed[-1] == before, "the replica that took the change has the previous config again"
+    assert setup.config_file.read() == before
+
+
+def test_a_replica_whose_push_timed_out_gets_the_previous_config_too(make_setup, replicas):
+    """A deadline says nothing of whether the push applied: the replica may serve the new config, so it gets
+    the previous one back like those that took it."""
+    first, second = replicas
+    setup = make_setup([1, 2], {"stable": 1})
+    setup.servers.close()
+    setup.servers = ModelServers(f"{first.address},{second.address}", timeout_s=LATE_S / 4)
+    before = setup.config_file.read()
+    second.answer_late.set()
+    with pytest.raises(ServerError) as failed:
+        promote(setup.operator(), 2)
+    assert "did not answer HandleReloadConfigRequest" in failed.value.message
+    assert f"the previous config is back on {first.address}, {second.address}" in failed.value.message
+    assert second.pushed[-1] == before, "the replica that may have taken the change has the previous config"
+    assert first.pushed[-1] == before
     assert setup.config_file.read() == before
 
 

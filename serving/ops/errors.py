@@ -23,6 +23,7 @@ class ServerError(OpsError):
     """The model server is unreachable (deadline exceeded) or rejected a request."""
 
     exit_code = 4
+    may_have_applied = False  # a deadline: the request may have taken effect all the same
 
 
 class VersionNotFound(OpsError):

@@ -155,9 +155,11 @@ class ModelServerClient:
             reason = (error.details() or "no details").rsplit(": ", 1)[-1]  # gRPC nests its reasons
             return ServerError(f"model server {self.target} unreachable ({method}: {reason})")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ServerError(
+            late = ServerError(
                 f"model server {self.target} did not answer {method} within {self.timeout_s:g}s"
             )
+            late.may_have_applied = True  # the server may have done it all and only answered too late
+            return late
         return ServerError(f"model server {self.target}: {method} failed: {code.name}: {error.details()}")
 
 
@@ -222,14 +224,16 @@ class ModelServers:
         previous: model_server_config_pb2.ModelServerConfig,
     ) -> None:
         """Push `config` to each replica in turn. When one fails, the replicas that took it get `previous`
-        back, so the fleet is not left split; the error names them (and any still on `config`)."""
+        back, so the fleet is not left split, and so does the failing one when it may have taken it (it
+        answered too late); the error names them (and any still on `config`)."""
         took: list[ModelServerClient] = []
         for client in self._clients:
             try:
                 client.reload(config)
             except ServerError as error:
-                if took:
-                    error.message += _put_back(took, previous)
+                undo = [*took, client] if error.may_have_applied else took
+                if undo:
+                    error.message += _put_back(undo, previous)
                     error.args = (error.message,)
                 raise
             took.append(client)
