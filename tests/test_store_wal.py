@@ -196,6 +196,27 @@ def test_an_orphan_whose_claim_fails_on_a_full_disk_is_claimed_once_there_is_roo
     other.close()
 
 
+def test_a_claim_retried_after_failing_half_way_keeps_the_torn_tail_once(tmp_path, monkeypatch):
+    """The tail is copied aside, then cut off the segment: a cut that fails leaves the segment as it was, and
+    the copy must go too, or the retried claim copies the same bytes after it."""
+    path = tmp_path / "wal-00000000000000000001-1-000001.log"
+    torn = encode_frame(b"c" * 30)[: HEADER.size + 7]
+    path.write_bytes(encode_frame(b"a") + encode_frame(b"b") + torn)
+    wal = WriteAheadLog(tmp_path)
+    real_ftruncate = os.ftruncate
+
+    def io_error(fd, length):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "ftruncate", io_error)
+    assert wal.claim_orphans() == 0
+    monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+    assert wal.claim_orphans() == 2
+    assert path.with_name(path.name + ".corrupt").read_bytes() == torn
+    assert drain(wal) == [b"a", b"b"]
+    wal.close()
+
+
 def test_a_segment_that_cannot_be_started_leaves_no_descriptor_or_file_behind(tmp_path, monkeypatch):
     """Every refused append tries to start the next segment again (ENOSPC on the rename, ENOLCK from an NFS
     lock): a descriptor kept each time would exhaust the worker's, sockets included, within a thousand."""

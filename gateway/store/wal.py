@@ -364,12 +364,18 @@ class WriteAheadLog:
 
     def _set_aside_tail(self, path: Path, fd: int, start: int, end: int) -> None:
         aside = path.with_name(path.name + ".corrupt")
-        with open(aside, "ab") as out:
-            for position in range(start, end, self.chunk_bytes):
-                out.write(os.pread(fd, min(self.chunk_bytes, end - position), position))
-            out.flush()
-            os.fsync(out.fileno())
-        os.ftruncate(fd, start)
+        with open(aside, "ab", buffering=0) as out:  # unbuffered: nothing left to write after a truncate
+            kept = out.tell()  # what earlier claims set aside stays; this one's copy is undone if it fails
+            try:
+                for position in range(start, end, self.chunk_bytes):
+                    data = memoryview(os.pread(fd, min(self.chunk_bytes, end - position), position))
+                    while data:  # a raw write may be short (a disk filling up): the rest, or its error
+                        data = data[out.write(data) :]
+                os.fsync(out.fileno())
+                os.ftruncate(fd, start)
+            except OSError:
+                out.truncate(kept)  # the claim is retried later and copies the tail again
+                raise
         self.corrupt_files += 1
         log.error(
             "log segment %s ended in %d bytes that are not a complete record (a crash during a write?); "
