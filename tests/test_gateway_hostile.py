@@ -187,11 +187,13 @@ def test_a_json_body_sent_as_another_type_is_a_415_saying_so(serve, method, path
     gw, _, store = serve(store=FeedbackStore(), ops_token=OPS_TOKEN)
     body = b'{"label": 3, "level": "INFO"}'
     for declared in ("application/json", "application/json; charset=utf-8"):
-        r = requests.request(method, gw.url + path, data=body, headers={**OPS, "Content-Type": declared})
+        r = requests.request(
+            method, gw.url + path, data=body, headers={**OPS, "Content-Type": declared}, timeout=30
+        )
         assert r.status_code in (200, 400), r.text  # the route judges it (a rollout body is incomplete)
     for declared in ("text/plain", "application/x-www-form-urlencoded", None):
         headers = {**OPS, "Content-Type": declared} if declared else OPS
-        r = requests.request(method, gw.url + path, data=body, headers=headers)
+        r = requests.request(method, gw.url + path, data=body, headers=headers, timeout=30)
         assert r.status_code == 415, r.text
         error = error_of(r)
         assert (

@@ -169,11 +169,12 @@ def test_a_server_told_the_gateways_ping_policy_keeps_an_idle_watch_open(model_b
     server by default takes a ping more often than every 5 minutes as abuse and ends the connection
     (GOAWAY "too_many_pings"). The deployed command's `grpc.http2.min_ping_interval_without_data_ms`
     (tests/test_serving_config.py) is what keeps it open. Here time runs faster: pings every 0.2 s, against
-    a server told to accept one every 0.1 s, and against one left at the default."""
+    a server told to accept one every 0.01 s (a wide margin: a stalled poller reading two pings close
+    together must not count as abuse), and against one left at the default."""
     base = copy_models(model_base_path, tmp_path / "models")
     config = tmp_path / "models.config"
     config.write_text(models_config_text(base))
-    policy = "--grpc_channel_arguments=grpc.http2.min_ping_interval_without_data_ms=100"
+    policy = "--grpc_channel_arguments=grpc.http2.min_ping_interval_without_data_ms=10"
     told = ModelServerProcess(base, config, tmp_path / "told.log", extra_args=[policy]).start()
     default = ModelServerProcess(base, config, tmp_path / "default.log").start()
     # The gateway's own channel options, with the keepalive brought down to 0.2 s and no cap on pings
