@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 
 from serving.ops import guards
-from serving.ops.cli import EXIT_CODES, check_steps, main
+from serving.ops.cli import EXIT_CODES, main
 from serving.ops.errors import GatewayError, RolloutConflict
 from serving.ops.gateway_client import GatewayClient
 from serving.ops.rollout import lease_live, stored_state
 from serving.ops.rollout_report import rollout_status, scorecard_table
 from serving.ops.settings import Settings
+from serving.ops.steps import check_steps
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = guards.Limits(

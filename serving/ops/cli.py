@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from serving.ops import errors
 from serving.ops.settings import Settings
+from serving.ops.steps import check_steps
 
 PROG = "mnist-models"
 Say = Callable[[str], None]
@@ -72,20 +73,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def check_steps(steps: list[int]) -> tuple[int, ...]:
-    """Percentages 1-100, strictly increasing, ending at 100 (the promotion happens after holding 100 %)."""
-    if not steps or any(not 1 <= s <= 100 for s in steps):
-        raise ValueError("steps are percentages from 1 to 100")
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
-        raise ValueError("steps must increase")
-    if steps[-1] != 100:
-        raise ValueError("the last step must be 100")
-    return tuple(steps)
-
-
 def _steps(text: str) -> tuple[int, ...]:
-    # Checked here, while parsing: importing the rollout driver would load the protos before
-    # skip_tensorflow_runtime() (main), and with them TensorFlow's runtime.
     try:
         return check_steps([int(part) for part in text.split(",")])
     except ValueError as error:

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from serving.ops import guards, model_config, versions
-from serving.ops.cli import check_steps
 from serving.ops.errors import (
     GatewayError,
     GuardFailed,
@@ -38,6 +37,7 @@ from serving.ops.errors import (
 )
 from serving.ops.gateway_client import GatewayClient
 from serving.ops.operations import STABLE, Operator
+from serving.ops.steps import check_steps
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", "aborted"
 MIN_LEASE_S = 10.0  # the gateway re-reads the state every 2 s (GATEWAY_ROLLOUT_REFRESH_S): several re-reads
@@ -239,7 +239,6 @@ class Driver:
         now = self.clock()
         state = {
             **_state_fields(current),
-            "canary_percent": current["steps"][current["step_index"]],
             "step_started_at": iso(now),
             "lease_until": iso(now + self.lease_s),
         }
