@@ -496,6 +496,37 @@ def test_shadow_copies_are_linked_and_the_counters_equal_what_was_sent(
     )
 
 
+def test_a_shadow_copy_is_listed_as_one_and_takes_no_feedback(make_gateway, model_name, clean_tables):
+    """A shadow copy is another version's answer the user never saw: the list and the lookup say so (routing
+    `shadow`, the user's prediction as `request_id`), and feedback goes to the prediction the user got."""
+    gateway, _ = make_gateway()
+    put(gateway, model_name, state(canary_percent=50, shadow=True))
+    wait_until_applied(gateway, model_name, shadow=True)
+    user = predict(gateway, "client-0").json()
+
+    def listed() -> list:
+        items = requests.get(f"{gateway.url}/v1/predictions?limit=100", timeout=30).json()["items"]
+        return items if len(items) == 2 else []
+
+    items = eventually(listed, what="the user's prediction and its shadow copy listed", timeout_s=60)
+    by_routing = {item["model"]["routing"]: item for item in items}
+    assert set(by_routing) == {user["model"]["routing"], "shadow"}
+    shadow, mine = by_routing["shadow"], by_routing[user["model"]["routing"]]
+    assert mine["id"] == user["id"] and mine["request_id"] is None
+    assert shadow["request_id"] == user["id"] and shadow["model"]["version"] != user["model"]["version"]
+    looked_up = requests.get(f"{gateway.url}/v1/predictions/{shadow['id']}", timeout=30).json()
+    assert looked_up["model"]["routing"] == "shadow" and looked_up["request_id"] == user["id"]
+    refused = requests.post(
+        f"{gateway.url}/v1/predictions/{shadow['id']}/feedback", json={"label": 3}, timeout=30
+    )
+    assert refused.status_code == 409, refused.text
+    assert user["id"] in refused.json()["error"]["message"]
+    taken = requests.post(
+        f"{gateway.url}/v1/predictions/{user['id']}/feedback", json={"label": 3}, timeout=30
+    )
+    assert taken.status_code == 200, taken.text
+
+
 def test_a_full_shadow_queue_drops_copies_without_slowing_the_user(make_gateway, model_name):
     model = VersionedModel(model_name, block_version=2)
     gateway, _ = make_gateway(model, shadow_queue=1)

@@ -522,3 +522,30 @@ def test_feedback_answered_after_the_next_upload_failed_is_kept_quietly(browser,
         held[0].continue_()
     expect(page.locator("#fb-status")).not_to_contain_text("Cannot read")
     page.close()
+
+
+def test_the_recent_list_leaves_out_shadow_copies(browser, gateway_server):
+    """A shadow copy is another version's answer to an upload the user saw answered once: one row each."""
+
+    def item(number: int, routing: str, request_id: str | None = None) -> dict:
+        return {
+            "id": f"00000000-0000-4000-8000-00000000000{number}",
+            "created_at": "2026-12-01T00:00:00.000Z",
+            "filename": f"upload-{number}.png",
+            "digit": 3,
+            "probabilities": [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            "model": {"name": "mnist", "version": 1 if routing != "shadow" else 2, "routing": routing},
+            "request_id": request_id,
+            "timings_ms": {"preprocess": 1.0, "model": 1.0, "total": 2.0},
+            "feedback": None,
+        }
+
+    user = item(1, "stable")
+    page_body = {"items": [item(2, "shadow", user["id"]), user, item(3, "canary")], "next_cursor": None}
+    page = browser.new_page()
+    page.route("**/v1/predictions?*", lambda route: route.fulfill(json=page_body))
+    page.goto(gateway_server.url + "/")
+    expect(page.locator("#recent-body tr")).to_have_count(2)
+    shown = page.locator("#recent-body tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
+    assert shown == [user["id"], page_body["items"][2]["id"]]
+    page.close()

@@ -54,7 +54,8 @@ def record_json(rec, *, with_input: bool = False) -> dict:
         "filename": rec.filename,
         "digit": rec.digit,
         "probabilities": [round(float(p), 6) for p in rec.probabilities],
-        "model": {"name": rec.model_name, "version": rec.model_version},
+        "model": {"name": rec.model_name, "version": rec.model_version, "routing": rec.routing},
+        "request_id": str(rec.request_id) if rec.request_id else None,  # a shadow copy's user prediction
         "timings_ms": {"preprocess": rec.preprocess_ms, "model": rec.model_ms, "total": rec.total_ms},
         "feedback": getattr(rec, "feedback_label", None),
     }

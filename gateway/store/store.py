@@ -604,6 +604,11 @@ class PredictionStore:
         row = self._read("read_id", [prediction_id]).one()
         if row is None:
             raise NotFound("no prediction with this id")
+        if row.routing == "shadow":  # no user saw it: its version's accuracy counts what users were answered
+            raise Conflict(
+                f"this is a shadow copy (version {row.model_version}'s answer to prediction "
+                f"{row.request_id}, which the user got): send the feedback for {row.request_id}"
+            )
         copied = [row.digit, row.input, row.model_name, row.model_version, row.created_at]
         first = self._read("write_feedback_first", [prediction_id, label, *copied])
         outcome = functools.partial(

@@ -348,7 +348,8 @@
       const page = await api(`/v1/predictions?${params}`);
       if (load !== state.recent) return;
       const body = $("recent-body");
-      const rows = page.items.map(row);
+      // A shadow copy is another version's answer to an upload listed already (the one its user got).
+      const rows = page.items.filter((item) => !(item.model && item.model.routing === "shadow")).map(row);
       if (reset) body.replaceChildren(...rows);
       else body.append(...rows);
       state.cursor = page.next_cursor;
